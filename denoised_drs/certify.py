@@ -1,0 +1,199 @@
+"""Confidence bounds, certified radii and abstain rules: pure, vectorised functions.
+
+Notation follows the papers: ``p_lower`` is a one-sided lower confidence bound on
+the probability of the top class, ``z = Phi^-1(p_lower)``, ``sigma`` the noise level
+in [0, 1] pixel units, ``alpha`` the probability that the whole certificate is wrong.
+
+Which radius is sound (see DESIGN.md section 2):
+
+* RS (Cohen et al. 2019): ``sigma * z_A``; abstain when ``pA_lower <= 1/2``.
+* DRS with independent branches (each base classifier sees only its own noisy
+  sub-image; Xia et al. 2024, Eq. 13): ``(z_l + z_r) / sqrt(sigma_l^-2 + sigma_r^-2)``;
+  abstain when ``z_l + z_r <= 0``.
+* DRS with coupled branches (each branch a function of the whole noisy image, e.g.
+  after joint denoising): ``sigma * (z_l + z_r) / 2``; same abstain rule.
+
+In DRS two bounds hold simultaneously, so each must be computed at ``alpha / 2``
+(Bonferroni); :func:`branch_alpha` does the split.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.stats import beta, norm
+
+# The largest float below 1: a lower bound from finitely many samples is never 1,
+# and clipping here keeps Phi^-1 finite even where floating point would round up.
+_BELOW_ONE = np.nextafter(1.0, 0.0)
+
+
+def _scalar_or_array(value: np.ndarray) -> float | np.ndarray:
+    return float(value) if np.ndim(value) == 0 else value
+
+
+def _check_alpha(alpha: ArrayLike) -> np.ndarray:
+    alpha = np.asarray(alpha, dtype=np.float64)
+    if np.any(~((alpha > 0) & (alpha < 1))):
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    return alpha
+
+
+def _check_sigma(sigma: ArrayLike, name: str = "sigma") -> np.ndarray:
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if np.any(~(sigma > 0)) or np.any(~np.isfinite(sigma)):
+        raise ValueError(f"{name} must be positive and finite, got {sigma}")
+    return sigma
+
+
+def clopper_pearson_lower(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> float | np.ndarray:
+    """Exact one-sided Clopper-Pearson lower bound on a binomial proportion.
+
+    With probability at least ``1 - alpha`` over ``k ~ Binomial(n, p)``, the
+    returned value is ``<= p``. It is the ``alpha``-quantile of
+    ``Beta(k, n - k + 1)``, and 0 when ``k = 0``. For finite ``n`` the bound is
+    strictly below 1, so ``Phi^-1`` of it is finite.
+    """
+    k = np.asarray(k)
+    n = np.asarray(n)
+    alpha = _check_alpha(alpha)
+    if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
+        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
+    if np.any(k != np.floor(k)) or np.any(n != np.floor(n)):
+        raise ValueError(f"k and n must be whole numbers, got k={k}, n={n}")
+    k = k.astype(np.float64)
+    n = n.astype(np.float64)
+    bound = beta.ppf(alpha, np.maximum(k, 1.0), n - k + 1.0)
+    bound = np.where(k > 0, np.minimum(bound, _BELOW_ONE), 0.0)
+    return _scalar_or_array(bound)
+
+
+def clopper_pearson_upper(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> float | np.ndarray:
+    """Exact one-sided Clopper-Pearson upper bound: ``1 - lower(n - k, n, alpha)``."""
+    return _scalar_or_array(1.0 - np.asarray(clopper_pearson_lower(np.asarray(n) - k, n, alpha)))
+
+
+def branch_alpha(alpha: float, num_branches: int) -> float:
+    """Per-bound confidence level when ``num_branches`` bounds must hold at once."""
+    _check_alpha(alpha)
+    if num_branches < 1:
+        raise ValueError(f"num_branches must be at least 1, got {num_branches}")
+    return alpha / num_branches
+
+
+def rs_radius(p_lower: ArrayLike, sigma: ArrayLike) -> float | np.ndarray:
+    """Cohen's radius ``sigma * Phi^-1(p_lower)``; meaningful (positive) when ``p_lower > 1/2``."""
+    sigma = _check_sigma(sigma)
+    return _scalar_or_array(sigma * norm.ppf(np.asarray(p_lower, dtype=np.float64)))
+
+
+def drs_radius(
+    p_lower_l: ArrayLike,
+    p_lower_r: ArrayLike,
+    sigma: ArrayLike,
+    sigma_r: ArrayLike | None = None,
+) -> float | np.ndarray:
+    """DRS radius for independent branches (Xia et al. 2024, Eq. 13, general sigmas).
+
+    ``(z_l + z_r) / sqrt(sigma^-2 + sigma_r^-2)`` with ``z = Phi^-1(p_lower)``;
+    ``sigma_r`` defaults to ``sigma``, giving ``sigma (z_l + z_r) / sqrt(2)``. Sound only
+    when ``f_l`` depends on ``x_l`` alone and ``f_r`` on ``x_r`` alone, and the two
+    bounds hold simultaneously (compute each at ``alpha / 2``).
+    """
+    sigma = _check_sigma(sigma)
+    sigma_r = sigma if sigma_r is None else _check_sigma(sigma_r, "sigma_r")
+    z_sum = norm.ppf(np.asarray(p_lower_l, dtype=np.float64)) + norm.ppf(
+        np.asarray(p_lower_r, dtype=np.float64)
+    )
+    return _scalar_or_array(z_sum / np.sqrt(sigma**-2.0 + sigma_r**-2.0))
+
+
+def coupled_radius(p_lower_l: ArrayLike, p_lower_r: ArrayLike, sigma: ArrayLike) -> float | np.ndarray:
+    """Radius ``sigma (z_l + z_r) / 2`` for branches that both see the whole noisy image.
+
+    Each smoothed branch probability ``Phi^-1(p_j(x))`` is ``1/sigma``-Lipschitz in
+    ``x``, so the vote can only flip once ``||delta|| / sigma >= (z_l + z_r) / 2``.
+    This is the sound radius for joint denoising, where one denoiser call mixes the
+    two sub-images.
+    """
+    sigma = _check_sigma(sigma)
+    z_sum = norm.ppf(np.asarray(p_lower_l, dtype=np.float64)) + norm.ppf(
+        np.asarray(p_lower_r, dtype=np.float64)
+    )
+    return _scalar_or_array(sigma * z_sum / 2.0)
+
+
+def rs_abstains(p_lower: ArrayLike) -> bool | np.ndarray:
+    """RS abstains unless the top class is certified to hold more than half the mass."""
+    result = np.asarray(p_lower, dtype=np.float64) <= 0.5
+    return bool(result) if result.ndim == 0 else result
+
+
+def drs_abstains(p_lower_l: ArrayLike, p_lower_r: ArrayLike) -> bool | np.ndarray:
+    """DRS abstains unless ``z_l + z_r > 0`` (equivalently ``pl_lower + pr_lower > 1``).
+
+    Decided on the z scale so that a non-abstaining certificate always has a
+    strictly positive radius.
+    """
+    z_sum = norm.ppf(np.asarray(p_lower_l, dtype=np.float64)) + norm.ppf(
+        np.asarray(p_lower_r, dtype=np.float64)
+    )
+    result = ~(z_sum > 0)
+    return bool(result) if result.ndim == 0 else result
+
+
+class CertificateKind(str, Enum):
+    """Which radius formula is sound for a smoothed classifier."""
+
+    RS = "rs"
+    """One branch, the whole image."""
+    INDEPENDENT = "independent"
+    """DRS, each branch a function of its own sub-image only (Eq. 13)."""
+    COUPLED = "coupled"
+    """DRS, each branch a function of the whole noisy image (joint denoising)."""
+
+
+def certified_radius(
+    kind: CertificateKind | str, p_lower: ArrayLike, sigmas: ArrayLike
+) -> tuple[bool, float]:
+    """Apply the abstain rule and radius of ``kind`` to per-branch bounds.
+
+    ``p_lower`` and ``sigmas`` hold one entry per branch. Returns
+    ``(abstain, radius)`` with ``radius = 0.0`` whenever ``abstain``.
+    """
+    kind = CertificateKind(kind)
+    p_lower = np.atleast_1d(np.asarray(p_lower, dtype=np.float64))
+    sigmas = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
+    expected = 1 if kind is CertificateKind.RS else 2
+    if p_lower.shape != (expected,) or sigmas.shape != (expected,):
+        raise ValueError(
+            f"{kind.value} certificates need {expected} bound(s) and sigma(s), "
+            f"got {p_lower.shape} and {sigmas.shape}"
+        )
+    if kind is CertificateKind.RS:
+        if rs_abstains(p_lower[0]):
+            return True, 0.0
+        return False, float(rs_radius(p_lower[0], sigmas[0]))
+    if drs_abstains(p_lower[0], p_lower[1]):
+        return True, 0.0
+    if kind is CertificateKind.INDEPENDENT:
+        return False, float(drs_radius(p_lower[0], p_lower[1], sigmas[0], sigmas[1]))
+    if sigmas[0] != sigmas[1]:
+        raise ValueError(f"coupled certificates need one sigma for both branches, got {sigmas}")
+    return False, float(coupled_radius(p_lower[0], p_lower[1], sigmas[0]))
+
+
+__all__ = [
+    "CertificateKind",
+    "branch_alpha",
+    "certified_radius",
+    "clopper_pearson_lower",
+    "clopper_pearson_upper",
+    "coupled_radius",
+    "drs_abstains",
+    "drs_radius",
+    "rs_abstains",
+    "rs_radius",
+]

@@ -1,0 +1,97 @@
+"""Seeded Gaussian noise that does not depend on how samples are batched.
+
+Noise for one image is cut into fixed blocks of :data:`BLOCK_SIZE` samples. Block
+``b`` of stream ``key`` is drawn from its own generator, seeded from
+``(key, b)`` through :class:`numpy.random.SeedSequence`. A batch that covers a
+whole block draws it straight into the output; a batch that covers part of one
+draws the whole block and keeps it for the next batch. So sample ``i`` of a stream
+is the same whatever the batch size, and two streams with different keys (other
+image, other stage of the algorithm) are independent.
+
+Noise is drawn on the device of the model. The same seed gives the same noise on
+the same kind of device; CPU and CUDA generators differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+BLOCK_SIZE = 64
+"""Samples per independently seeded block (a fixed constant: changing it changes results)."""
+
+
+def derive_seed(*key: int) -> int:
+    """A 63-bit seed from a tuple of non-negative integers (order matters)."""
+    if any(k < 0 for k in key):
+        raise ValueError(f"seed keys must be non-negative integers, got {key}")
+    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+class NoiseStream:
+    """Standard normal samples of a fixed shape, indexed by sample number.
+
+    ``NoiseStream(key, shape, device)`` represents an unbounded sequence of tensors
+    of ``shape``; :meth:`take` returns samples ``start .. stop - 1`` of it. With
+    ``extra_choices = K > 0``, each block also carries one uniform integer in
+    ``[0, K)`` per sample (drawn after the block's noise), returned by
+    :meth:`take_choices`.
+    """
+
+    def __init__(
+        self,
+        key: Sequence[int],
+        shape: Sequence[int],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.key = tuple(int(k) for k in key)
+        self.shape = tuple(int(s) for s in shape)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._cached_index: int | None = None
+        self._cached_noise: torch.Tensor | None = None
+
+    def _draw_block(self, block: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(derive_seed(*self.key, block))
+        return torch.randn(
+            (BLOCK_SIZE, *self.shape),
+            generator=generator,
+            device=self.device,
+            dtype=self.dtype,
+            out=out,
+        )
+
+    def _cached_block(self, block: int) -> torch.Tensor:
+        if self._cached_index != block or self._cached_noise is None:
+            self._cached_noise = self._draw_block(block)
+            self._cached_index = block
+        return self._cached_noise
+
+    def take(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Samples ``start .. stop - 1`` as a fresh tensor ``(stop - start, *shape)``.
+
+        ``out``, if given, must be a contiguous buffer of at least that many samples;
+        its leading part is filled and returned.
+        """
+        count = stop - start
+        if count <= 0:
+            raise ValueError(f"need stop > start, got start={start}, stop={stop}")
+        if out is None:
+            out = torch.empty((count, *self.shape), device=self.device, dtype=self.dtype)
+        else:
+            out = out[:count]
+        for block in range(start // BLOCK_SIZE, (stop - 1) // BLOCK_SIZE + 1):
+            block_start = block * BLOCK_SIZE
+            lo, hi = max(start, block_start), min(stop, block_start + BLOCK_SIZE)
+            target = out[lo - start : hi - start]
+            if lo == block_start and hi == block_start + BLOCK_SIZE:
+                self._draw_block(block, out=target)
+            else:
+                noise = self._cached_block(block)
+                target.copy_(noise[lo - block_start : hi - block_start])
+        return out

@@ -1,0 +1,380 @@
+"""The sampling engine: seeded noise, batching, vote counting, PREDICT and CERTIFY.
+
+:class:`SmoothedClassifier` is the general engine. An image is cut into sub-images
+by a :class:`~denoised_drs.partition.Partition`; each sub-image gets its own
+Gaussian noise ``N(0, sigma_j^2)``; a *voter* maps the noisy sub-images of a batch
+to one predicted class per branch; the engine counts votes on the device and turns
+them into a certificate with :mod:`denoised_drs.certify`.
+
+:class:`Smooth` is Cohen et al.'s smoothed classifier (one branch, the whole image)
+and :class:`DualSmooth` the Dual Randomized Smoothing classifier of Xia et al.
+(2024): ``g(x) = argmax_c [P(f_l(x_l + e_l) = c) + P(f_r(x_r + e_r) = c)]``.
+
+Guarantees (``certify``): with probability at least ``1 - alpha`` over the
+sampling, if the returned prediction is not -1 then the smoothed classifier ``g``
+predicts it at every point within the returned l2 radius of ``x``. The top class is
+selected from ``n0`` samples and its probability bounded from ``n`` fresh ones
+(Cohen's CERTIFY); with two branches, each branch's Clopper-Pearson bound is taken
+at ``alpha / 2`` so both hold at once. The radius formula follows the branches'
+dependence (:class:`~denoised_drs.certify.CertificateKind`): independent branches
+get Eq. 13 of the DRS paper, branches that both see the whole noisy image (joint
+denoising) the coupled radius, and the paper's formula for them is reported only as
+``radius_paper``.
+
+Reproducibility: the noise of sample ``i`` depends only on the seed key, the stage
+(selection, estimation, prediction) and ``i``, never on the batch size (see
+:mod:`denoised_drs.noise`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import binomtest
+from torch import nn
+
+from denoised_drs.certify import (
+    CertificateKind,
+    branch_alpha,
+    certified_radius,
+    clopper_pearson_lower,
+    drs_radius,
+)
+from denoised_drs.noise import NoiseStream, derive_seed
+from denoised_drs.partition import Checkerboard, Identity, Partition
+
+ABSTAIN = -1
+
+_SELECTION, _ESTIMATION, _PREDICTION = 0, 1, 2
+_BRANCH_CHOICE_PURPOSE = 1000
+
+
+class BranchClassifiers(nn.Module):
+    """The plain voter: classifier ``j`` labels noisy sub-image ``j``.
+
+    Each branch is a function of its own sub-image only, so the branches are
+    independent in the sense of the DRS certificate.
+    """
+
+    needs_fresh_noise = False
+
+    def __init__(self, classifiers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not classifiers:
+            raise ValueError("need at least one classifier")
+        self.classifiers = nn.ModuleList(classifiers)
+
+    @property
+    def num_branches(self) -> int:
+        return len(self.classifiers)
+
+    def forward(
+        self, noisy_parts: Sequence[torch.Tensor], fresh_noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        votes = [clf(part).argmax(dim=1) for clf, part in zip(self.classifiers, noisy_parts)]
+        return torch.stack(votes, dim=1)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """The outcome of CERTIFY for one image.
+
+    ``prediction`` is the certified class or -1 (abstain); ``radius`` the sound l2
+    radius (0.0 when abstaining). ``top_class`` is the class chosen from the
+    selection samples (reported even when abstaining), ``counts_top[j]`` how many of
+    the ``n`` estimation samples branch ``j`` gave it, and ``p_lower[j]`` the
+    Clopper-Pearson lower bound on that probability at ``alpha / num_branches``.
+    ``radius_paper`` is set only for coupled branches: the DRS paper's formula
+    ``sigma (z_l + z_r) / sqrt(2)`` on the same bounds, which is NOT certified there.
+
+    Unpacks like Cohen's ``(prediction, radius)`` tuple.
+    """
+
+    prediction: int
+    radius: float
+    top_class: int
+    counts_top: tuple[int, ...]
+    p_lower: tuple[float, ...]
+    n0: int
+    n: int
+    alpha: float
+    kind: str
+    radius_paper: float | None = None
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction == ABSTAIN
+
+    def __iter__(self):
+        yield self.prediction
+        yield self.radius
+
+
+def _seed_key(seed: int | Sequence[int]) -> tuple[int, ...]:
+    key = (seed,) if isinstance(seed, (int, np.integer)) else tuple(seed)
+    if not key or any(int(k) < 0 for k in key):
+        raise ValueError(f"seed must be a non-negative integer or a tuple of them, got {seed!r}")
+    return tuple(int(k) for k in key)
+
+
+def _check_counts(n0: int | None, n: int, alpha: float, batch_size: int) -> None:
+    if n < 1 or (n0 is not None and n0 < 1):
+        raise ValueError(f"sample counts must be positive, got n0={n0}, n={n}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+
+class SmoothedClassifier:
+    """A smoothed classifier over any partition and voter (the sampling engine).
+
+    Args:
+        voter: module called as ``voter(noisy_parts, fresh_noise)`` on a batch, where
+            ``noisy_parts[j]`` has the shape of ``partition.split`` part ``j`` with a
+            leading batch dimension; returns ``(N, num_branches)`` class indices. If
+            ``voter.needs_fresh_noise`` is true it also receives an independent
+            standard normal tensor of the full image shape ``(N, C, H, W)``.
+        partition: how images become sub-images (one branch per part).
+        num_classes: number of classes the voter can output.
+        sigmas: noise level of each part, in [0, 1] pixel units.
+        kind: which certificate is sound for this voter.
+        device: where noise is drawn and votes are counted; defaults to the device
+            of the voter's first parameter (CPU if it has none).
+    """
+
+    def __init__(
+        self,
+        voter: nn.Module,
+        partition: Partition,
+        num_classes: int,
+        sigmas: Sequence[float],
+        kind: CertificateKind | str,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.voter = voter
+        self.partition = partition
+        self.num_classes = int(num_classes)
+        self.sigmas = tuple(float(s) for s in sigmas)
+        self.kind = CertificateKind(kind)
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if len(self.sigmas) != partition.num_parts:
+            raise ValueError(
+                f"need one sigma per part ({partition.num_parts}), got {len(self.sigmas)}"
+            )
+        if any(not (s > 0 and np.isfinite(s)) for s in self.sigmas):
+            raise ValueError(f"sigma must be positive and finite, got {self.sigmas}")
+        expected_parts = 1 if self.kind is CertificateKind.RS else 2
+        if partition.num_parts != expected_parts:
+            raise ValueError(
+                f"a {self.kind.value} certificate needs {expected_parts} part(s), "
+                f"the {partition.name} partition has {partition.num_parts}"
+            )
+        if self.kind is CertificateKind.COUPLED and len(set(self.sigmas)) != 1:
+            raise ValueError(f"coupled branches need a single sigma, got {self.sigmas}")
+        if device is None:
+            first = next(iter(voter.parameters()), None)
+            device = first.device if first is not None else "cpu"
+        self.device = torch.device(device)
+
+    @property
+    def num_branches(self) -> int:
+        return self.partition.num_parts
+
+    def sample_counts(
+        self,
+        x: torch.Tensor,
+        num: int,
+        batch_size: int,
+        seed: int | Sequence[int] = 0,
+        stage: int = _ESTIMATION,
+        mix_branches: bool = False,
+    ) -> np.ndarray:
+        """Votes of each branch over ``num`` noisy copies of ``x``: ``(num_branches, num_classes)``.
+
+        With ``mix_branches``, each sample contributes the vote of one branch drawn
+        uniformly at random, so the result is ``(1, num_classes)`` counts of ``num``
+        independent draws from the average of the branch distributions.
+        """
+        if x.dim() != 3:
+            raise ValueError(f"expected one image of shape (C, H, W), got {tuple(x.shape)}")
+        if num < 1 or batch_size < 1:
+            raise ValueError(f"num and batch_size must be positive, got {num}, {batch_size}")
+        key = _seed_key(seed)
+        x = x.to(self.device, torch.float32)
+        clean_parts = self.partition.split(x.unsqueeze(0))
+        noise = NoiseStream((*key, 2 * stage), x.shape, self.device)
+        fresh = None
+        if getattr(self.voter, "needs_fresh_noise", False):
+            fresh = NoiseStream((*key, 2 * stage + 1), x.shape, self.device)
+        choices = None
+        if mix_branches and self.num_branches > 1:
+            rng = np.random.default_rng(derive_seed(*key, stage, _BRANCH_CHOICE_PURPOSE))
+            choices = torch.from_numpy(rng.integers(self.num_branches, size=num)).to(self.device)
+        rows = 1 if choices is not None else self.num_branches
+        offsets = torch.arange(rows, device=self.device) * self.num_classes
+        counts = torch.zeros(rows * self.num_classes, dtype=torch.int64, device=self.device)
+        buffer = torch.empty((min(batch_size, num), *x.shape), device=self.device)
+        with torch.inference_mode():
+            for start in range(0, num, batch_size):
+                stop = min(num, start + batch_size)
+                batch_noise = noise.take(start, stop, out=buffer)
+                noisy_parts = [
+                    part_noise.mul_(sigma).add_(clean)
+                    for part_noise, sigma, clean in zip(
+                        self.partition.split(batch_noise), self.sigmas, clean_parts
+                    )
+                ]
+                fresh_noise = fresh.take(start, stop) if fresh is not None else None
+                votes = self.voter(noisy_parts, fresh_noise)
+                if choices is not None:
+                    votes = votes.gather(1, choices[start:stop, None])
+                counts += torch.bincount(
+                    (votes + offsets).flatten(), minlength=rows * self.num_classes
+                )[: rows * self.num_classes]
+        counts = counts.view(rows, self.num_classes).cpu().numpy()
+        if counts.sum() != rows * num:
+            raise ValueError(
+                f"the classifiers returned class indices outside [0, {self.num_classes}); "
+                "check num_classes"
+            )
+        return counts
+
+    def predict(
+        self,
+        x: torch.Tensor,
+        n: int,
+        alpha: float,
+        batch_size: int,
+        seed: int | Sequence[int] = 0,
+    ) -> int:
+        """Cohen's PREDICT: the smoothed class, or -1 (abstain).
+
+        With probability at least ``1 - alpha`` the returned class, if not -1, is the
+        prediction of ``g(x)``. The two most frequent classes among ``n`` votes are
+        compared by a two-sided binomial test. With several branches each vote comes
+        from one branch drawn uniformly at random, so the votes are independent
+        draws from ``(p_l + p_r) / 2``, whose argmax is exactly the DRS prediction;
+        this keeps Cohen's test exact for coupled and independent branches alike.
+        """
+        _check_counts(None, n, alpha, batch_size)
+        counts = self.sample_counts(x, n, batch_size, seed, _PREDICTION, mix_branches=True)[0]
+        order = np.argsort(counts, kind="stable")[::-1]
+        count_a, count_b = int(counts[order[0]]), int(counts[order[1]])
+        if binomtest(count_a, count_a + count_b, 0.5).pvalue > alpha:
+            return ABSTAIN
+        return int(order[0])
+
+    def certify(
+        self,
+        x: torch.Tensor,
+        n0: int,
+        n: int,
+        alpha: float,
+        batch_size: int,
+        seed: int | Sequence[int] = 0,
+    ) -> Certificate:
+        """Cohen's CERTIFY, generalised to DRS (the paper's Algorithm 1, alpha split).
+
+        Selects the top class from the summed votes of ``n0`` samples, counts it
+        in ``n`` fresh samples per branch, bounds each branch's probability at
+        ``alpha / num_branches`` and applies the abstain rule and radius of
+        ``self.kind``. See the module docstring for the guarantee.
+        """
+        _check_counts(n0, n, alpha, batch_size)
+        selection = self.sample_counts(x, n0, batch_size, seed, _SELECTION)
+        top_class = int(selection.sum(axis=0).argmax())
+        estimation = self.sample_counts(x, n, batch_size, seed, _ESTIMATION)
+        counts_top = estimation[:, top_class]
+        p_lower = np.atleast_1d(
+            clopper_pearson_lower(counts_top, n, branch_alpha(alpha, self.num_branches))
+        )
+        abstain, radius = certified_radius(self.kind, p_lower, self.sigmas)
+        radius_paper = None
+        if self.kind is CertificateKind.COUPLED:
+            radius_paper = 0.0 if abstain else float(drs_radius(p_lower[0], p_lower[1], self.sigmas[0]))
+        return Certificate(
+            prediction=ABSTAIN if abstain else top_class,
+            radius=radius,
+            top_class=top_class,
+            counts_top=tuple(int(c) for c in counts_top),
+            p_lower=tuple(float(p) for p in p_lower),
+            n0=n0,
+            n=n,
+            alpha=alpha,
+            kind=self.kind.value,
+            radius_paper=radius_paper,
+        )
+
+
+class Smooth(SmoothedClassifier):
+    """Cohen et al.'s smoothed classifier ``g(x) = argmax_c P(f(x + e) = c)``, ``e ~ N(0, sigma^2 I)``.
+
+    ``base_classifier`` maps a batch ``(N, C, H, W)`` in [0, 1] pixel space (plus
+    noise) to logits ``(N, num_classes)``.
+    """
+
+    def __init__(
+        self,
+        base_classifier: nn.Module,
+        num_classes: int,
+        sigma: float,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(
+            BranchClassifiers([base_classifier]),
+            Identity(),
+            num_classes,
+            (sigma,),
+            CertificateKind.RS,
+            device,
+        )
+        self.base_classifier = base_classifier
+        self.sigma = float(sigma)
+
+
+class DualSmooth(SmoothedClassifier):
+    """Dual Randomized Smoothing (Xia et al. 2024) with independent branches.
+
+    The image is split by the checkerboard partition; ``base_l`` sees
+    ``x_l + e_l`` and ``base_r`` sees ``x_r + e_r``, each of shape
+    ``(N, C, H, W / 2)``, with ``e_l ~ N(0, sigma^2)`` and ``e_r ~ N(0, sigma_r^2)``
+    (``sigma_r`` defaults to ``sigma``). Since each branch depends on its own
+    sub-image only, the certified radius is
+    ``(z_l + z_r) / sqrt(sigma^-2 + sigma_r^-2)``.
+    """
+
+    def __init__(
+        self,
+        base_l: nn.Module,
+        base_r: nn.Module,
+        num_classes: int,
+        sigma: float,
+        sigma_r: float | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        sigma_r = sigma if sigma_r is None else sigma_r
+        super().__init__(
+            BranchClassifiers([base_l, base_r]),
+            Checkerboard(),
+            num_classes,
+            (sigma, sigma_r),
+            CertificateKind.INDEPENDENT,
+            device,
+        )
+        self.base_l, self.base_r = base_l, base_r
+        self.sigma, self.sigma_r = float(sigma), float(sigma_r)
+
+
+__all__ = [
+    "ABSTAIN",
+    "BranchClassifiers",
+    "Certificate",
+    "DualSmooth",
+    "Smooth",
+    "SmoothedClassifier",
+]

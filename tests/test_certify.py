@@ -1,0 +1,134 @@
+"""Confidence bounds and radius formulas against scipy and closed-form oracles."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import beta, binom, norm
+
+from denoised_drs.certify import (
+    CertificateKind,
+    branch_alpha,
+    certified_radius,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    coupled_radius,
+    drs_abstains,
+    drs_radius,
+    rs_abstains,
+    rs_radius,
+)
+
+
+@pytest.mark.parametrize("n", [1, 10, 100_000])
+@pytest.mark.parametrize("alpha", [1e-12, 1e-3, 0.05])
+def test_clopper_pearson_edges_match_scipy(n, alpha):
+    assert clopper_pearson_lower(0, n, alpha) == 0.0
+    # k = n has the closed form alpha ** (1 / n), strictly below one.
+    top = clopper_pearson_lower(n, n, alpha)
+    assert top == pytest.approx(alpha ** (1.0 / n), rel=1e-9)
+    assert top < 1.0
+    assert np.isfinite(rs_radius(top, 0.5))
+    k = max(1, n // 3)
+    assert clopper_pearson_lower(k, n, alpha) == pytest.approx(beta.ppf(alpha, k, n - k + 1), rel=1e-12)
+
+
+def test_clopper_pearson_is_vectorised_and_monotone():
+    k = np.arange(0, 101)
+    bounds = clopper_pearson_lower(k, 100, 0.001)
+    assert bounds.shape == (101,)
+    assert np.all(np.diff(bounds) > 0)
+    assert np.all(bounds <= k / 100)
+    uppers = clopper_pearson_upper(k, 100, 0.001)
+    assert np.all(uppers >= k / 100)
+
+
+def test_clopper_pearson_coverage_is_at_least_one_minus_alpha():
+    # Exact coverage: sum the binomial probabilities of every k whose bound exceeds p.
+    n, alpha = 200, 0.05
+    ks = np.arange(n + 1)
+    bounds = clopper_pearson_lower(ks, n, alpha)
+    for p in np.linspace(0.01, 0.99, 41):
+        failure = binom.pmf(ks[bounds > p], n, p).sum()
+        assert failure <= alpha + 1e-12
+
+
+@pytest.mark.parametrize(
+    "k, n, alpha", [(-1, 10, 0.1), (11, 10, 0.1), (1, 0, 0.1), (1, 10, 0.0), (1, 10, 1.0), (1.5, 10, 0.1)]
+)
+def test_clopper_pearson_rejects_impossible_input(k, n, alpha):
+    with pytest.raises(ValueError):
+        clopper_pearson_lower(k, n, alpha)
+
+
+def test_radius_formulas_closed_form():
+    p = norm.cdf(1.5)
+    assert rs_radius(p, 0.25) == pytest.approx(0.375)
+    assert drs_radius(p, p, 0.25) == pytest.approx(0.25 * 3.0 / np.sqrt(2))
+    assert coupled_radius(p, p, 0.25) == pytest.approx(0.25 * 3.0 / 2)
+    # General sigmas: (z_l + z_r) / sqrt(sigma_l^-2 + sigma_r^-2).
+    assert drs_radius(p, norm.cdf(0.5), 0.25, 0.5) == pytest.approx(2.0 / np.sqrt(16 + 4))
+    with pytest.raises(ValueError):
+        rs_radius(0.9, 0.0)
+    with pytest.raises(ValueError):
+        drs_radius(0.9, 0.9, 0.25, -1.0)
+
+
+def test_abstain_rules():
+    assert rs_abstains(0.5) and not rs_abstains(0.51)
+    assert drs_abstains(0.5, 0.5)
+    assert drs_abstains(0.3, 0.7)
+    assert not drs_abstains(0.3, 0.75)
+    # One branch below 1/2 is fine as long as the sum of z's is positive.
+    abstain, radius = certified_radius("independent", [0.3, 0.99], [0.25, 0.25])
+    assert not abstain and radius > 0
+    assert certified_radius("rs", [0.5], [0.25]) == (True, 0.0)
+    assert certified_radius("coupled", [0.0, 0.999], [0.25, 0.25]) == (True, 0.0)
+    with pytest.raises(ValueError):
+        certified_radius("coupled", [0.9, 0.9], [0.25, 0.5])
+    with pytest.raises(ValueError):
+        certified_radius("rs", [0.9, 0.9], [0.25, 0.25])
+
+
+def test_branch_alpha_is_bonferroni():
+    assert branch_alpha(0.001, 2) == pytest.approx(0.0005)
+    assert branch_alpha(0.001, 1) == 0.001
+
+
+def test_two_pixel_counterexample_only_coupled_radius_is_sound():
+    # DESIGN.md section 2: a "denoiser" that replaces both pixels by their mean, then
+    # f_l = f_r = sign(pixel). Exact smoothed probabilities, so no sampling error.
+    sigma = 0.25
+    x_l, x_r = 0.3, 0.1
+    p = norm.cdf((x_l + x_r) / (np.sqrt(2) * sigma))
+    true_radius = (x_l + x_r) / np.sqrt(2)  # move both pixels by (x_l + x_r) / 2
+    assert coupled_radius(p, p, sigma) == pytest.approx(true_radius)
+    assert drs_radius(p, p, sigma) == pytest.approx(x_l + x_r)
+    assert drs_radius(p, p, sigma) > true_radius
+
+
+probabilities = st.floats(min_value=0.501, max_value=1 - 1e-9)
+sigmas = st.floats(min_value=0.01, max_value=2.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(p_l=probabilities, p_r=probabilities, sigma=sigmas, sigma_r=sigmas)
+def test_radius_properties(p_l, p_r, sigma, sigma_r):
+    independent = drs_radius(p_l, p_r, sigma)
+    # Equal sigmas: Eq. 13 is sqrt(2) times the mean of the two RS radii.
+    assert independent == pytest.approx((rs_radius(p_l, sigma) + rs_radius(p_r, sigma)) / np.sqrt(2))
+    # The coupled radius is the independent one divided by sqrt(2): never larger.
+    assert coupled_radius(p_l, p_r, sigma) == pytest.approx(independent / np.sqrt(2))
+    # Larger bounds never shrink a radius.
+    assert drs_radius(min(p_l + 1e-4, 1 - 1e-12), p_r, sigma, sigma_r) >= drs_radius(p_l, p_r, sigma, sigma_r)
+    # Two independent branches beat the better single branch at the harmonic sigma.
+    harmonic = 1 / np.sqrt(sigma**-2 + sigma_r**-2)
+    assert drs_radius(p_l, p_r, sigma, sigma_r) == pytest.approx(
+        harmonic * (norm.ppf(p_l) + norm.ppf(p_r))
+    )
+
+
+def test_certificate_kind_names():
+    assert CertificateKind("coupled") is CertificateKind.COUPLED
+    with pytest.raises(ValueError):
+        CertificateKind("paper")
