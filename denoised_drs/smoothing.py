@@ -45,37 +45,12 @@ from denoised_drs.certify import (
 )
 from denoised_drs.noise import NoiseStream, derive_seed
 from denoised_drs.partition import Checkerboard, Identity, Partition
+from denoised_drs.voters import BranchClassifiers
 
 ABSTAIN = -1
 
 _SELECTION, _ESTIMATION, _PREDICTION = 0, 1, 2
 _BRANCH_CHOICE_PURPOSE = 1000
-
-
-class BranchClassifiers(nn.Module):
-    """The plain voter: classifier ``j`` labels noisy sub-image ``j``.
-
-    Each branch is a function of its own sub-image only, so the branches are
-    independent in the sense of the DRS certificate.
-    """
-
-    needs_fresh_noise = False
-
-    def __init__(self, classifiers: Sequence[nn.Module]) -> None:
-        super().__init__()
-        if not classifiers:
-            raise ValueError("need at least one classifier")
-        self.classifiers = nn.ModuleList(classifiers)
-
-    @property
-    def num_branches(self) -> int:
-        return len(self.classifiers)
-
-    def forward(
-        self, noisy_parts: Sequence[torch.Tensor], fresh_noise: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        votes = [clf(part).argmax(dim=1) for clf, part in zip(self.classifiers, noisy_parts)]
-        return torch.stack(votes, dim=1)
 
 
 @dataclass(frozen=True)
@@ -141,7 +116,9 @@ class SmoothedClassifier:
         partition: how images become sub-images (one branch per part).
         num_classes: number of classes the voter can output.
         sigmas: noise level of each part, in [0, 1] pixel units.
-        kind: which certificate is sound for this voter.
+        kind: which certificate is sound for this voter; defaults to the voter's
+            own ``certificate`` attribute. Asking for a stronger certificate than the
+            voter declares (independent for a coupled voter) is refused.
         device: where noise is drawn and votes are counted; defaults to the device
             of the voter's first parameter (CPU if it has none).
     """
@@ -152,9 +129,20 @@ class SmoothedClassifier:
         partition: Partition,
         num_classes: int,
         sigmas: Sequence[float],
-        kind: CertificateKind | str,
+        kind: CertificateKind | str | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        declared = getattr(voter, "certificate", None)
+        if kind is None:
+            if declared is None:
+                raise ValueError("the voter declares no certificate kind; pass kind=")
+            kind = declared
+        if declared is not None and CertificateKind(declared) is CertificateKind.COUPLED:
+            if CertificateKind(kind) is not CertificateKind.COUPLED:
+                raise ValueError(
+                    "this voter couples the branches (each sees the whole image): only the "
+                    "coupled radius is sound for it"
+                )
         self.voter = voter
         self.partition = partition
         self.num_classes = int(num_classes)
@@ -372,7 +360,6 @@ class DualSmooth(SmoothedClassifier):
 
 __all__ = [
     "ABSTAIN",
-    "BranchClassifiers",
     "Certificate",
     "DualSmooth",
     "Smooth",

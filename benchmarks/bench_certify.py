@@ -1,0 +1,148 @@
+"""Throughput of `Smooth.certify` against the bare network and against IBM ART.
+
+The network is ``--model lenet`` (default: a LeNet-style CNN, two 5x5
+convolutions and two linear layers, about 0.3M multiply-adds: the setting of the
+issue, where ART's own overhead is visible) or ``--model small_cnn`` (the library's
+Fashion-MNIST default, about 4M multiply-adds, where the network dominates every
+implementation's time). All three are timed in one run, interleaved image by image so that machine load
+affects them alike:
+
+* bare: the small CNN's forward over the same number of noisy inputs (n0 + n per
+  image), pre-generated, in batches of ``--batch``, under ``torch.inference_mode``;
+* ours: ``Smooth(cnn, 10, sigma).certify(x, n0, n, alpha, batch)``, noise included;
+* ART: ``PyTorchRandomizedSmoothing(...).certify(x, n, batch)`` with
+  ``sample_size = n0`` (``pip install adversarial-robustness-toolbox``; the benchmark
+  skips ART with a note when it is not installed; it is never a dependency of the
+  library).
+
+Prints the seconds per image of each and the ratios ours / bare and ART / ours,
+and writes them as JSON with ``--json``.
+
+    python benchmarks/bench_certify.py --n 10000 --batch 1000 --images 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from denoised_drs import Smooth
+from denoised_drs.models.small_cnn import SmallCNN
+
+
+class LeNet(torch.nn.Module):
+    """A classic small CNN for 1x28x28 inputs (benchmark only)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 6, 5, padding=2),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(6, 16, 5),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(16 * 5 * 5, 120),
+            torch.nn.ReLU(),
+            torch.nn.Linear(120, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def bare_forward_seconds(model: torch.nn.Module, noisy: torch.Tensor, batch: int) -> float:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(noisy), batch):
+            model(noisy[i : i + batch])
+    return time.perf_counter() - start
+
+
+def make_art_smoother(model, sigma, n0, alpha):
+    try:
+        from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
+    except ImportError:
+        return None
+    return PyTorchRandomizedSmoothing(
+        model=model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=(1, 28, 28),
+        nb_classes=10,
+        channels_first=True,
+        clip_values=(0.0, 1.0),
+        sample_size=n0,
+        scale=sigma,
+        alpha=alpha,
+        device_type="cpu",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n0", type=int, default=100)
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--sigma", type=float, default=0.25)
+    parser.add_argument("--alpha", type=float, default=0.001)
+    parser.add_argument("--images", type=int, default=5)
+    parser.add_argument("--model", choices=("lenet", "small_cnn"), default="lenet")
+    parser.add_argument("--json", help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    model = (LeNet() if args.model == "lenet" else SmallCNN(10, 1, (28, 28))).eval()
+    smooth = Smooth(model, 10, args.sigma)
+    art = make_art_smoother(model, args.sigma, args.n0, args.alpha)
+    images = torch.rand(args.images, 1, 28, 28)
+    total = args.n0 + args.n
+
+    # Warm-up: first calls pay for allocator and kernel selection.
+    smooth.certify(images[0], args.n0, min(args.n, 2 * args.batch), args.alpha, args.batch)
+    bare_forward_seconds(model, torch.rand(2 * args.batch, 1, 28, 28), args.batch)
+
+    times: dict[str, list[float]] = {"bare": [], "ours": [], "art": []}
+    for index, x in enumerate(images):
+        noisy = x + args.sigma * torch.randn(total, 1, 28, 28)
+        times["bare"].append(bare_forward_seconds(model, noisy, args.batch))
+        start = time.perf_counter()
+        smooth.certify(x, args.n0, args.n, args.alpha, args.batch, seed=(0, index))
+        times["ours"].append(time.perf_counter() - start)
+        if art is not None:
+            start = time.perf_counter()
+            art.certify(x[None].numpy(), n=args.n, batch_size=args.batch)
+            times["art"].append(time.perf_counter() - start)
+
+    per_image = {k: statistics.median(v) for k, v in times.items() if v}
+    figures = {
+        "setting": vars(args) | {"threads": torch.get_num_threads(), "torch": torch.__version__},
+        "seconds_per_image": per_image,
+        "ours_over_bare": per_image["ours"] / per_image["bare"],
+    }
+    if "art" in per_image:
+        figures["art_over_bare"] = per_image["art"] / per_image["bare"]
+        figures["art_over_ours"] = per_image["art"] / per_image["ours"]
+    print(f"{args.model}, 1x28x28, n0={args.n0}, n={args.n}, batch={args.batch}, "
+          f"{args.images} images, {torch.get_num_threads()} threads (median s/image)")
+    for name, seconds in per_image.items():
+        print(f"  {name:5s} {seconds:8.3f} s")
+    print(f"  ours / bare = {figures['ours_over_bare']:.3f}")
+    if "art" in per_image:
+        print(f"  ART / bare  = {figures['art_over_bare']:.3f}")
+        print(f"  ART / ours  = {figures['art_over_ours']:.3f}")
+    else:
+        print("  ART not installed: pip install adversarial-robustness-toolbox", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(figures, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Voters: how a batch of noisy sub-images becomes one class vote per branch.
+
+A voter is an ``nn.Module`` called as ``voter(noisy_parts, fresh_noise)`` that
+returns ``(N, num_branches)`` class indices. Its ``certificate`` attribute says
+which radius is sound for it (:class:`~denoised_drs.certify.CertificateKind`),
+and ``needs_fresh_noise`` whether the engine must pass an independent standard
+normal tensor of the full image shape.
+
+Any ``denoiser`` here is a module mapping noisy images in [0, 1] ``(N, C, H, W)``
+to clean estimates of the same shape (e.g.
+:class:`denoised_drs.diffusion.OneShotDenoiser`); voters know nothing about how it
+works, and it knows nothing about certificates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from denoised_drs.certify import CertificateKind
+from denoised_drs.partition import Checkerboard
+
+
+def _votes(classifiers: Sequence[nn.Module], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([clf(part).argmax(dim=1) for clf, part in zip(classifiers, inputs)], dim=1)
+
+
+class BranchClassifiers(nn.Module):
+    """Classifier ``j`` labels noisy sub-image ``j`` (plain RS, or DRS without a denoiser).
+
+    Each branch is a function of its own sub-image only, so with two branches the
+    independent DRS radius is sound.
+    """
+
+    needs_fresh_noise = False
+
+    def __init__(self, classifiers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not classifiers:
+            raise ValueError("need at least one classifier")
+        self.classifiers = nn.ModuleList(classifiers)
+        self.certificate = (
+            CertificateKind.RS if len(classifiers) == 1 else CertificateKind.INDEPENDENT
+        )
+
+    def forward(
+        self, noisy_parts: Sequence[torch.Tensor], fresh_noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return _votes(self.classifiers, noisy_parts)
+
+
+class DenoisedClassifier(nn.Module):
+    """``classifier(denoiser(x))``: Carlini et al.'s diffusion denoised smoothing for RS."""
+
+    def __init__(self, denoiser: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.denoiser(x))
+
+
+class JointDenoisedBranches(nn.Module):
+    """The DRS paper's denoising pipeline: merge, denoise once, split, classify each half.
+
+    One denoiser call per noise sample serves both branches. Both branches then
+    depend on the whole noisy image, so only the coupled radius
+    ``sigma (z_l + z_r) / 2`` is sound.
+    """
+
+    needs_fresh_noise = False
+    certificate = CertificateKind.COUPLED
+
+    def __init__(self, denoiser: nn.Module, classifier_l: nn.Module, classifier_r: nn.Module) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.classifiers = nn.ModuleList([classifier_l, classifier_r])
+        self.partition = Checkerboard()
+
+    def forward(
+        self, noisy_parts: Sequence[torch.Tensor], fresh_noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        denoised = self.denoiser(self.partition.merge(noisy_parts))
+        return _votes(self.classifiers, self.partition.split(denoised))
+
+
+class SplitDenoisedBranches(nn.Module):
+    """Sound DRS with a denoiser: each branch denoises an image built from its own half.
+
+    Branch ``j`` fills the other half's positions from its own noisy pixels plus
+    fresh independent noise (:meth:`Checkerboard.fill_missing`), so every pixel
+    carries noise of level ``sigma``, denoises that image and classifies its own
+    half of the result. Each branch is a function of its own sub-image (and noise
+    independent of the other branch), so the independent DRS radius holds. The two
+    branches share one batched denoiser call of ``2N`` images.
+    """
+
+    needs_fresh_noise = True
+    certificate = CertificateKind.INDEPENDENT
+
+    def __init__(
+        self, denoiser: nn.Module, classifier_l: nn.Module, classifier_r: nn.Module, sigma: float
+    ) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.classifiers = nn.ModuleList([classifier_l, classifier_r])
+        self.partition = Checkerboard()
+        self.sigma = float(sigma)
+
+    def forward(
+        self, noisy_parts: Sequence[torch.Tensor], fresh_noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if fresh_noise is None:
+            raise ValueError("split denoising needs fresh noise for the missing pixels")
+        filled = [
+            self.partition.fill_missing(j, part, self.sigma, fresh_noise)
+            for j, part in enumerate(noisy_parts)
+        ]
+        denoised = self.denoiser(torch.cat(filled)).chunk(2)
+        own_halves = [self.partition.split(image)[j] for j, image in enumerate(denoised)]
+        return _votes(self.classifiers, own_halves)
+
+
+__all__ = [
+    "BranchClassifiers",
+    "DenoisedClassifier",
+    "JointDenoisedBranches",
+    "SplitDenoisedBranches",
+]
