@@ -1,0 +1,270 @@
+"""Datasets as float images in [0, 1], shape (C, H, W), from local files only.
+
+``get_dataset(name, split, root=None)`` with ``name`` one of:
+
+* ``"fashion-mnist"``: IDX files (gzip or plain), default folder
+  ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``);
+* ``"cifar10"``: a torchvision-format folder (``cifar-10-batches-py``), default
+  ``$CIFAR10_DIR`` or ``./data/cifar10``;
+* ``"imagenet"``: an ImageFolder with ``train/`` and ``val/``, default ``$IMAGENET_DIR``
+  (as in Cohen et al.'s code); val images are resized to 256 and centre-cropped to 224;
+* ``"sample"``: 100 Fashion-MNIST test images bundled with the package.
+
+Nothing is downloaded: a missing folder raises FileNotFoundError saying what was
+looked for and how to get it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+DATASETS = ("cifar10", "imagenet", "fashion-mnist", "sample")
+SPLITS = ("train", "test")
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+SAMPLE_PATH = Path(__file__).parent / "sample" / "fashion_mnist_test_sample.npz"
+SAMPLE_EVERY = 100
+"""The bundled sample holds Fashion-MNIST test images 0, 100, 200, ..., 9900."""
+
+NUM_CLASSES = {"cifar10": 10, "imagenet": 1000, "fashion-mnist": 10, "sample": 10}
+IMAGE_SHAPES = {
+    "cifar10": (3, 32, 32),
+    "imagenet": (3, 224, 224),
+    "fashion-mnist": (1, 28, 28),
+    "sample": (1, 28, 28),
+}
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+# IDX type codes (http://yann.lecun.com/exdb/mnist/): code -> big-endian numpy dtype.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Parse an IDX file (gzip-compressed or plain) into a numpy array.
+
+    Header: two zero bytes, a type code, the number of dimensions ``d``, then ``d``
+    big-endian uint32 sizes; the data follows in C order. Raises ValueError if the
+    header is malformed or the data length does not match it.
+    """
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path}: truncated IDX header")
+    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(
+            f"{path}: IDX header promises {shape} ({expected} bytes of data), "
+            f"found {len(raw) - header} bytes"
+        )
+    return (
+        np.frombuffer(raw, dtype=dtype, offset=header)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
+
+
+def _find_idx(folder: Path, stem: str) -> Path:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(
+        f"Fashion-MNIST file {stem}[.gz] not found in {folder}; install the Debian package "
+        f"(apt-get install dataset-fashion-mnist) or pass the folder holding the IDX files"
+    )
+
+
+def load_fashion_mnist_arrays(
+    split: str, root: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST ``split`` as (uint8 images (N, 28, 28), int64 labels (N,))."""
+    _check_split(split)
+    folder = Path(root or FASHION_MNIST_DIR)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"Fashion-MNIST folder {folder} not found; install it with "
+            f"`apt-get install dataset-fashion-mnist` (files go to {FASHION_MNIST_DIR}) "
+            f"or pass the folder holding the IDX files"
+        )
+    image_stem, label_stem = _FASHION_FILES[split]
+    images = read_idx(_find_idx(folder, image_stem))
+    labels = read_idx(_find_idx(folder, label_stem)).astype(np.int64)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(
+            f"Fashion-MNIST {split} files in {folder} disagree: images {images.shape}, "
+            f"labels {labels.shape}"
+        )
+    return images, labels
+
+
+class ImageArrayDataset(Dataset):
+    """uint8 images held in memory, served as float tensors (C, H, W) in [0, 1] with int labels.
+
+    ``indices`` records each image's index in its source split (for the sample: its
+    index in the Fashion-MNIST test set).
+    """
+
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray | None = None
+    ) -> None:
+        if images.ndim == 3:
+            images = images[:, None]
+        if images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(
+                f"expected images (N, [C,] H, W) and N labels, got {images.shape} and {labels.shape}"
+            )
+        self.images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.indices = np.arange(len(labels)) if indices is None else np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i].float().div_(255.0), int(self.labels[i])
+
+
+def fashion_mnist(split: str = "test", root: str | os.PathLike | None = None) -> ImageArrayDataset:
+    """Fashion-MNIST ``"train"`` (60,000) or ``"test"`` (10,000) images (1, 28, 28)."""
+    return ImageArrayDataset(*load_fashion_mnist_arrays(split, root))
+
+
+def make_sample(
+    out: str | os.PathLike = SAMPLE_PATH,
+    root: str | os.PathLike | None = None,
+    every: int = SAMPLE_EVERY,
+) -> Path:
+    """(Re)create the bundled sample: every ``every``-th Fashion-MNIST test image.
+
+    Writes a compressed ``.npz`` with ``images`` (uint8, N x 28 x 28), ``labels``
+    (int64) and ``indices`` (their positions in the test set).
+    """
+    images, labels = load_fashion_mnist_arrays("test", root)
+    indices = np.arange(0, len(labels), every)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez_compressed(tmp, images=images[indices], labels=labels[indices], indices=indices)
+    os.replace(tmp, out)
+    return out
+
+
+def load_sample(path: str | os.PathLike | None = None) -> ImageArrayDataset:
+    """The bundled Fashion-MNIST test sample (100 images, test indices 0, 100, ..., 9900).
+
+    Meant for smoke tests and examples; it is a test-set subset, so never a
+    measure of generalisation when a model is also trained on it.
+    """
+    path = Path(path or SAMPLE_PATH)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"bundled sample {path} not found; recreate it with "
+            f"`python -c 'from denoised_drs.data import make_sample; make_sample()'`"
+        )
+    with np.load(path) as arrays:
+        return ImageArrayDataset(arrays["images"], arrays["labels"], arrays["indices"])
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def cifar10(
+    split: str = "test", root: str | os.PathLike | None = None, augment: bool | None = None
+) -> Dataset:
+    """CIFAR-10 from a local torchvision-format folder; train split gets crop+flip by default."""
+    from torchvision import datasets, transforms
+
+    _check_split(split)
+    folder = Path(root or os.environ.get("CIFAR10_DIR", "data/cifar10"))
+    if not (folder / "cifar-10-batches-py").is_dir():
+        raise FileNotFoundError(
+            f"CIFAR-10 not found: expected {folder / 'cifar-10-batches-py'} (the python "
+            f"version from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, "
+            f"extracted there); pass its parent folder as root or set CIFAR10_DIR"
+        )
+    augment = split == "train" if augment is None else augment
+    steps = (
+        [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if augment else []
+    )
+    return datasets.CIFAR10(
+        str(folder),
+        train=split == "train",
+        download=False,
+        transform=transforms.Compose([*steps, transforms.ToTensor()]),
+    )
+
+
+def imagenet(
+    split: str = "test", root: str | os.PathLike | None = None, augment: bool | None = None
+) -> Dataset:
+    """ImageNet from a local ImageFolder (``train/``, ``val/``; split ``"test"`` reads ``val/``).
+
+    Val: resize 256, centre crop 224. Train: random resized crop 224 and horizontal flip.
+    """
+    from torchvision import datasets, transforms
+
+    _check_split(split)
+    base = root or os.environ.get("IMAGENET_DIR")
+    sub = "train" if split == "train" else "val"
+    if not base or not (Path(base) / sub).is_dir():
+        where = Path(base) / sub if base else "$IMAGENET_DIR/" + sub
+        raise FileNotFoundError(
+            f"ImageNet {sub} folder not found at {where}; ImageNet cannot be downloaded "
+            f"automatically: get ILSVRC2012 from https://image-net.org, arrange it as "
+            f"ImageFolder class sub-folders, and pass root or set IMAGENET_DIR"
+        )
+    augment = split == "train" if augment is None else augment
+    if augment:
+        steps = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()]
+    else:
+        steps = [transforms.Resize(256), transforms.CenterCrop(224)]
+    return datasets.ImageFolder(
+        str(Path(base) / sub), transform=transforms.Compose([*steps, transforms.ToTensor()])
+    )
+
+
+def get_dataset(name: str, split: str = "test", root: str | os.PathLike | None = None) -> Dataset:
+    """Dataset ``name`` (see :data:`DATASETS`) and ``split`` (``"train"`` / ``"test"``).
+
+    Items are ``(image, label)`` with ``image`` a float tensor (C, H, W) in [0, 1].
+    ``"sample"`` serves its 100 test images for either split (smoke runs only);
+    ``root`` is then the path of the ``.npz`` file.
+    """
+    _check_split(split)
+    if name == "fashion-mnist":
+        return fashion_mnist(split, root)
+    if name == "cifar10":
+        return cifar10(split, root)
+    if name == "imagenet":
+        return imagenet(split, root)
+    if name == "sample":
+        return load_sample(root)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")

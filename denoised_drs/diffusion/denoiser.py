@@ -1,0 +1,190 @@
+"""One-shot diffusion denoising (Carlini et al. 2023, "(Certified!!) Adversarial
+Robustness for Free!").
+
+An image in [0, 1] carrying Gaussian pixel noise of std ``sigma`` is, after mapping to
+[-1, 1] (noise std ``2 sigma``) and scaling by ``sqrt(abar_t)``, distributed like the
+diffusion state ``x_t`` at the timestep ``t`` whose noise level matches
+(:func:`~denoised_drs.diffusion.schedule.sigma_to_timestep`; the match is to the first
+timestep at least as noisy). One call of the noise-prediction network then gives the
+estimate of the clean image
+
+    x0_hat = clip(sqrt(1 / abar_t) x_t - sqrt(1 / abar_t - 1) eps_hat, -1, 1).
+
+The denoiser adds no noise of its own and knows nothing about certificates: the caller
+adds the noise (once, with the sigma of its certificate) and decides what the output
+may be used for.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+from torch import nn
+
+from .loading import load_denoiser_network
+from .schedule import sigma_to_timestep
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+class OneShotDenoiser(nn.Module):
+    """Denoise noisy images in [0, 1] with one call of a diffusion network.
+
+    Args:
+        network: called as ``network(x_t, timesteps) -> (N, C_out, H, W)``; its first C
+            output channels (C = input channels) are the prediction, further channels
+            (learned variance) are dropped.
+        alphas_cumprod: abar_t for t = 0 .. T-1 (OpenAI indexing).
+        sigma: the pixel-space noise std the inputs carry (images in [0, 1]).
+        timestep_scale: the network is called with ``t * timestep_scale`` as a float
+            (``1000 / T`` for improved-diffusion's rescaled timesteps).
+        prediction_type: what the network predicts: "epsilon" (the OpenAI models),
+            "sample" (x0) or "v_prediction".
+        chunk_size: at most this many images per network call (bounds peak memory);
+            None sends the whole batch at once. Results do not depend on it.
+        autocast_dtype: None computes in float32; torch.bfloat16 / torch.float16 run the
+            network under ``torch.autocast`` (meant for GPUs).
+
+    The module is created in eval mode; in eval mode :meth:`forward` runs under
+    ``torch.inference_mode`` and returns an ordinary tensor (safe to feed to code that
+    records gradients). In train mode it records gradients through the network.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        alphas_cumprod: ArrayLike,
+        sigma: float,
+        *,
+        timestep_scale: float = 1.0,
+        prediction_type: str = "epsilon",
+        chunk_size: int | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
+            )
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+        if not (math.isfinite(timestep_scale) and timestep_scale > 0):
+            raise ValueError(f"timestep_scale must be positive, got {timestep_scale}")
+        self.network = network
+        self.alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
+        self.timestep = sigma_to_timestep(self.alphas_cumprod, sigma)
+        self.sigma = float(sigma)
+        self.timestep_scale = float(timestep_scale)
+        self.prediction_type = prediction_type
+        self.chunk_size = chunk_size
+        self.autocast_dtype = autocast_dtype
+        self.eval()
+
+    @classmethod
+    def from_preset(
+        cls,
+        denoiser: str | os.PathLike,
+        sigma: float,
+        checkpoint_path: str | os.PathLike | None = None,
+        **options: Any,
+    ) -> OneShotDenoiser:
+        """Build from a preset name + checkpoint file, or from a diffusers directory.
+
+        ``options`` are ``chunk_size`` and ``autocast_dtype``. See
+        :func:`~denoised_drs.diffusion.loading.load_denoiser_network`.
+        """
+        loaded = load_denoiser_network(denoiser, checkpoint_path)
+        return cls(
+            loaded.network,
+            loaded.alphas_cumprod,
+            sigma,
+            timestep_scale=loaded.timestep_scale,
+            prediction_type=loaded.prediction_type,
+            **options,
+        )
+
+    @property
+    def abar(self) -> float:
+        """abar_t at the timestep matched to sigma."""
+        return float(self.alphas_cumprod[self.timestep])
+
+    def forward(self, x_noisy: torch.Tensor) -> torch.Tensor:
+        """Denoise ``x_noisy`` (N, C, H, W): images in [0, 1] plus N(0, sigma^2) noise.
+
+        Returns the estimate of the clean images, (N, C, H, W), in [0, 1].
+        """
+        _check_images(x_noisy)
+        with torch.inference_mode(not self.training):
+            x_t = math.sqrt(self.abar) * (2 * x_noisy - 1)
+            timesteps = torch.full((x_noisy.shape[0],), self.timestep, dtype=torch.long)
+            x0 = self.predict_xstart(x_t, timesteps)
+            denoised = (x0 + 1) / 2
+        # Inference tensors cannot enter autograd later on (e.g. as a classifier's
+        # training input); a clone made outside inference mode is an ordinary tensor.
+        return denoised if self.training else denoised.clone()
+
+    def predict_xstart(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """One network call per chunk: the clipped x0 estimate in [-1, 1] from ``x_t``.
+
+        ``x_t`` is the diffusion state in [-1, 1] units (N, C, H, W); ``t`` the integer
+        diffusion timestep, one for all or one per sample (N,). This is the
+        ``pred_xstart`` (clip_denoised=True) of the OpenAI code.
+        """
+        _check_images(x_t)
+        n = x_t.shape[0]
+        t = torch.as_tensor(t, dtype=torch.long).reshape(-1).cpu()
+        if t.numel() == 1:
+            t = t.expand(n)
+        if t.numel() != n:
+            raise ValueError(f"got {t.numel()} timesteps for {n} images")
+        if bool((t < 0).any() or (t >= self.alphas_cumprod.size).any()):
+            raise ValueError(f"timesteps must lie in [0, {self.alphas_cumprod.size - 1}]")
+        chunk = self.chunk_size or max(n, 1)
+        parts = [
+            self._predict_xstart_chunk(x_t[i : i + chunk], t[i : i + chunk])
+            for i in range(0, n, chunk)
+        ]
+        return torch.cat(parts) if parts else x_t.new_empty(x_t.shape)
+
+    def _predict_xstart_chunk(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        channels = x_t.shape[1]
+        model_t = (t.double() * self.timestep_scale).to(device=x_t.device, dtype=torch.float32)
+        with torch.autocast(
+            device_type=x_t.device.type,
+            dtype=self.autocast_dtype,
+            enabled=self.autocast_dtype is not None,
+        ):
+            output = self.network(x_t, model_t)
+        if output.ndim != 4 or output.shape[1] < channels or output.shape[2:] != x_t.shape[2:]:
+            raise ValueError(
+                f"network output {tuple(output.shape)} does not fit input {tuple(x_t.shape)}"
+            )
+        prediction = output[:, :channels].float()
+        # Coefficients in float64 from the float64 schedule, then float32 (as OpenAI does).
+        abar = torch.from_numpy(self.alphas_cumprod[t.numpy()])
+
+        def coefficient(values: torch.Tensor) -> torch.Tensor:
+            return values.to(device=x_t.device, dtype=torch.float32).view(-1, 1, 1, 1)
+
+        x_t = x_t.float()
+        if self.prediction_type == "epsilon":
+            x0 = (
+                coefficient((1 / abar).sqrt()) * x_t
+                - coefficient((1 / abar - 1).sqrt()) * prediction
+            )
+        elif self.prediction_type == "v_prediction":
+            x0 = coefficient(abar.sqrt()) * x_t - coefficient((1 - abar).sqrt()) * prediction
+        else:
+            x0 = prediction
+        return x0.clamp(-1, 1)
+
+
+def _check_images(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected a floating-point batch of images (N, C, H, W), got {shape}")

@@ -1,0 +1,519 @@
+"""The OpenAI diffusion UNet (improved-diffusion / guided-diffusion), built on diffusers.
+
+:func:`openai_unet` builds, from the OpenAI script flags, a diffusers ``UNet2DModel``
+that computes exactly what the OpenAI ``UNetModel`` computes, and loads state dicts in
+the official key layout (``time_embed``, ``input_blocks``, ``middle_block``,
+``output_blocks``, ``out``) through :func:`convert_openai_state_dict`.
+
+How the two architectures line up (checked against the reference outputs of the
+original code, see ``tests/test_diffusion_unet.py``):
+
+* timestep embedding: OpenAI's ``cat[cos, sin]`` with frequencies
+  ``exp(-ln(10000) i / half)`` is diffusers' ``Timesteps(flip_sin_to_cos=True,
+  freq_shift=0)``; timesteps may be fractional (improved-diffusion feeds t * 1000 / T).
+* ``ResBlock`` -> ``ResnetBlock2D`` (``use_scale_shift_norm`` -> ``"scale_shift"``,
+  GroupNorm(32, eps=1e-5)); ``resblock_updown`` -> ResnetBlock2D(down/up=True), which
+  like OpenAI average-pools / nearest-upsamples between the first norm and conv.
+* ``Downsample``: conv 3x3, stride 2, padding 1; ``Upsample``: nearest x2, conv 3x3.
+* ``AttentionBlock`` -> diffusers ``Attention`` with group norm and residual. OpenAI's
+  fused ``qkv`` 1x1 conv is laid out per head ((heads, 3, C / heads) along the output
+  axis, the "legacy" order) or, with ``use_new_attention_order``, as (3, heads, C / heads);
+  it is split into ``to_q``, ``to_k``, ``to_v`` accordingly. The head count follows
+  OpenAI (``num_head_channels`` if set, else ``num_heads``; ``num_heads_upsample`` in
+  the decoder) and is set on every ``Attention`` module after construction, because
+  ``UNet2DModel`` has a single head dimension for all levels.
+* the mid-block attention keeps its GroupNorm only with ``attn_norm_num_groups=32``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+# OpenAI defaults (guided-diffusion ``model_and_diffusion_defaults``; improved-diffusion
+# agrees on every flag it has).
+_DEFAULT_FLAGS: dict[str, Any] = {
+    "image_size": 64,
+    "num_channels": 128,
+    "num_res_blocks": 2,
+    "channel_mult": "",
+    "learn_sigma": False,
+    "attention_resolutions": "16,8",
+    "num_heads": 4,
+    "num_head_channels": -1,
+    "num_heads_upsample": -1,
+    "use_scale_shift_norm": True,
+    "resblock_updown": False,
+    "use_new_attention_order": False,
+    "dropout": 0.0,
+    "class_cond": False,
+    "in_channels": 3,
+}
+
+# Flags of the OpenAI scripts that configure the diffusion process or the training
+# run, not the network's layers: accepted and ignored so that a checkpoint's full flag
+# set can be passed through unchanged.
+_NON_ARCHITECTURE_FLAGS = frozenset(
+    {
+        "diffusion_steps",
+        "noise_schedule",
+        "timestep_respacing",
+        "use_kl",
+        "predict_xstart",
+        "rescale_timesteps",
+        "rescale_learned_sigmas",
+        "sigma_small",
+        "use_checkpoint",
+        "use_fp16",
+    }
+)
+
+# OpenAI's channel_mult defaults by image size (the union of both repositories).
+_DEFAULT_CHANNEL_MULT = {
+    256: (1, 1, 2, 2, 4, 4),
+    128: (1, 1, 2, 3, 4),
+    64: (1, 2, 3, 4),
+    32: (1, 2, 2, 2),
+}
+
+_NORM_GROUPS = 32
+_NORM_EPS = 1e-5
+
+
+class StateDictMismatchError(ValueError):
+    """A state dict whose keys or shapes do not fit the network it is loaded into."""
+
+
+@dataclass(frozen=True)
+class OpenAIUNetConfig:
+    """The architecture of an OpenAI UNet, parsed from the OpenAI script flags."""
+
+    image_size: int
+    in_channels: int
+    model_channels: int
+    out_channels: int
+    num_res_blocks: int
+    attention_ds: tuple[int, ...]
+    channel_mult: tuple[int, ...]
+    dropout: float
+    num_heads: int
+    num_head_channels: int
+    num_heads_upsample: int
+    use_scale_shift_norm: bool
+    resblock_updown: bool
+    use_new_attention_order: bool
+
+    @classmethod
+    def from_flags(cls, **flags: Any) -> OpenAIUNetConfig:
+        """Parse OpenAI flags (``num_channels``, ``attention_resolutions="16,8"``, ...).
+
+        Unknown flag names raise ValueError (a typo would otherwise build a different
+        network); the diffusion/training flags of the OpenAI scripts are ignored.
+        """
+        unknown = sorted(set(flags) - set(_DEFAULT_FLAGS) - _NON_ARCHITECTURE_FLAGS)
+        if unknown:
+            raise ValueError(
+                f"unknown OpenAI UNet flag(s) {unknown}; known: {sorted(_DEFAULT_FLAGS)}"
+            )
+        f = {**_DEFAULT_FLAGS, **flags}
+        if f["class_cond"]:
+            raise NotImplementedError(
+                "class-conditional OpenAI UNets (class_cond=True) are not supported: "
+                "one-shot denoising for certification uses the unconditional checkpoints"
+            )
+        image_size = int(f["image_size"])
+        channel_mult = _parse_channel_mult(f["channel_mult"], image_size)
+        model_channels = int(f["num_channels"])
+        attention_ds = tuple(
+            image_size // int(res) for res in _parse_int_list(f["attention_resolutions"])
+        )
+        in_channels = int(f["in_channels"])
+        num_heads = int(f["num_heads"])
+        num_heads_upsample = int(f["num_heads_upsample"])
+        config = cls(
+            image_size=image_size,
+            in_channels=in_channels,
+            model_channels=model_channels,
+            out_channels=in_channels * (2 if f["learn_sigma"] else 1),
+            num_res_blocks=int(f["num_res_blocks"]),
+            attention_ds=attention_ds,
+            channel_mult=channel_mult,
+            dropout=float(f["dropout"]),
+            num_heads=num_heads,
+            num_head_channels=int(f["num_head_channels"]),
+            num_heads_upsample=num_heads if num_heads_upsample == -1 else num_heads_upsample,
+            use_scale_shift_norm=bool(f["use_scale_shift_norm"]),
+            resblock_updown=bool(f["resblock_updown"]),
+            use_new_attention_order=bool(f["use_new_attention_order"]),
+        )
+        config._validate()
+        return config
+
+    @property
+    def block_channels(self) -> tuple[int, ...]:
+        return tuple(self.model_channels * m for m in self.channel_mult)
+
+    @property
+    def attention_levels(self) -> tuple[bool, ...]:
+        """Whether each resolution level (downsampling factor 2**level) has attention."""
+        return tuple(2**level in self.attention_ds for level in range(len(self.channel_mult)))
+
+    def heads(self, channels: int, decoder: bool) -> int:
+        """OpenAI's head count for an attention block with ``channels`` channels."""
+        if self.num_head_channels != -1:
+            return channels // self.num_head_channels
+        return self.num_heads_upsample if decoder else self.num_heads
+
+    def _validate(self) -> None:
+        if self.image_size % 2 ** (len(self.channel_mult) - 1):
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by 2**{len(self.channel_mult) - 1}"
+            )
+        for channels in self.block_channels:
+            if channels % _NORM_GROUPS:
+                raise ValueError(f"{channels} channels do not split into {_NORM_GROUPS} groups")
+            for decoder in (False, True):
+                heads = self.heads(channels, decoder)
+                if heads < 1 or channels % heads:
+                    raise ValueError(f"{channels} channels do not split into {heads} heads")
+
+
+class DiffusersUNet(nn.Module):
+    """Adapter: a diffusers ``UNet2DModel`` called as ``model(x_t, timesteps) -> tensor``.
+
+    ``timesteps`` is a scalar or one value per sample, cast to float32 (fractional
+    timesteps are fine for the positional embedding).
+    """
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        if getattr(unet, "class_embedding", None) is not None:
+            raise NotImplementedError(
+                "class-conditional UNet2DModels are not supported for one-shot denoising"
+            )
+        self.unet = unet
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the network was built for."""
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else size
+        return (self.in_channels, int(height), int(width))
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.unet.config.out_channels)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor | float) -> torch.Tensor:
+        timesteps = torch.as_tensor(timesteps, dtype=torch.float32, device=x.device)
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(x.shape[0])
+        return self.unet(x, timesteps, return_dict=False)[0]
+
+
+class OpenAIUNet(DiffusersUNet):
+    """An OpenAI UNet: ``model(x_t, timesteps) -> (B, out_channels, H, W)``.
+
+    ``timesteps`` are what the OpenAI model itself receives (already rescaled to
+    ``t * 1000 / T`` for improved-diffusion models), a scalar or one per sample; they
+    may be fractional. The output is the raw network output: the predicted noise in the
+    first ``in_channels`` channels, the learned-variance interpolation after it.
+    The layers live in ``self.unet`` (a diffusers ``UNet2DModel``), so ``state_dict()``
+    is in diffusers layout; load official checkpoints with
+    :meth:`load_openai_state_dict`.
+    """
+
+    def __init__(self, config: OpenAIUNetConfig) -> None:
+        super().__init__(_build_unet2d(config))
+        self.config = config
+
+    def openai_state_dict_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every key of the official layout this network expects, with its shape."""
+        return _conversion_plan(self)[1]
+
+    def load_openai_state_dict(
+        self, state_dict: Mapping[str, torch.Tensor], assign: bool = False, context: str = ""
+    ) -> None:
+        """Strictly load a state dict in the official layout.
+
+        Raises ValueError naming the first missing key, the first unexpected key and the
+        first shape mismatch (``context``, e.g. the preset, is quoted in the message).
+        ``assign=True`` adopts the converted tensors instead of copying them, which lets
+        a network built on the meta device be loaded without ever allocating twice.
+        """
+        converted = convert_openai_state_dict(state_dict, self, context=context)
+        self.unet.load_state_dict(converted, strict=True, assign=assign)
+
+
+def openai_unet(state_dict: Mapping[str, torch.Tensor] | None = None, **flags: Any) -> OpenAIUNet:
+    """Build the OpenAI UNet described by ``flags``; load ``state_dict`` if given.
+
+    Flags are the OpenAI script flags (``image_size``, ``num_channels``,
+    ``num_res_blocks``, ``channel_mult`` (tuple or ``"1,2,2"``; default per image size),
+    ``learn_sigma``, ``attention_resolutions`` (``"16,8"``), ``num_heads``,
+    ``num_head_channels``, ``num_heads_upsample``, ``use_scale_shift_norm``,
+    ``resblock_updown``, ``use_new_attention_order``, ``dropout``, ``in_channels``);
+    the diffusion flags of a checkpoint's flag set may be passed too and are ignored.
+    The state dict (official key layout) is loaded strictly. With a state dict the
+    network is built on the meta device first, so no memory is spent on a random
+    initialisation, and the (float32) tensors of ``state_dict`` become the parameters
+    without a copy: do not modify them in place afterwards. The model is returned in eval mode (the checkpoints are used for
+    inference; call ``.train()`` to fine-tune).
+    """
+    config = OpenAIUNetConfig.from_flags(**flags)
+    if state_dict is None:
+        return OpenAIUNet(config).eval()
+    with torch.device("meta"):
+        model = OpenAIUNet(config)
+    model.load_openai_state_dict(
+        {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state_dict.items()},
+        assign=True,
+    )
+    return model.eval()
+
+
+def convert_openai_state_dict(
+    state_dict: Mapping[str, torch.Tensor], model: OpenAIUNet, context: str = ""
+) -> dict[str, torch.Tensor]:
+    """Convert an official-layout state dict into ``model.unet``'s diffusers layout.
+
+    Checks first that ``state_dict`` has exactly the keys and shapes ``model`` expects;
+    on any mismatch raises ValueError naming the first missing, first unexpected and
+    first wrongly shaped key. Works on meta tensors too (no data is touched).
+    """
+    plan, expected = _conversion_plan(model)
+    _check_keys(state_dict, expected, context)
+    converted = {}
+    for dkey, (okey, part, heads) in plan.items():
+        tensor = state_dict[okey]
+        if part in ("q", "k", "v"):
+            tensor = _split_qkv(
+                tensor, "qkv".index(part), heads, model.config.use_new_attention_order
+            )
+        elif part == "proj":
+            tensor = tensor.squeeze(-1) if tensor.ndim == 3 else tensor
+        converted[dkey] = tensor.contiguous()
+    return converted
+
+
+# ---------------------------------------------------------------------------------
+# Construction
+
+
+def _parse_int_list(value: str | Iterable[int]) -> tuple[int, ...]:
+    if isinstance(value, str):
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    return tuple(int(v) for v in value)
+
+
+def _parse_channel_mult(value: str | Iterable[int], image_size: int) -> tuple[int, ...]:
+    mult = _parse_int_list(value)
+    if mult:
+        return mult
+    if image_size not in _DEFAULT_CHANNEL_MULT:
+        raise ValueError(
+            f"no default channel_mult for image_size {image_size} (known: "
+            f"{sorted(_DEFAULT_CHANNEL_MULT)}); pass channel_mult explicitly"
+        )
+    return _DEFAULT_CHANNEL_MULT[image_size]
+
+
+def _build_unet2d(config: OpenAIUNetConfig) -> nn.Module:
+    # diffusers takes seconds to import: keep it out of `import denoised_drs`.
+    from diffusers import UNet2DModel
+    from diffusers.models.attention_processor import Attention
+
+    levels = config.attention_levels
+    plain_down = "ResnetDownsampleBlock2D" if config.resblock_updown else "DownBlock2D"
+    plain_up = "ResnetUpsampleBlock2D" if config.resblock_updown else "UpBlock2D"
+    updown_type = "resnet" if config.resblock_updown else "conv"
+    channels = config.block_channels
+    head_dims = {c // config.heads(c, decoder) for c in channels for decoder in (False, True)}
+    unet = UNet2DModel(
+        sample_size=config.image_size,
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+        time_embedding_type="positional",
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        down_block_types=tuple("AttnDownBlock2D" if a else plain_down for a in levels),
+        up_block_types=tuple("AttnUpBlock2D" if a else plain_up for a in reversed(levels)),
+        block_out_channels=channels,
+        layers_per_block=config.num_res_blocks,
+        downsample_padding=1,
+        downsample_type=updown_type,
+        upsample_type=updown_type,
+        dropout=config.dropout,
+        act_fn="silu",
+        # Recorded in the config when one head size fits all levels; the per-module
+        # head counts below are what the forward pass uses either way.
+        attention_head_dim=head_dims.pop() if len(head_dims) == 1 else None,
+        norm_num_groups=_NORM_GROUPS,
+        attn_norm_num_groups=_NORM_GROUPS,
+        norm_eps=_NORM_EPS,
+        resnet_time_scale_shift="scale_shift" if config.use_scale_shift_norm else "default",
+    )
+    for name, module in unet.named_modules():
+        if isinstance(module, Attention):
+            heads = config.heads(module.to_q.in_features, decoder=name.startswith("up_blocks"))
+            module.heads = heads
+            module.scale = (module.to_q.in_features // heads) ** -0.5
+    return unet
+
+
+# ---------------------------------------------------------------------------------
+# Key conversion
+
+# Leaf module names inside each kind of block: diffusers name -> official name.
+_RESNET_LEAVES = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+_ATTENTION_LEAVES = {
+    "group_norm": "norm",
+    "to_q": "qkv",
+    "to_k": "qkv",
+    "to_v": "qkv",
+    "to_out.0": "proj_out",
+}
+_LEAVES = {
+    "plain": {"": ""},
+    "resnet": _RESNET_LEAVES,
+    "attention": _ATTENTION_LEAVES,
+    "downsample": {"conv": "op"},
+    "upsample": {"conv": "conv"},
+}
+
+
+def _module_pairs(config: OpenAIUNetConfig) -> dict[str, tuple[str, str]]:
+    """Map each diffusers module prefix to (official module prefix, block kind)."""
+    pairs = {
+        "time_embedding.linear_1": ("time_embed.0", "plain"),
+        "time_embedding.linear_2": ("time_embed.2", "plain"),
+        "conv_in": ("input_blocks.0.0", "plain"),
+        "mid_block.resnets.0": ("middle_block.0", "resnet"),
+        "mid_block.attentions.0": ("middle_block.1", "attention"),
+        "mid_block.resnets.1": ("middle_block.2", "resnet"),
+        "conv_norm_out": ("out.0", "plain"),
+        "conv_out": ("out.2", "plain"),
+    }
+    sampler = "resnet" if config.resblock_updown else None
+    num_levels = len(config.channel_mult)
+    index = 1  # input_blocks.0 is conv_in
+    for level, attention in enumerate(config.attention_levels):
+        for i in range(config.num_res_blocks):
+            pairs[f"down_blocks.{level}.resnets.{i}"] = (f"input_blocks.{index}.0", "resnet")
+            if attention:
+                pairs[f"down_blocks.{level}.attentions.{i}"] = (
+                    f"input_blocks.{index}.1",
+                    "attention",
+                )
+            index += 1
+        if level != num_levels - 1:
+            pairs[f"down_blocks.{level}.downsamplers.0"] = (
+                f"input_blocks.{index}.0",
+                sampler or "downsample",
+            )
+            index += 1
+    index = 0
+    for block, level in enumerate(reversed(range(num_levels))):
+        attention = config.attention_levels[level]
+        for i in range(config.num_res_blocks + 1):
+            pairs[f"up_blocks.{block}.resnets.{i}"] = (f"output_blocks.{index}.0", "resnet")
+            if attention:
+                pairs[f"up_blocks.{block}.attentions.{i}"] = (
+                    f"output_blocks.{index}.1",
+                    "attention",
+                )
+            if level and i == config.num_res_blocks:
+                pairs[f"up_blocks.{block}.upsamplers.0"] = (
+                    f"output_blocks.{index}.{2 if attention else 1}",
+                    sampler or "upsample",
+                )
+            index += 1
+    return pairs
+
+
+def _conversion_plan(
+    model: OpenAIUNet,
+) -> tuple[dict[str, tuple[str, str | None, int]], dict[str, tuple[int, ...]]]:
+    """For each diffusers key: (official key, which part of it, attention heads);
+    and the official key -> shape table the model expects."""
+    pairs = _module_pairs(model.config)
+    plan: dict[str, tuple[str, str | None, int]] = {}
+    expected: dict[str, tuple[int, ...]] = {}
+    for dkey, tensor in model.unet.state_dict().items():
+        parts = dkey.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            prefix = ".".join(parts[:cut])
+            if prefix in pairs:
+                break
+        else:
+            raise RuntimeError(f"no official name for diffusers key {dkey}")  # a bug here
+        official_prefix, kind = pairs[prefix]
+        leaf, param = ".".join(parts[cut:-1]), parts[-1]
+        official_leaf = _LEAVES[kind][leaf]
+        okey = ".".join(p for p in (official_prefix, official_leaf, param) if p)
+        shape = tuple(tensor.shape)
+        part, heads = None, 0
+        if official_leaf == "qkv":
+            part = leaf[-1]  # to_q / to_k / to_v
+            heads = model.unet.get_submodule(prefix).heads
+            shape = (3 * shape[0], *shape[1:], 1) if param == "weight" else (3 * shape[0],)
+        elif official_leaf == "proj_out":
+            part = "proj"
+            shape = (*shape, 1) if param == "weight" else shape
+        plan[dkey] = (okey, part, heads)
+        expected[okey] = shape
+    return plan, expected
+
+
+def _check_keys(
+    state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], context: str
+) -> None:
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [
+        k for k in expected if k in state_dict and tuple(state_dict[k].shape) != expected[k]
+    ]
+    if not (missing or unexpected or wrong_shape):
+        return
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s), first {missing[0]!r}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s), first {unexpected[0]!r}")
+    if wrong_shape:
+        k = wrong_shape[0]
+        problems.append(
+            f"{len(wrong_shape)} shape mismatch(es), first {k!r}: "
+            f"{tuple(state_dict[k].shape)} in the file, {expected[k]} expected"
+        )
+    where = f" for {context}" if context else ""
+    raise StateDictMismatchError(
+        f"state dict does not fit the OpenAI UNet{where}: " + "; ".join(problems)
+    )
+
+
+def _split_qkv(tensor: torch.Tensor, index: int, heads: int, new_order: bool) -> torch.Tensor:
+    """Take q (0), k (1) or v (2) out of a fused qkv weight (3C, C, 1) or bias (3C,)."""
+    channels = tensor.shape[0] // 3
+    rest = tensor.shape[1:]
+    if new_order:  # (3, heads, C / heads): q, k, v first, then heads
+        part = tensor.reshape(3, channels, *rest)[index]
+    else:  # legacy (heads, 3, C / heads): heads first, then q, k, v within each head
+        part = tensor.reshape(heads, 3, channels // heads, *rest)[:, index]
+    part = part.reshape(channels, *rest)
+    return part.squeeze(-1) if part.ndim == 3 else part

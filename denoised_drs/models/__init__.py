@@ -1,0 +1,65 @@
+"""Base classifiers: networks by name, normalisation, sub-image and ensemble wrappers, loading.
+
+Every classifier here maps images in [0, 1] to logits; normalisation is its first
+layer, so smoothing noise is added in pixel space. Weights come only from local
+files (:func:`load_classifier`); nothing is ever downloaded.
+"""
+
+from .cifar_resnet import CifarResNet
+from .loading import (
+    BRANCHES,
+    CHECKPOINT_FORMAT,
+    ClassifierSpec,
+    atomic_save,
+    atomic_write_text,
+    classifier_checkpoint,
+    extract_state_dict,
+    is_own_checkpoint,
+    load_classifier,
+    load_ensemble,
+    load_weights,
+    read_checkpoint,
+    read_classifier_spec,
+    save_classifier,
+    strip_wrapper_prefixes,
+)
+from .registry import build_classifier, create_model, list_models, register_model
+from .small_cnn import SmallCNN
+from .wrappers import (
+    NORMALIZATION,
+    EnsembleClassifier,
+    Normalize,
+    NormalizedClassifier,
+    SubImageClassifier,
+    normalization_for,
+)
+
+__all__ = [
+    "BRANCHES",
+    "CHECKPOINT_FORMAT",
+    "NORMALIZATION",
+    "CifarResNet",
+    "ClassifierSpec",
+    "EnsembleClassifier",
+    "Normalize",
+    "NormalizedClassifier",
+    "SmallCNN",
+    "SubImageClassifier",
+    "atomic_save",
+    "atomic_write_text",
+    "build_classifier",
+    "classifier_checkpoint",
+    "create_model",
+    "extract_state_dict",
+    "is_own_checkpoint",
+    "list_models",
+    "load_classifier",
+    "load_ensemble",
+    "load_weights",
+    "normalization_for",
+    "read_checkpoint",
+    "read_classifier_spec",
+    "register_model",
+    "save_classifier",
+    "strip_wrapper_prefixes",
+]

@@ -1,0 +1,350 @@
+"""Reading and writing classifier weights, from local files only.
+
+Three kinds of file are understood, all read with
+``torch.load(path, map_location="cpu", weights_only=True)`` (or safetensors):
+
+* our own checkpoints (:data:`CHECKPOINT_FORMAT`): a dict with the
+  :class:`ClassifierSpec` fields, the bare network's ``state_dict`` and a
+  ``training`` record; :func:`load_classifier` rebuilds the exact module from them;
+* Cohen-style checkpoints ``{"arch", "state_dict", ...}`` from the smoothing,
+  SmoothAdv and consistency repositories, saved from
+  ``Sequential(NormalizeLayer, model)`` (often under ``DataParallel``), so keys look
+  like ``1.module.conv1.weight`` or ``module.1.conv1.weight``;
+* plain state dicts (torchvision, timm), possibly with a ``module.`` prefix.
+
+A file whose keys do not fit the architecture gets a ValueError naming the
+architecture and the first missing / unexpected keys.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .registry import create_model
+from .wrappers import (
+    EnsembleClassifier,
+    NormalizedClassifier,
+    SubImageClassifier,
+    normalization_for,
+)
+
+CHECKPOINT_FORMAT = "denoised_drs.classifier"
+CHECKPOINT_VERSION = 1
+BRANCHES = ("full", "l", "r")
+
+# Defaults for foreign checkpoints that carry no metadata: dataset -> (classes, H, W).
+_DATASET_SHAPES = {
+    "cifar10": (10, 32, 32),
+    "imagenet": (1000, 224, 224),
+    "fashion-mnist": (10, 28, 28),
+    "sample": (10, 28, 28),
+}
+# Names a normalisation layer's buffers have had in the public smoothing code bases.
+_NORMALIZE_BUFFER_NAMES = {"mean", "std", "means", "sds", "mu", "sigma"}
+
+
+@dataclass
+class ClassifierSpec:
+    """Everything needed to rebuild a base classifier, stored in our checkpoints.
+
+    ``branch`` is ``"full"`` for a classifier of whole images (RS) or ``"l"`` / ``"r"``
+    for a DRS branch; a branch classifier is a full-size network fed its sub-image
+    resized to ``input_size`` by ``interpolation``. ``sigma`` is the training noise
+    level (informative: certification takes sigma as its own argument).
+    """
+
+    arch: str
+    num_classes: int
+    in_channels: int
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    normalization: str = "custom"
+    dataset: str = ""
+    branch: str = "full"
+    interpolation: str = "nearest"
+    sigma: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.branch not in BRANCHES:
+            raise ValueError(f"branch must be one of {BRANCHES}, got {self.branch!r}")
+        if self.interpolation not in ("nearest", "bilinear"):
+            raise ValueError(
+                f"interpolation must be 'nearest' or 'bilinear', got {self.interpolation!r}"
+            )
+        self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        self.mean = tuple(float(m) for m in self.mean)
+        self.std = tuple(float(s) for s in self.std)
+
+    @classmethod
+    def for_dataset(cls, arch: str, dataset: str, **kwargs: Any) -> ClassifierSpec:
+        """The spec of ``arch`` for a known dataset (classes, size, normalisation filled in)."""
+        if dataset not in _DATASET_SHAPES:
+            raise ValueError(
+                f"unknown dataset {dataset!r}; choose one of {sorted(_DATASET_SHAPES)}"
+            )
+        num_classes, height, width = _DATASET_SHAPES[dataset]
+        in_channels = 1 if dataset in ("fashion-mnist", "sample") else 3
+        mean, std = normalization_for(dataset, in_channels)
+        values = dict(
+            arch=arch,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            input_size=(height, width),
+            mean=mean,
+            std=std,
+            normalization=dataset,
+            dataset=dataset,
+        )
+        values.update(kwargs)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["input_size"] = list(self.input_size)
+        values["mean"], values["std"] = list(self.mean), list(self.std)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ClassifierSpec:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+    def build_full(self) -> NormalizedClassifier:
+        """The freshly initialised full-image classifier (normalisation + network)."""
+        network = create_model(self.arch, self.num_classes, self.in_channels, self.input_size)
+        return NormalizedClassifier(network, self.mean, self.std)
+
+    def wrap(self, full: nn.Module) -> nn.Module:
+        """``full`` as this spec's branch: itself for ``"full"``, else a sub-image classifier."""
+        if self.branch == "full":
+            return full
+        return SubImageClassifier(full, self.input_size, self.interpolation)  # type: ignore[arg-type]
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint file safely (no arbitrary unpickling) onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(path), device="cpu"))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors come in many types; report them uniformly
+        raise ValueError(
+            f"cannot read {path} as a weights-only PyTorch checkpoint: "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+        ) from err
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, expected a dict of weights")
+    return obj
+
+
+def is_own_checkpoint(obj: Mapping[str, Any]) -> bool:
+    return obj.get("format") == CHECKPOINT_FORMAT
+
+
+def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint: its ``state_dict`` / ``model`` entry, or itself."""
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError("the checkpoint holds no tensors (expected a state dict)")
+    return tensors
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove ``DataParallel`` / ``torch.compile`` prefixes and the normalisation layer.
+
+    ``1.module.conv1.weight``, ``module.1.conv1.weight``, ``module.conv1.weight`` and
+    ``model.conv1.weight`` (our :class:`NormalizedClassifier`) all become
+    ``conv1.weight``. Keys of the normalisation layer (``0.means``,
+    ``normalize.mean``, ...) are dropped: the normalisation is rebuilt from metadata.
+    """
+    sd = dict(state_dict)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in ("module.", "_orig_mod."):
+            if sd and all(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
+                changed = True
+        for norm, body in (("0.", "1."), ("normalize.", "model.")):
+            body_keys = [k for k in sd if k.startswith(body)]
+            rest = [k for k in sd if not k.startswith(body)]
+            rest_is_normalizer = all(
+                k.startswith(norm) and k[len(norm) :] in _NORMALIZE_BUFFER_NAMES for k in rest
+            )
+            if body_keys and rest_is_normalizer:
+                sd = {k[len(body) :]: sd[k] for k in body_keys}
+                changed = True
+    return sd
+
+
+def _first(keys: Sequence[str], count: int = 5) -> str:
+    shown = ", ".join(keys[:count])
+    return shown + (f", ... ({len(keys) - count} more)" if len(keys) > count else "")
+
+
+def load_weights(network: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str) -> None:
+    """Load ``state_dict`` (prefixes stripped) into ``network`` strictly, or explain the misfit."""
+    sd = strip_wrapper_prefixes(state_dict)
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong_shape = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = [f"the weights do not fit architecture {arch!r}:"]
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) ({_first(missing)});")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) ({_first(unexpected)});")
+        if wrong_shape:
+            parts.append(f"{len(wrong_shape)} shape mismatch(es) ({_first(wrong_shape, 3)});")
+        parts.append("check the architecture, the number of classes and input channels")
+        raise ValueError(" ".join(parts))
+    network.load_state_dict(sd, strict=True)
+
+
+def read_classifier_spec(
+    path: str | os.PathLike, checkpoint: Mapping[str, Any] | None = None, **overrides: Any
+) -> ClassifierSpec:
+    """The :class:`ClassifierSpec` of a checkpoint, with ``overrides`` applied.
+
+    Our checkpoints carry it; for foreign files, ``arch`` comes from the file's
+    ``arch`` entry or the overrides, and the rest from ``dataset`` (default:
+    ``cifar10`` for ``cifar_resnet*``, ``imagenet`` otherwise).
+    """
+    obj = read_checkpoint(path) if checkpoint is None else checkpoint
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if is_own_checkpoint(obj):
+        version = obj.get("version", CHECKPOINT_VERSION)
+        if version > CHECKPOINT_VERSION:
+            raise ValueError(f"{path} has checkpoint version {version}; this library reads <= 1")
+        return ClassifierSpec.from_dict({**obj, **overrides})
+    arch = overrides.pop("arch", None) or obj.get("arch")
+    if not isinstance(arch, str):
+        raise ValueError(f"{path} does not record its architecture; pass arch=...")
+    dataset = overrides.pop("dataset", None) or (
+        "cifar10" if arch.startswith("cifar_resnet") else "imagenet"
+    )
+    return ClassifierSpec.for_dataset(arch, dataset, **overrides)
+
+
+def load_classifier(
+    path: str | os.PathLike,
+    *,
+    arch: str | None = None,
+    dataset: str | None = None,
+    num_classes: int | None = None,
+    branch: str | None = None,
+    interpolation: str | None = None,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
+    """Build and load the base classifier stored at ``path``, in eval mode.
+
+    For our checkpoints everything comes from the file; a DRS branch checkpoint
+    (``branch`` ``"l"`` / ``"r"``) gives a :class:`SubImageClassifier` taking
+    ``(N, C, H, W/2)``, ready for ``DualSmooth``; a full one takes ``(N, C, H, W)``,
+    ready for ``Smooth``. Keyword arguments override the file's metadata (e.g.
+    ``branch="full"`` to get a branch's full-size network back, or ``branch="l"``
+    to use any full-size classifier as a DRS branch). Foreign checkpoints need
+    ``arch`` (unless the file records it) and ``dataset`` (see :func:`read_classifier_spec`).
+    """
+    obj = read_checkpoint(path)
+    spec = read_classifier_spec(
+        path,
+        obj,
+        arch=arch,
+        dataset=dataset,
+        num_classes=num_classes,
+        branch=branch,
+        interpolation=interpolation,
+    )
+    full = spec.build_full()
+    try:
+        load_weights(full.model, extract_state_dict(obj), spec.arch)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return spec.wrap(full).to(device).eval()
+
+
+def load_ensemble(paths: Sequence[str | os.PathLike], **kwargs: Any) -> EnsembleClassifier:
+    """Several checkpoints as one classifier averaging their logits (same kwargs for each)."""
+    return EnsembleClassifier([load_classifier(p, **kwargs) for p in paths]).eval()
+
+
+def _chmod_as_new_file(path: str) -> None:
+    # mkstemp creates files readable by the owner only; give the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _atomic_write(path: str | os.PathLike, write: Any, mode: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, mode, **({"newline": ""} if "b" not in mode else {})) as stream:
+            write(stream)
+        _chmod_as_new_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``.
+
+    A reader never sees a half-written file, even if the process dies mid-write.
+    """
+    _atomic_write(path, lambda stream: torch.save(obj, stream), "wb")
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    _atomic_write(path, lambda stream: stream.write(text), "w")
+
+
+def classifier_checkpoint(
+    full: NormalizedClassifier, spec: ClassifierSpec, training: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Our checkpoint dict for a full-image classifier built from ``spec``."""
+    state = {k: v.detach().cpu().clone() for k, v in full.model.state_dict().items()}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        **spec.to_dict(),
+        "state_dict": state,
+        "training": dict(training or {}),
+    }
+
+
+def save_classifier(
+    path: str | os.PathLike,
+    full: NormalizedClassifier,
+    spec: ClassifierSpec,
+    training: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``full`` (the full-size network of any branch) atomically in our format."""
+    atomic_save(classifier_checkpoint(full, spec, training), path)

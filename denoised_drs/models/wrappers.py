@@ -1,0 +1,133 @@
+"""Modules that wrap a bare network so it can serve as a base classifier.
+
+* :class:`Normalize` / :class:`NormalizedClassifier`: per-channel normalisation as the
+  first layer, so callers (and the smoothing noise) work in [0, 1] pixel space.
+* :class:`SubImageClassifier`: lets a full-size classifier classify a compact DRS
+  sub-image ``(N, C, H, W/2)`` by resizing it back to ``(H, W)`` first.
+* :class:`EnsembleClassifier`: averages the logits of several classifiers
+  (Horvath et al. 2022).
+
+Each is an ``nn.Module`` mapping a batch of images to logits ``(N, num_classes)``,
+so they nest and can be used anywhere a single classifier is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..partition import InterpolationMode, resize
+
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+}
+"""Per-channel (mean, std) per dataset; the CIFAR-10 and ImageNet values are Cohen et al.'s."""
+NORMALIZATION["sample"] = NORMALIZATION["fashion-mnist"]
+
+
+def normalization_for(name: str, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) for a dataset name, or the identity (0, 1) for ``"none"``."""
+    if name == "none":
+        return (0.0,) * in_channels, (1.0,) * in_channels
+    try:
+        mean, std = NORMALIZATION[name]
+    except KeyError:
+        raise ValueError(
+            f"no normalisation constants for {name!r}; choose one of "
+            f"{sorted([*NORMALIZATION, 'none'])}"
+        ) from None
+    if len(mean) != in_channels:
+        raise ValueError(
+            f"{name!r} normalisation has {len(mean)} channel(s), the model expects {in_channels}"
+        )
+    return mean, std
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel; mean and std are buffers, saved with the model."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"need one positive std per mean, got mean={mean} std={std}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class NormalizedClassifier(nn.Module):
+    """A bare network with its normalisation first: input in [0, 1], output logits.
+
+    ``self.model`` holds the bare network, whose ``state_dict`` is what checkpoints store.
+    """
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(x))
+
+
+class SubImageClassifier(nn.Module):
+    """Classify a compact sub-image ``(N, C, H, W/2)`` with a full-size classifier.
+
+    The sub-image is resized to ``full_size = (H, W)`` by ``mode`` interpolation
+    (:func:`denoised_drs.partition.resize`) and passed to ``classifier``. The output
+    depends on the given sub-image alone, which is what the independent-branch DRS
+    certificate requires.
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        full_size: tuple[int, int],
+        mode: InterpolationMode = "nearest",
+    ) -> None:
+        super().__init__()
+        if mode not in ("nearest", "bilinear"):
+            raise ValueError(f"interpolation mode must be 'nearest' or 'bilinear', got {mode!r}")
+        height, width = (int(s) for s in full_size)
+        if height <= 0 or width <= 0 or width % 2:
+            raise ValueError(f"full_size must be positive with an even width, got {full_size}")
+        self.classifier = classifier
+        self.full_size = (height, width)
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expected = (self.full_size[0], self.full_size[1] // 2)
+        if x.dim() != 4 or tuple(x.shape[-2:]) != expected:
+            raise ValueError(
+                f"expected sub-images of shape (N, C, {expected[0]}, {expected[1]}) "
+                f"for full size {self.full_size}, got {tuple(x.shape)}"
+            )
+        return self.classifier(resize(x, self.full_size, self.mode))
+
+
+class EnsembleClassifier(nn.Module):
+    """Average of the members' logits (Horvath et al. 2022): ``mean_k f_k(x)``.
+
+    Logits, not softmax probabilities, are averaged; the argmax is the ensemble's
+    vote for each noisy sample. All members must accept the same input shape and
+    return the same number of classes.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if len(members) == 0:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = [member(x) for member in self.members]
+        shapes = {tuple(out.shape) for out in logits}
+        if len(shapes) != 1:
+            raise ValueError(f"ensemble members disagree on the output shape: {sorted(shapes)}")
+        return torch.stack(logits).mean(dim=0)

@@ -1,0 +1,346 @@
+"""`Pipeline`: partition, noise, optional denoiser, classifiers and certifier in one object.
+
+    from denoised_drs import Pipeline
+
+    pipe = Pipeline(mode="drs", classifier_l="l.pt", classifier_r="r.pt", sigma=0.18,
+                    n=10_000)
+    records = pipe.certify(images, labels, indices)
+
+The configuration is a :class:`PipelineConfig` (keyword arguments, or a JSON / YAML
+file); :meth:`Pipeline.save_config` writes it beside a result so the run can be
+repeated exactly. Which certificate is printed follows from the configuration:
+
+=========================  ==========================================  ==============
+mode / denoiser            branches                                    radius
+=========================  ==========================================  ==============
+rs, none or any denoiser   one classifier on the (denoised) image       RS
+drs, none                  f_l(x_l + e_l), f_r(x_r + e_r)               independent
+drs, joint                 merge, denoise once, split, classify         coupled (+ paper)
+drs, split                 each branch denoises from its own half       independent
+=========================  ==========================================  ==============
+
+The result for an image depends only on the seed and the image's index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from denoised_drs.partition import Checkerboard, Identity
+from denoised_drs.smoothing import ABSTAIN, Certificate, SmoothedClassifier
+from denoised_drs.voters import (
+    BranchClassifiers,
+    DenoisedClassifier,
+    JointDenoisedBranches,
+    SplitDenoisedBranches,
+)
+
+MODES = ("rs", "drs")
+DENOISE_MODES = ("joint", "split")
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _as_paths(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, os.PathLike)) else [str(v) for v in value]
+
+
+@dataclass
+class PipelineConfig:
+    """Everything that defines a certification run (see the module docstring).
+
+    ``classifier`` (RS) or ``classifier_l`` / ``classifier_r`` (DRS) are checkpoint
+    paths; several paths make an ensemble (logits averaged). ``denoiser`` is None, a
+    preset name (with ``denoiser_checkpoint``), a denoised_drs denoiser checkpoint
+    file, or a diffusers directory. ``sigma_r`` (DRS without a denoiser only) gives
+    the r branch its own noise level. ``autocast`` is None, "bf16" or "fp16".
+    """
+
+    mode: str = "drs"
+    classifier: list[str] = field(default_factory=list)
+    classifier_l: list[str] = field(default_factory=list)
+    classifier_r: list[str] = field(default_factory=list)
+    denoiser: str | None = None
+    denoiser_checkpoint: str | None = None
+    denoise: str = "joint"
+    sigma: float = 0.25
+    sigma_r: float | None = None
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    batch: int = 1000
+    seed: int = 0
+    device: str | None = None
+    autocast: str | None = None
+    denoiser_chunk: int | None = None
+
+    def __post_init__(self) -> None:
+        self.classifier = _as_paths(self.classifier)
+        self.classifier_l = _as_paths(self.classifier_l)
+        self.classifier_r = _as_paths(self.classifier_r)
+        if self.denoiser in ("", "none"):
+            self.denoiser = None
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError (one line) for any impossible setting."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not self.sigma > 0 or (self.sigma_r is not None and not self.sigma_r > 0):
+            raise ValueError(f"sigma must be positive, got sigma={self.sigma}, sigma_r={self.sigma_r}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must lie in (0, 1), got {self.alpha}")
+        if self.n0 < 1 or self.n < 1:
+            raise ValueError(f"N0 and N must be positive, got N0={self.n0}, N={self.n}")
+        if self.n0 > self.n:
+            raise ValueError(f"N0 ({self.n0}) must not exceed N ({self.n})")
+        if self.batch < 1:
+            raise ValueError(f"batch must be positive, got {self.batch}")
+        if self.denoise not in DENOISE_MODES:
+            raise ValueError(f"denoise must be one of {DENOISE_MODES}, got {self.denoise!r}")
+        if self.autocast not in (None, *AUTOCAST):
+            raise ValueError(f"autocast must be one of {sorted(AUTOCAST)} or None, got {self.autocast!r}")
+        if self.mode == "rs":
+            if not self.classifier:
+                raise ValueError("mode 'rs' needs a classifier checkpoint")
+            if self.sigma_r is not None:
+                raise ValueError("sigma_r applies to DRS only")
+        else:
+            if not self.classifier_l or not self.classifier_r:
+                raise ValueError("mode 'drs' needs classifier_l and classifier_r checkpoints")
+            if self.denoiser is not None and self.sigma_r not in (None, self.sigma):
+                raise ValueError("with a denoiser both branches share one sigma")
+
+    @property
+    def certificate(self) -> str:
+        """The sound certificate of this configuration: rs, independent or coupled."""
+        if self.mode == "rs":
+            return "rs"
+        if self.denoiser is not None and self.denoise == "joint":
+            return "coupled"
+        return "independent"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PipelineConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> PipelineConfig:
+        """Read a JSON or YAML configuration file (by extension; JSON otherwise)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"configuration file not found: {path}")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a mapping of configuration keys")
+        return cls.from_dict(values)
+
+
+@dataclass(frozen=True)
+class CertifyRecord:
+    """One row of a certification result (Cohen's columns plus the details behind them)."""
+
+    idx: int
+    label: int
+    predict: int
+    radius: float
+    correct: int
+    time: float
+    p_lower: tuple[float, ...]
+    counts_top: tuple[int, ...]
+    radius_paper: float | None = None
+
+    @classmethod
+    def from_certificate(cls, idx: int, label: int, cert: Certificate, seconds: float) -> CertifyRecord:
+        return cls(
+            idx=idx,
+            label=label,
+            predict=cert.prediction,
+            radius=cert.radius,
+            correct=int(cert.prediction == label),
+            time=seconds,
+            p_lower=cert.p_lower,
+            counts_top=cert.counts_top,
+            radius_paper=cert.radius_paper,
+        )
+
+
+@dataclass(frozen=True)
+class PredictRecord:
+    idx: int
+    predict: int
+    time: float
+
+
+class Pipeline:
+    """Compose the stages of a certification run from a :class:`PipelineConfig`.
+
+    Models are loaded once, at construction, onto ``config.device`` (default: CUDA
+    when available, else CPU). Raises FileNotFoundError for a missing checkpoint
+    and ValueError for an impossible setting, before any work is done.
+    """
+
+    def __init__(self, config: PipelineConfig | None = None, **overrides: Any) -> None:
+        if config is None:
+            config = PipelineConfig(**overrides)
+        elif overrides:
+            config = PipelineConfig.from_dict({**config.to_dict(), **overrides})
+        self.config = config
+        self.device = torch.device(
+            config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        self.denoiser = self._load_denoiser()
+        self.smoothed = self._build_smoothed()
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, **overrides: Any) -> Pipeline:
+        return cls(PipelineConfig.from_file(path), **overrides)
+
+    def save_config(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
+        """Write the configuration (plus ``extra``, e.g. the dataset) as JSON, atomically."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({**self.config.to_dict(), **(extra or {})}, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    # -- construction ------------------------------------------------------------
+
+    def _classifier(self, paths: list[str], branch: str | None) -> tuple[nn.Module, int]:
+        """The (ensemble) classifier stored at ``paths`` and its number of classes."""
+        from denoised_drs.models import load_classifier, load_ensemble, read_classifier_spec
+
+        for path in paths:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"classifier checkpoint not found: {path}")
+        classes = {read_classifier_spec(path).num_classes for path in paths}
+        if len(classes) != 1:
+            raise ValueError(f"the classifiers {paths} disagree on the number of classes: {sorted(classes)}")
+        kwargs = {"branch": branch, "device": self.device}
+        model = load_classifier(paths[0], **kwargs) if len(paths) == 1 else load_ensemble(paths, **kwargs)
+        return model.to(self.device).eval(), classes.pop()
+
+    def _load_denoiser(self) -> nn.Module | None:
+        config = self.config
+        if config.denoiser is None:
+            return None
+        from denoised_drs.diffusion import OneShotDenoiser, load_denoiser_network
+
+        loaded = load_denoiser_network(config.denoiser, config.denoiser_checkpoint)
+        return OneShotDenoiser(
+            loaded.network.to(self.device),
+            loaded.alphas_cumprod,
+            config.sigma,
+            timestep_scale=loaded.timestep_scale,
+            prediction_type=loaded.prediction_type,
+            chunk_size=config.denoiser_chunk,
+            autocast_dtype=AUTOCAST.get(config.autocast) if config.autocast else None,
+        )
+
+    def _build_smoothed(self) -> SmoothedClassifier:
+        config = self.config
+        if config.mode == "rs":
+            classifier, num_classes = self._classifier(config.classifier, None)
+            if self.denoiser is not None:
+                classifier = DenoisedClassifier(self.denoiser, classifier)
+            return SmoothedClassifier(
+                BranchClassifiers([classifier]), Identity(), num_classes, (config.sigma,),
+                device=self.device,
+            )
+        classifier_l, num_classes = self._classifier(config.classifier_l, "l")
+        classifier_r, num_classes_r = self._classifier(config.classifier_r, "r")
+        if num_classes != num_classes_r:
+            raise ValueError(f"the DRS branches disagree on the number of classes: {num_classes}, {num_classes_r}")
+        sigma_r = config.sigma if config.sigma_r is None else config.sigma_r
+        if self.denoiser is None:
+            voter: nn.Module = BranchClassifiers([classifier_l, classifier_r])
+        elif config.denoise == "joint":
+            voter = JointDenoisedBranches(self.denoiser, classifier_l, classifier_r)
+        else:
+            voter = SplitDenoisedBranches(self.denoiser, classifier_l, classifier_r, config.sigma)
+        return SmoothedClassifier(
+            voter, Checkerboard(), num_classes, (config.sigma, sigma_r), device=self.device
+        )
+
+    # -- running -----------------------------------------------------------------
+
+    def check_image_shape(self, shape: Sequence[int]) -> None:
+        """Raise ValueError if images of ``shape`` (C, H, W) cannot go through this pipeline."""
+        if len(shape) != 3:
+            raise ValueError(f"images must have shape (C, H, W), got {tuple(shape)}")
+        self.smoothed.partition.check_image_shape(shape)
+        expected = getattr(getattr(self.denoiser, "network", None), "input_shape", None)
+        if expected is not None and tuple(expected) != tuple(shape):
+            raise ValueError(
+                f"images of shape {tuple(shape)} do not fit the denoiser, built for {tuple(expected)}"
+            )
+        probe = torch.zeros((1, *shape), device=self.device)
+        parts = self.smoothed.partition.split(probe)
+        fresh = probe if getattr(self.smoothed.voter, "needs_fresh_noise", False) else None
+        try:
+            with torch.inference_mode():
+                self.smoothed.voter(parts, fresh)
+        except (RuntimeError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ValueError(f"images of shape {tuple(shape)} do not fit the models: {first_line}") from None
+
+    def certify_one(self, image: torch.Tensor, label: int, idx: int) -> CertifyRecord:
+        """Certify one image; its noise is seeded by ``(config.seed, idx)``."""
+        config = self.config
+        start = time.perf_counter()
+        cert = self.smoothed.certify(image, config.n0, config.n, config.alpha, config.batch, seed=(config.seed, idx))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return CertifyRecord.from_certificate(idx, int(label), cert, time.perf_counter() - start)
+
+    def certify(
+        self,
+        images: torch.Tensor | Sequence[torch.Tensor],
+        labels: Sequence[int],
+        indices: Sequence[int] | None = None,
+    ) -> list[CertifyRecord]:
+        """Certify each image; ``indices`` (default 0, 1, ...) seed their noise."""
+        indices = list(range(len(labels))) if indices is None else list(indices)
+        if not len(images) == len(labels) == len(indices):
+            raise ValueError(
+                f"need as many images, labels and indices, got {len(images)}, {len(labels)}, {len(indices)}"
+            )
+        return [self.certify_one(x, int(y), int(i)) for x, y, i in zip(images, labels, indices)]
+
+    def predict(
+        self, images: torch.Tensor | Sequence[torch.Tensor], indices: Sequence[int] | None = None
+    ) -> list[PredictRecord]:
+        """Cohen's PREDICT for each image with ``n`` samples (-1 = abstain)."""
+        config = self.config
+        indices = list(range(len(images))) if indices is None else list(indices)
+        records = []
+        for x, idx in zip(images, indices):
+            start = time.perf_counter()
+            prediction = self.smoothed.predict(x, config.n, config.alpha, config.batch, seed=(config.seed, idx))
+            records.append(PredictRecord(int(idx), prediction, time.perf_counter() - start))
+        return records
+
+
+__all__ = ["ABSTAIN", "CertifyRecord", "Pipeline", "PipelineConfig", "PredictRecord"]

@@ -1,0 +1,135 @@
+"""Result files: Cohen's TSV format, written row by row, resumable, merged atomically.
+
+A run writes one *part* file per process (``OUT.part<rank>``), one row per image,
+flushed as soon as the image is certified, so a killed run loses at most the image
+in flight. Resuming reads every part and the final file to find the images already
+done; a torn last line (the process died mid-write) is dropped. At the end the
+main process merges everything into ``OUT``, sorted by ``idx``, through a temporary
+file and an atomic rename: ``OUT`` is either absent or complete, never corrupt.
+
+Columns (DESIGN.md section 4): ``idx label predict radius correct time`` and then
+the details: ``pA count`` (RS) or ``pA_l pA_r count_l count_r`` (DRS), plus
+``radius_paper`` for joint denoising (the DRS paper's radius, NOT certified).
+Radii are rounded *down* to 6 decimals, so a printed radius never exceeds the
+certified one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from denoised_drs.pipeline import CertifyRecord
+
+BASE_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+
+
+def columns_for(certificate: str) -> tuple[str, ...]:
+    """The header of a result file for certificate kind rs / independent / coupled."""
+    if certificate == "rs":
+        return (*BASE_COLUMNS, "pA", "count")
+    extra = ("pA_l", "pA_r", "count_l", "count_r")
+    if certificate == "coupled":
+        extra += ("radius_paper",)
+    return (*BASE_COLUMNS, *extra)
+
+
+def floor_decimals(value: float, decimals: int = 6) -> str:
+    """``value`` rounded towards minus infinity, so a printed bound stays a bound."""
+    scale = 10**decimals
+    return f"{math.floor(value * scale) / scale:.{decimals}f}"
+
+
+def format_row(record: CertifyRecord, certificate: str) -> str:
+    cells = [
+        str(record.idx),
+        str(record.label),
+        str(record.predict),
+        floor_decimals(record.radius),
+        str(record.correct),
+        f"{record.time:.3f}",
+        *(floor_decimals(p, 8) for p in record.p_lower),
+        *(str(c) for c in record.counts_top),
+    ]
+    if certificate == "coupled":
+        cells.append(floor_decimals(record.radius_paper or 0.0))
+    return "\t".join(cells)
+
+
+def part_path(out: Path, rank: int) -> Path:
+    return out.with_name(f"{out.name}.part{rank}")
+
+
+def existing_parts(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f"{out.name}.part*"))
+
+
+def _complete_lines(path: Path) -> list[str]:
+    """The complete (newline-terminated) lines of ``path``; a torn last line is dropped."""
+    text = path.read_text()
+    lines = text.split("\n")
+    return [line for line in lines[:-1] if line]
+
+
+def read_rows(paths: Iterable[Path], header: Sequence[str]) -> dict[int, str]:
+    """Rows by idx from result files with this ``header`` (first occurrence wins)."""
+    expected = "\t".join(header)
+    rows: dict[int, str] = {}
+    for path in paths:
+        if not path.is_file():
+            continue
+        lines = _complete_lines(path)
+        if not lines:
+            continue
+        if lines[0] != expected:
+            raise ValueError(
+                f"{path} has another header than this run writes; use another output path"
+            )
+        for line in lines[1:]:
+            rows.setdefault(int(line.split("\t", 1)[0]), line)
+    return rows
+
+
+class PartWriter:
+    """Append rows to one process's part file, flushing after each row."""
+
+    def __init__(self, path: Path, header: Sequence[str]) -> None:
+        self.path = path
+        if path.exists():
+            # Drop a torn last line left by a killed run before appending.
+            keep = _complete_lines(path)
+            path.write_text("".join(line + "\n" for line in keep))
+        self.handle = open(path, "a")
+        if path.stat().st_size == 0:
+            self.handle.write("\t".join(header) + "\n")
+            self.handle.flush()
+
+    def write(self, line: str) -> None:
+        self.handle.write(line + "\n")
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def merge(out: Path, header: Sequence[str]) -> int:
+    """Merge ``out`` and its parts into ``out`` (sorted by idx, atomic) and delete the parts.
+
+    Returns the number of rows.
+    """
+    parts = existing_parts(out)
+    rows = read_rows([out, *parts], header)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write("\t".join(header) + "\n")
+        for idx in sorted(rows):
+            handle.write(rows[idx] + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, out)
+    for part in parts:
+        part.unlink()
+    return len(rows)

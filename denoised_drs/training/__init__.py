@@ -1,0 +1,45 @@
+"""Training base classifiers for RS and DRS: strategies, settings and the Accelerate loop.
+
+``train(TrainConfig(...))`` trains one classifier per branch (``full`` for RS, ``l``
+and/or ``r`` for DRS, each on its own noisy checkerboard sub-image resized back to
+full size) with the Gaussian, consistency or SmoothAdv objective.
+"""
+
+from .config import DRS_BRANCHES, PRESETS, TARGETS, TrainConfig, branch_input
+from .loop import LOG_COLUMNS, evaluate, train, train_branch
+from .strategies import (
+    STRATEGIES,
+    Consistency,
+    ConsistencyTerms,
+    Gaussian,
+    SmoothAdv,
+    Strategy,
+    consistency_loss,
+    make_strategy,
+    noisy_copies,
+    smoothadv_attack,
+    smoothed_soft_loss,
+)
+
+__all__ = [
+    "DRS_BRANCHES",
+    "LOG_COLUMNS",
+    "PRESETS",
+    "STRATEGIES",
+    "TARGETS",
+    "Consistency",
+    "ConsistencyTerms",
+    "Gaussian",
+    "SmoothAdv",
+    "Strategy",
+    "TrainConfig",
+    "branch_input",
+    "consistency_loss",
+    "evaluate",
+    "make_strategy",
+    "noisy_copies",
+    "smoothadv_attack",
+    "smoothed_soft_loss",
+    "train",
+    "train_branch",
+]

@@ -1,0 +1,244 @@
+"""The training loop: Accelerate, per-epoch evaluation, CSV log, atomic checkpoints, resume.
+
+Runs the same under ``python`` (one device or the CPU) and ``accelerate launch``
+(several GPUs, data parallel). After every epoch the main process writes
+
+* the classifier checkpoint (our format, :func:`denoised_drs.models.save_classifier`)
+  at ``config.out_path(branch)``: loads with :func:`denoised_drs.models.load_classifier`
+  straight into ``Smooth`` (branch ``full``) or ``DualSmooth`` (branches ``l``, ``r``);
+* the resume state (weights, optimizer, RNG, log rows) at ``<checkpoint>.state.pt``,
+  removed after the last epoch unless ``keep_state``;
+* the CSV log: epoch, lr, train_loss, test_clean_acc, test_noisy_acc, epoch_time_s.
+
+Every file is written to a temporary name and renamed, so none is ever half-written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ..data import get_dataset
+from ..models import (
+    ClassifierSpec,
+    SubImageClassifier,
+    atomic_save,
+    atomic_write_text,
+    extract_state_dict,
+    is_own_checkpoint,
+    load_weights,
+    read_checkpoint,
+    read_classifier_spec,
+    save_classifier,
+)
+from .config import TrainConfig, branch_input
+from .strategies import SmoothAdv, make_strategy
+
+LOG_COLUMNS = ("epoch", "lr", "train_loss", "test_clean_acc", "test_noisy_acc", "epoch_time_s")
+
+
+def state_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".state.pt")
+
+
+def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite the whole CSV log atomically (a resumed run never duplicates rows)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(buffer.getvalue(), path)
+
+
+def _limit(dataset: Dataset, count: int | None) -> Dataset:
+    # The first `count` items: Fashion-MNIST and CIFAR-10 are stored in shuffled order.
+    if count is None or count >= len(dataset):
+        return dataset
+    return Subset(dataset, range(count))
+
+
+def build_spec(config: TrainConfig, branch: str) -> ClassifierSpec:
+    """The classifier spec of one branch; an ``init`` checkpoint of ours fixes arch and normalisation."""
+    spec = ClassifierSpec.for_dataset(
+        config.arch,
+        config.dataset,
+        branch=branch,
+        interpolation=config.interpolation,
+        sigma=config.sigma,
+    )
+    if config.init is not None:
+        init = read_checkpoint(config.init)
+        if is_own_checkpoint(init):
+            init_spec = read_classifier_spec(config.init, init)
+            if init_spec.arch != config.arch:
+                raise ValueError(
+                    f"--init {config.init} holds a {init_spec.arch!r}, but arch is {config.arch!r}"
+                )
+            spec.mean, spec.std = init_spec.mean, init_spec.std
+    return spec
+
+
+def initial_classifier(config: TrainConfig, spec: ClassifierSpec) -> nn.Module:
+    """The model to train: fresh, or the full-size network of ``config.init``, wrapped for the branch."""
+    full = spec.build_full()
+    if config.init is not None:
+        try:
+            load_weights(full.model, extract_state_dict(read_checkpoint(config.init)), spec.arch)
+        except ValueError as err:
+            raise ValueError(f"--init {config.init}: {err}") from None
+    return spec.wrap(full)
+
+
+def full_network(model: nn.Module) -> nn.Module:
+    """The full-size normalised classifier inside a (possibly sub-image) model."""
+    return model.classifier if isinstance(model, SubImageClassifier) else model
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, branch: str, sigma: float, seed: int, accelerator: Any
+) -> tuple[float, float]:
+    """(clean accuracy, accuracy on one seeded noisy copy per image) over ``loader``."""
+    model.eval()
+    counts = torch.zeros(3, device=accelerator.device)
+    for index, (x, y) in enumerate(loader):
+        x = branch_input(x, branch)
+        generator = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + index)
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        clean = model(x).argmax(dim=1) == y
+        noisy = model(x + sigma * noise).argmax(dim=1) == y
+        flags = accelerator.gather_for_metrics(torch.stack((clean, noisy), dim=1).float())
+        counts += torch.cat((flags.sum(dim=0), flags.new_tensor([len(flags)])))
+    clean_total, noisy_total, seen = counts.tolist()
+    return clean_total / max(seen, 1), noisy_total / max(seen, 1)
+
+
+def train(config: TrainConfig) -> list[Path]:
+    """Train every branch of ``config`` in turn; returns the checkpoint paths written."""
+    config.validate()
+    return [train_branch(config, branch) for branch in config.branches]
+
+
+def train_branch(config: TrainConfig, branch: str) -> Path:
+    """Train one classifier (``branch`` ``full``, ``l`` or ``r``) and return its checkpoint path."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    out, log = config.out_path(branch), config.log_path(branch)
+    resume_file = state_path(out)
+    if config.resume and not resume_file.is_file():
+        raise FileNotFoundError(f"--resume: no training state at {resume_file}")
+    spec = build_spec(config, branch)
+    train_set = _limit(get_dataset(config.dataset, "train", config.data_dir), config.max_train)
+    test_set = _limit(get_dataset(config.dataset, "test", config.data_dir), config.max_test)
+
+    accelerator = Accelerator(cpu=config.cpu)
+    set_seed(config.seed, device_specific=True)
+    model = initial_classifier(config, spec)
+    parameters = model.parameters()
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    start_epoch, rows = 0, []
+    if config.resume:
+        state = torch.load(resume_file, map_location="cpu", weights_only=True)
+        full_network(model).model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, rows = int(state["epoch"]), list(state["log"])
+        if start_epoch >= config.epochs:
+            raise ValueError(f"--resume: {resume_file} already finished {start_epoch} epoch(s)")
+
+    train_loader = DataLoader(
+        train_set,
+        batch_size=config.batch,
+        shuffle=True,
+        num_workers=config.workers,
+        drop_last=False,
+    )
+    test_loader = DataLoader(
+        test_set, batch_size=max(config.batch, 256), num_workers=config.workers
+    )
+    model, optimizer, train_loader, test_loader = accelerator.prepare(
+        model, optimizer, train_loader, test_loader
+    )
+    strategy = make_strategy(
+        config.strategy,
+        config.num_noise,
+        config.lbd,
+        config.eta,
+        config.epsilon,
+        config.attack_steps,
+        config.warmup,
+    )
+    if isinstance(strategy, SmoothAdv):
+        # Attack the bare module: no gradient synchronisation during PGD.
+        strategy.attack_model = accelerator.unwrap_model(model)
+
+    for epoch in range(start_epoch, config.epochs):
+        started = time.time()
+        lr = config.lr_at(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        totals = torch.zeros(2, device=accelerator.device)
+        batches = tqdm(
+            train_loader,
+            desc=f"{branch} epoch {epoch + 1}/{config.epochs}",
+            leave=False,
+            disable=not (config.progress and accelerator.is_main_process),
+        )
+        for x, y in batches:
+            loss = strategy.loss(model, branch_input(x, branch), y, config.sigma, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            totals += torch.stack((loss.detach() * len(y), loss.new_tensor(float(len(y)))))
+            batches.set_postfix(loss=f"{loss.item():.4f}")
+        totals = accelerator.reduce(totals, reduction="sum")
+        clean_acc, noisy_acc = evaluate(
+            model, test_loader, branch, config.sigma, config.seed, accelerator
+        )
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": round(float(totals[0] / totals[1]), 6),
+            "test_clean_acc": round(clean_acc, 6),
+            "test_noisy_acc": round(noisy_acc, 6),
+            "epoch_time_s": round(time.time() - started, 2),
+        }
+        rows.append(row)
+        if accelerator.is_main_process:
+            full = full_network(accelerator.unwrap_model(model))
+            training = {**config.record(), "branch": branch, "epochs_done": epoch + 1, "log": rows}
+            save_classifier(out, full, spec, training)
+            atomic_save(
+                {
+                    "epoch": epoch + 1,
+                    "state_dict": full.model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "log": rows,
+                },
+                resume_file,
+            )
+            write_log(log, rows)
+            accelerator.print(
+                f"[{branch}] epoch {epoch + 1}/{config.epochs} lr {lr:.2e} loss {row['train_loss']:.4f} "
+                f"clean {clean_acc:.4f} noisy@{config.sigma} {noisy_acc:.4f} ({row['epoch_time_s']} s)"
+            )
+        accelerator.wait_for_everyone()
+    if accelerator.is_main_process and not config.keep_state:
+        resume_file.unlink(missing_ok=True)
+    return out

@@ -1,0 +1,123 @@
+"""Tabulate and plot certify results (Cohen's TSV format); draw the Figure 1(b) bounds.
+
+    python scripts/analyze.py RS.tsv DRS.tsv --names RS DRS --radii 0 0.25 0.5 0.75 1.0 \\
+        --out outputs/analysis [--paper-radius] [--bounds-plot outputs/bounds.png]
+
+Prints the Markdown table and writes table.md, table.tex and certified_accuracy.png
+into --out. ``--paper-radius`` adds, for files with a ``radius_paper`` column, a row
+"NAME (paper radius, not certified)". ``--bounds-plot PATH`` writes the RS/DRS radius
+upper-bound curves (the paper's Figure 1(b)); it may be used without any TSV.
+
+Every input is read and every output rendered before anything is written, so bad
+input (missing file, malformed TSV, --names count mismatch, negative radius) leaves
+no partial outputs: one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from denoised_drs import analysis
+
+PROG = "analyze.py"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (and exit 2), not usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise SystemExit(_fail(message))
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("tsv", nargs="*", help="certify output files (Cohen's format)")
+    parser.add_argument("--names", nargs="+", help="one run name per file (default: file names)")
+    parser.add_argument(
+        "--radii",
+        nargs="+",
+        type=float,
+        default=list(analysis.DEFAULT_RADII),
+        help="table radii (default: 0 0.25 0.5 0.75 1.0)",
+    )
+    parser.add_argument(
+        "--out", default="outputs/analysis", help="output folder (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--paper-radius",
+        action="store_true",
+        help="also tabulate the radius_paper column as a separate, non-certified row",
+    )
+    parser.add_argument("--max-radius", type=float, help="x-axis limit of the accuracy plot")
+    parser.add_argument("--title", help="title of the accuracy plot")
+    parser.add_argument(
+        "--bounds-plot", metavar="PATH", help="write the Figure 1(b) bound curves here"
+    )
+    parser.add_argument("--bound-p", type=float, default=0.999, help="p_A of the bound curves")
+    parser.add_argument(
+        "--bound-noise-norm",
+        type=float,
+        default=1.0,
+        help="noise magnitude sqrt(E||z||^2), i.e. sigma = value/sqrt(dim) (default: 1)",
+    )
+    parser.add_argument("--bound-family", choices=analysis.BOUND_FAMILIES, default="gaussian")
+    return parser
+
+
+def _render(args: argparse.Namespace) -> tuple[str | None, dict[Path, bytes]]:
+    """Validate all inputs and render every output in memory: (stdout text, files)."""
+    if not args.tsv and not args.bounds_plot:
+        raise ValueError("give at least one TSV file or --bounds-plot PATH")
+    if args.names is not None and len(args.names) != len(args.tsv):
+        raise ValueError(f"--names has {len(args.names)} entries for {len(args.tsv)} TSV files")
+    if any(r < 0 for r in args.radii):
+        raise ValueError(f"--radii must be non-negative, got {args.radii}")
+
+    outputs: dict[Path, bytes] = {}
+    markdown = None
+    if args.tsv:
+        names = args.names or [Path(path).stem for path in args.tsv]
+        runs = []
+        for path, name in zip(args.tsv, names):
+            runs += analysis.runs_from_results(analysis.load_results(path), name, args.paper_radius)
+        table = analysis.certified_table(runs, args.radii)
+        markdown = analysis.to_markdown(table)
+        figure = analysis.certified_accuracy_figure(runs, args.max_radius, args.title)
+        out = Path(args.out)
+        outputs[out / "table.md"] = markdown.encode()
+        outputs[out / "table.tex"] = analysis.to_latex(table).encode()
+        outputs[out / "certified_accuracy.png"] = analysis.figure_png_bytes(figure)
+    if args.bounds_plot:
+        figure = analysis.radius_bounds_figure(
+            p_a=args.bound_p, noise_norm=args.bound_noise_norm, family=args.bound_family
+        )
+        outputs[Path(args.bounds_plot)] = analysis.figure_png_bytes(figure)
+    return markdown, outputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        markdown, outputs = _render(args)
+        for path in outputs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        for path, data in outputs.items():
+            analysis.write_bytes_atomic(data, path)
+    except (OSError, ValueError) as error:
+        return _fail(str(error))
+    if markdown is not None:
+        sys.stdout.write(markdown)
+    for path in outputs:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

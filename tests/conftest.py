@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny checkpoints written the way users' own files are."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from denoised_drs.diffusion import openai_unet
+from denoised_drs.diffusion.training import save_denoiser_checkpoint
+from denoised_drs.models import ClassifierSpec, save_classifier
+
+TINY_DENOISER_FLAGS = {
+    "image_size": 28,
+    "in_channels": 1,
+    "num_channels": 32,
+    "num_res_blocks": 1,
+    "channel_mult": "1,2",
+    "attention_resolutions": "",
+    "learn_sigma": False,
+    "use_scale_shift_norm": True,
+    "dropout": 0.0,
+}
+
+
+def write_classifier(path: Path, branch: str, seed: int) -> Path:
+    torch.manual_seed(seed)
+    spec = ClassifierSpec.for_dataset("small_cnn", "fashion-mnist", branch=branch, sigma=0.25)
+    save_classifier(path, spec.build_full().eval(), spec)
+    return path
+
+
+def write_denoiser(path: Path, image_size: int = 28, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    flags = {**TINY_DENOISER_FLAGS, "image_size": image_size}
+    save_denoiser_checkpoint(path, openai_unet(**flags), flags, "cosine", 1000)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
+    """Random-weight Fashion-MNIST-shaped classifiers (full, l, r) and a tiny denoiser."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {
+        "full": str(write_classifier(root / "full.pt", "full", 0)),
+        "l": str(write_classifier(root / "l.pt", "l", 1)),
+        "r": str(write_classifier(root / "r.pt", "r", 2)),
+        "denoiser": str(write_denoiser(root / "denoiser.pt")),
+        "denoiser32": str(write_denoiser(root / "denoiser32.pt", image_size=32)),
+    }

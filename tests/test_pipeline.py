@@ -1,0 +1,101 @@
+"""Pipeline composition: the certificate follows the configuration; bad settings fail early."""
+
+import json
+
+import pytest
+import torch
+
+from denoised_drs.data import load_sample
+from denoised_drs.pipeline import Pipeline, PipelineConfig
+
+FAST = {"n0": 10, "n": 40, "batch": 25, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def sample():
+    data = load_sample()
+    images = torch.stack([data[i][0] for i in range(3)])
+    labels = [data[i][1] for i in range(3)]
+    return images, labels
+
+
+def test_rs_and_drs_records(tiny_checkpoints, sample):
+    images, labels = sample
+    rs = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], sigma=0.25, **FAST)
+    records = rs.certify(images, labels, indices=[0, 100, 200])
+    assert [r.idx for r in records] == [0, 100, 200]
+    assert all(len(r.p_lower) == 1 and r.radius_paper is None for r in records)
+    assert all(r.correct == int(r.predict == r.label) for r in records)
+    drs = Pipeline(mode="drs", classifier_l=tiny_checkpoints["l"], classifier_r=tiny_checkpoints["r"],
+                   sigma=0.18, sigma_r=0.3, **FAST)
+    assert drs.config.certificate == "independent"
+    record = drs.certify_one(images[0], labels[0], 0)
+    assert len(record.p_lower) == 2 and sum(record.counts_top) <= 80
+    # The same index gives the same certificate; another index other noise.
+    assert drs.certify_one(images[0], labels[0], 0).counts_top == record.counts_top
+    assert len(drs.predict(images[:2])) == 2
+
+
+def test_denoised_modes_pick_their_certificates(tiny_checkpoints, sample):
+    images, labels = sample
+    common = {"mode": "drs", "classifier_l": tiny_checkpoints["l"], "classifier_r": tiny_checkpoints["r"],
+              "denoiser": tiny_checkpoints["denoiser"], "sigma": 0.25, **FAST}
+    joint = Pipeline(**common, denoise="joint")
+    assert joint.config.certificate == "coupled"
+    record = joint.certify_one(images[1], labels[1], 1)
+    assert record.radius_paper is not None and record.radius_paper >= record.radius
+    split = Pipeline(**common, denoise="split")
+    assert split.config.certificate == "independent"
+    assert split.certify_one(images[1], labels[1], 1).radius_paper is None
+    denoised_rs = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], denoiser=tiny_checkpoints["denoiser"],
+                           sigma=0.5, **FAST)
+    assert denoised_rs.config.certificate == "rs"
+    denoised_rs.check_image_shape((1, 28, 28))
+    with pytest.raises(ValueError, match="do not fit"):
+        denoised_rs.check_image_shape((1, 32, 32))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"sigma": 0.0}, "sigma"),
+        ({"n0": 50, "n": 40}, "N0"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"mode": "tri"}, "mode"),
+        ({"denoise": "both"}, "denoise"),
+        ({"autocast": "fp8"}, "autocast"),
+        ({"classifier": []}, "classifier"),
+    ],
+)
+def test_impossible_settings_are_rejected(tiny_checkpoints, bad, message):
+    settings = {"mode": "rs", "classifier": tiny_checkpoints["full"], **FAST, **bad}
+    with pytest.raises(ValueError, match=message):
+        PipelineConfig(**settings)
+
+
+def test_missing_checkpoint_and_odd_image_size(tiny_checkpoints, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        Pipeline(mode="rs", classifier=str(tmp_path / "nowhere.pt"), **FAST)
+    drs = Pipeline(mode="drs", classifier_l=tiny_checkpoints["l"], classifier_r=tiny_checkpoints["r"], **FAST)
+    with pytest.raises(ValueError, match="even"):
+        drs.check_image_shape((1, 27, 28))
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_config_files_round_trip(tiny_checkpoints, tmp_path, suffix):
+    pipe = Pipeline(mode="drs", classifier_l=tiny_checkpoints["l"], classifier_r=tiny_checkpoints["r"],
+                    sigma=0.18, **FAST)
+    saved = tmp_path / "config.json"
+    pipe.save_config(saved)
+    values = json.loads(saved.read_text())
+    path = tmp_path / f"again{suffix}"
+    if suffix == ".yaml":
+        import yaml
+
+        path.write_text(yaml.safe_dump(values))
+    else:
+        path.write_text(json.dumps(values))
+    assert Pipeline.from_file(path).config == pipe.config
+    path.write_text(json.dumps({**values, "sigmaa": 1}))
+    with pytest.raises(ValueError, match="unknown configuration keys"):
+        PipelineConfig.from_file(path)
