@@ -44,7 +44,7 @@ DEFAULT_RUNS: list[tuple[str, str, dict[str, Any]]] = [
       "classifier_r": "fmnist_drs_r_gaussian_s0.18.pt", "sigma": 0.18,
       "denoiser": "fmnist_denoiser.pt", "denoise": "split"}),
 ]
-DEFAULT_SETTINGS = {"n0": 100, "n": 1000, "alpha": 0.001, "batch": 500, "skip": 10}
+DEFAULT_SETTINGS = {"n0": 50, "n": 500, "alpha": 0.001, "batch": 550, "skip": 10}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
