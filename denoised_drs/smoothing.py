@@ -211,8 +211,9 @@ class SmoothedClassifier:
             for start in range(0, num, batch_size):
                 stop = min(num, start + batch_size)
                 batch_noise = noise.take(start, stop, out=buffer)
+                # One fused pass, in place: noise <- clean + sigma * noise.
                 noisy_parts = [
-                    part_noise.mul_(sigma).add_(clean)
+                    torch.add(clean, part_noise, alpha=sigma, out=part_noise)
                     for part_noise, sigma, clean in zip(
                         self.partition.split(batch_noise), self.sigmas, clean_parts
                     )
