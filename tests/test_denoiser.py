@@ -1,12 +1,11 @@
 """OneShotDenoiser and denoiser loading (presets + checkpoint files, diffusers directories)."""
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from reference_data import reference_path
 from torch import nn
 
 from denoised_drs.diffusion import (
@@ -16,19 +15,7 @@ from denoised_drs.diffusion import (
     sigma_to_timestep,
 )
 
-REFERENCE = Path(
-    os.environ.get(
-        "DENOISED_DRS_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"
-    )
-)
 PRESET_OF = {"improved": "improved-small", "guided": "guided-small"}
-
-
-def reference_path(name: str) -> Path:
-    path = REFERENCE / name
-    if not path.is_file():
-        pytest.skip(f"reference data not found: {path} (set DENOISED_DRS_REFERENCE)")
-    return path
 
 
 @pytest.fixture(scope="module", params=["improved", "guided"])

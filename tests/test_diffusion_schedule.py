@@ -1,11 +1,10 @@
 """Beta schedules and the sigma -> timestep map (DESIGN.md section 3)."""
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from reference_data import reference_path
 
 from denoised_drs.diffusion.schedule import (
     alphas_cumprod,
@@ -15,18 +14,9 @@ from denoised_drs.diffusion.schedule import (
     sigma_to_timestep,
 )
 
-REFERENCE = Path(
-    os.environ.get(
-        "DENOISED_DRS_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"
-    )
-)
-
 
 def reference(name: str) -> dict:
-    path = REFERENCE / name
-    if not path.is_file():
-        pytest.skip(f"reference data not found: {path} (set DENOISED_DRS_REFERENCE)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(reference_path(name), map_location="cpu", weights_only=True)
 
 
 COSINE_4000 = alphas_cumprod(beta_schedule("cosine", 4000))

@@ -1,11 +1,10 @@
 """The OpenAI UNet on diffusers: official key layout, shapes and reference outputs."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
+from reference_data import reference_path
 
 from denoised_drs.diffusion.unet import (
     OpenAIUNet,
@@ -13,19 +12,6 @@ from denoised_drs.diffusion.unet import (
     StateDictMismatchError,
     openai_unet,
 )
-
-REFERENCE = Path(
-    os.environ.get(
-        "DENOISED_DRS_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference"
-    )
-)
-
-
-def reference_path(name: str) -> Path:
-    path = REFERENCE / name
-    if not path.is_file():
-        pytest.skip(f"reference data not found: {path} (set DENOISED_DRS_REFERENCE)")
-    return path
 
 
 @pytest.fixture(scope="module", params=["improved", "guided"])
