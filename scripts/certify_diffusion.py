@@ -120,8 +120,8 @@ def run_default(args, state) -> None:
     from denoised_drs import analysis
 
     settings = {**DEFAULT_SETTINGS, **flag_settings(args)}
-    args.skip = args.skip or settings.pop("skip")
-    settings.pop("skip", None)
+    default_skip = settings.pop("skip")
+    args.skip = args.skip or default_skip
     outdir = Path(args.outdir)
     runs = []
     for name, label, run_settings in DEFAULT_RUNS:
