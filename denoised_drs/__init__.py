@@ -1,12 +1,41 @@
 """denoised_drs: certified l2 robustness by (Dual) Randomized Smoothing, with diffusion denoising.
 
-The sound core is importable without any optional model code::
+The sound core::
 
     from denoised_drs import Smooth, DualSmooth
+
+and the end-to-end pipeline (partition, noise, optional diffusion denoiser,
+classifiers, certificate)::
+
+    from denoised_drs import Pipeline
+
+``Pipeline`` and ``PipelineConfig`` are imported on first use, so that importing
+the package (e.g. for ``denoised_drs.analysis``) does not load the model code.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from denoised_drs.smoothing import Certificate, DualSmooth, Smooth, SmoothedClassifier
 
 __version__ = "0.1.0"
 
-__all__ = ["Certificate", "DualSmooth", "Smooth", "SmoothedClassifier", "__version__"]
+_LAZY = {"Pipeline": "denoised_drs.pipeline", "PipelineConfig": "denoised_drs.pipeline"}
+
+__all__ = [
+    "Certificate",
+    "DualSmooth",
+    "Pipeline",
+    "PipelineConfig",
+    "Smooth",
+    "SmoothedClassifier",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'denoised_drs' has no attribute {name!r}")

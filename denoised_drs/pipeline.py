@@ -230,7 +230,12 @@ class Pipeline:
 
     def _classifier(self, paths: list[str], branch: str | None) -> tuple[nn.Module, int]:
         """The (ensemble) classifier stored at ``paths`` and its number of classes."""
-        from denoised_drs.models import load_classifier, load_ensemble, read_classifier_spec
+        from denoised_drs.models import (
+            load_classifier,
+            load_ensemble,
+            prepare_for_inference,
+            read_classifier_spec,
+        )
 
         for path in paths:
             if not Path(path).is_file():
@@ -240,7 +245,7 @@ class Pipeline:
             raise ValueError(f"the classifiers {paths} disagree on the number of classes: {sorted(classes)}")
         kwargs = {"branch": branch, "device": self.device}
         model = load_classifier(paths[0], **kwargs) if len(paths) == 1 else load_ensemble(paths, **kwargs)
-        return model.to(self.device).eval(), classes.pop()
+        return prepare_for_inference(model, self.device), classes.pop()
 
     def _load_denoiser(self) -> nn.Module | None:
         config = self.config

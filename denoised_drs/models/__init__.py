@@ -6,6 +6,7 @@ files (:func:`load_classifier`); nothing is ever downloaded.
 """
 
 from .cifar_resnet import CifarResNet
+from .inference import fold_batchnorm, prepare_for_inference
 from .loading import (
     BRANCHES,
     CHECKPOINT_FORMAT,
@@ -51,12 +52,14 @@ __all__ = [
     "classifier_checkpoint",
     "create_model",
     "extract_state_dict",
+    "fold_batchnorm",
     "is_own_checkpoint",
     "list_models",
     "load_classifier",
     "load_ensemble",
     "load_weights",
     "normalization_for",
+    "prepare_for_inference",
     "read_checkpoint",
     "read_classifier_spec",
     "register_model",
