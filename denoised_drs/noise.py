@@ -14,7 +14,10 @@ the same kind of device; CPU and CUDA generators differ.
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -29,6 +32,16 @@ def derive_seed(*key: int) -> int:
         raise ValueError(f"seed keys must be non-negative integers, got {key}")
     state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
+
+
+@functools.cache
+def _cpu_pool(pid: int) -> ThreadPoolExecutor:
+    """Worker threads for drawing CPU noise blocks, one per torch intra-op thread.
+
+    Keyed by process id: a forked child (e.g. a DataLoader worker) inherits the
+    cache but not the threads, so it must build its own pool.
+    """
+    return ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="noise")
 
 
 class NoiseStream:
@@ -66,6 +79,20 @@ class NoiseStream:
             out=out,
         )
 
+    def _draw_blocks(self, blocks: list[tuple[int, torch.Tensor]]) -> None:
+        """Fill each ``(block, target)``; on the CPU, blocks are drawn in parallel.
+
+        One CPU generator is serial, so drawing inline would leave all but one core
+        idle; blocks have their own generators and disjoint targets, and torch
+        releases the GIL while drawing, so threads draw them at once with the same
+        result.
+        """
+        if self.device.type != "cpu" or len(blocks) < 2:
+            for block, target in blocks:
+                self._draw_block(block, out=target)
+            return
+        list(_cpu_pool(os.getpid()).map(lambda item: self._draw_block(*item), blocks))
+
     def _cached_block(self, block: int) -> torch.Tensor:
         if self._cached_index != block or self._cached_noise is None:
             self._cached_noise = self._draw_block(block)
@@ -85,13 +112,15 @@ class NoiseStream:
             out = torch.empty((count, *self.shape), device=self.device, dtype=self.dtype)
         else:
             out = out[:count]
+        whole = []
         for block in range(start // BLOCK_SIZE, (stop - 1) // BLOCK_SIZE + 1):
             block_start = block * BLOCK_SIZE
             lo, hi = max(start, block_start), min(stop, block_start + BLOCK_SIZE)
             target = out[lo - start : hi - start]
             if lo == block_start and hi == block_start + BLOCK_SIZE:
-                self._draw_block(block, out=target)
+                whole.append((block, target))
             else:
                 noise = self._cached_block(block)
                 target.copy_(noise[lo - block_start : hi - block_start])
+        self._draw_blocks(whole)
         return out

@@ -19,6 +19,7 @@ faster than the plain eval-mode network.
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -31,31 +32,43 @@ logger = logging.getLogger(__name__)
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` with every traceable conv + BatchNorm pair folded into one conv.
+    """A copy of ``module`` with every traceable conv + BatchNorm pair folded into one conv.
 
-    ``module`` must be in eval mode (folding uses the running statistics). Returns a
-    new module where the whole of ``module`` traces, else ``module`` itself with its
-    children folded in place.
+    ``module`` must be in eval mode (folding uses the running statistics); it is
+    left unchanged. A module with no BatchNorm is returned as it is.
     """
     if module.training:
         raise ValueError("fold_batchnorm needs a module in eval mode")
-    if not any(isinstance(m, _BATCHNORM) for m in module.modules()):
+    if not _has_batchnorm(module):
+        return module
+    return _fold_in_place(copy.deepcopy(module))
+
+
+def _has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, _BATCHNORM) for m in module.modules())
+
+
+def _fold_in_place(module: nn.Module) -> nn.Module:
+    if not _has_batchnorm(module):
         return module
     try:
-        return fuse(module)
+        # fuse traces before it rewrites anything, so a failure leaves module intact.
+        return fuse(module, inplace=True)
     # torch.fx raises several exception types on untraceable code (TraceError,
     # TypeError, AssertionError, ...); any of them means "look one level down".
     except Exception as error:  # noqa: BLE001
         logger.debug("not traceable as a whole (%s): %s", type(module).__name__, error)
     for name, child in module.named_children():
-        setattr(module, name, fold_batchnorm(child))
+        setattr(module, name, _fold_in_place(child))
     return module
 
 
 def prepare_for_inference(model: nn.Module, device: torch.device | str) -> nn.Module:
     """``model`` on ``device`` in eval mode, BatchNorm folded, weights channels_last.
 
-    For inference only: the result must not be trained (BatchNorm is gone).
+    For inference only: the result must not be trained (BatchNorm is gone). Like
+    ``nn.Module.to``, this moves and switches ``model`` itself; the fold works on a
+    copy, so ``model`` keeps its BatchNorm layers and still computes the same function.
     """
     model = fold_batchnorm(model.to(device).eval())
     return model.to(memory_format=torch.channels_last)
