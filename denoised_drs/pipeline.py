@@ -231,20 +231,25 @@ class Pipeline:
     def _classifier(self, paths: list[str], branch: str | None) -> tuple[nn.Module, int]:
         """The (ensemble) classifier stored at ``paths`` and its number of classes."""
         from denoised_drs.models import (
+            EnsembleClassifier,
             load_classifier,
-            load_ensemble,
             prepare_for_inference,
+            read_checkpoint,
             read_classifier_spec,
         )
 
         for path in paths:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"classifier checkpoint not found: {path}")
-        classes = {read_classifier_spec(path).num_classes for path in paths}
+        checkpoints = [read_checkpoint(path) for path in paths]
+        classes = {read_classifier_spec(p, c).num_classes for p, c in zip(paths, checkpoints)}
         if len(classes) != 1:
             raise ValueError(f"the classifiers {paths} disagree on the number of classes: {sorted(classes)}")
-        kwargs = {"branch": branch, "device": self.device}
-        model = load_classifier(paths[0], **kwargs) if len(paths) == 1 else load_ensemble(paths, **kwargs)
+        members = [
+            load_classifier(p, branch=branch, device=self.device, checkpoint=c)
+            for p, c in zip(paths, checkpoints)
+        ]
+        model = members[0] if len(members) == 1 else EnsembleClassifier(members)
         return prepare_for_inference(model, self.device), classes.pop()
 
     def _load_denoiser(self) -> nn.Module | None:

@@ -99,3 +99,14 @@ def test_config_files_round_trip(tiny_checkpoints, tmp_path, suffix):
     path.write_text(json.dumps({**values, "sigmaa": 1}))
     with pytest.raises(ValueError, match="unknown configuration keys"):
         PipelineConfig.from_file(path)
+
+
+def test_several_checkpoints_make_an_ensemble(tiny_checkpoints, sample):
+    from denoised_drs.models import EnsembleClassifier
+
+    images, labels = sample
+    single = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], sigma=0.25, **FAST)
+    twice = Pipeline(mode="rs", classifier=[tiny_checkpoints["full"]] * 2, sigma=0.25, **FAST)
+    assert isinstance(twice.smoothed.voter.classifiers[0], EnsembleClassifier)
+    # Averaging a model's logits with its own changes nothing.
+    assert twice.certify_one(images[0], labels[0], 0).counts_top == single.certify_one(images[0], labels[0], 0).counts_top

@@ -258,6 +258,7 @@ def load_classifier(
     branch: str | None = None,
     interpolation: str | None = None,
     device: torch.device | str = "cpu",
+    checkpoint: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Build and load the base classifier stored at ``path``, in eval mode.
 
@@ -268,8 +269,9 @@ def load_classifier(
     ``branch="full"`` to get a branch's full-size network back, or ``branch="l"``
     to use any full-size classifier as a DRS branch). Foreign checkpoints need
     ``arch`` (unless the file records it) and ``dataset`` (see :func:`read_classifier_spec`).
+    ``checkpoint``, if given, is the file's content already read by :func:`read_checkpoint`.
     """
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path) if checkpoint is None else checkpoint
     spec = read_classifier_spec(
         path,
         obj,
