@@ -27,7 +27,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,6 +78,24 @@ class Results:
     def radius_paper(self) -> np.ndarray | None:
         """The DRS paper's (non-certified) radius column, or ``None`` if absent."""
         return self.extra.get(PAPER_RADIUS_COLUMN)
+
+    def every(self, step: int) -> Results:
+        """The rows whose ``idx`` is a multiple of ``step``.
+
+        Results depend only on the seed and the image index, so the every-20th rows of
+        an every-10th run are exactly what an every-20th run would have written.
+        """
+        if step < 1:
+            raise ValueError(f"step must be a positive integer, got {step}")
+        keep = self.idx % step == 0
+        if not keep.any():
+            raise ValueError(f"{self.path}: no image index is a multiple of {step}")
+        columns = ("idx", "label", "predict", "radius", "correct", "time")
+        return replace(
+            self,
+            **{name: getattr(self, name)[keep] for name in columns},
+            extra={name: values[keep] for name, values in self.extra.items()},
+        )
 
 
 def _parse_seconds(text: str) -> float:

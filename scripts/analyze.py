@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also tabulate the radius_paper column as a separate, non-certified row",
     )
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=1,
+        help="only images whose idx is a multiple of this (e.g. 20 on an every-10th run)",
+    )
     parser.add_argument("--max-radius", type=float, help="x-axis limit of the accuracy plot")
     parser.add_argument("--title", help="title of the accuracy plot")
     parser.add_argument(
@@ -86,7 +92,8 @@ def _render(args: argparse.Namespace) -> tuple[str | None, dict[Path, bytes]]:
         names = args.names or [Path(path).stem for path in args.tsv]
         runs = []
         for path, name in zip(args.tsv, names):
-            runs += analysis.runs_from_results(analysis.load_results(path), name, args.paper_radius)
+            results = analysis.load_results(path).every(args.every)
+            runs += analysis.runs_from_results(results, name, args.paper_radius)
         table = analysis.certified_table(runs, args.radii)
         markdown = analysis.to_markdown(table)
         figure = analysis.certified_accuracy_figure(runs, args.max_radius, args.title)

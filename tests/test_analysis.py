@@ -466,3 +466,23 @@ def test_script_bad_arguments_exit_2(tmp_path, capsys, rs_tsv, drs_tsv, args, fr
 def test_script_needs_an_input(capsys):
     assert load_script().main([]) == 2
     assert "at least one TSV" in capsys.readouterr().err
+
+
+def test_every_keeps_the_multiples_with_all_their_columns(tmp_path, rs_tsv, drs_tsv):
+    every3 = analysis.load_results(rs_tsv).every(3)
+    assert every3.idx.tolist() == [0, 3, 6, 9]
+    assert every3.radius.tolist() == [0.10, 0.50, 0.90, 0.00]
+    assert every3.correct.tolist() == [1, 1, 0, 0]
+    every2 = analysis.load_results(drs_tsv).every(2)
+    assert every2.idx.tolist() == [0, 2] and every2.radius_paper.tolist() == [0.57, 0.0]
+    with pytest.raises(ValueError, match="multiple of 2"):
+        analysis.load_results(write_tsv(tmp_path / "one.tsv", ROWS[1:2])).every(2)
+    with pytest.raises(ValueError, match="positive"):
+        analysis.load_results(rs_tsv).every(0)
+
+
+def test_script_every_tabulates_the_subset(tmp_path, rs_tsv):
+    result = run_script(str(rs_tsv), "--every", "3", "--names", "RS", "--out", "out", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # idx 0, 3, 6, 9: correct with radii 0.10 and 0.50 -> 50% at 0, 25% at 0.25 and 0.50.
+    assert result.stdout.splitlines()[2].startswith("| RS | **50.0** | **25.0** | **25.0** | **0.0** |")
