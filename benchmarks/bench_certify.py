@@ -15,10 +15,11 @@ affects them alike:
   skips ART with a note when it is not installed; it is never a dependency of the
   library).
 
-Prints the seconds per image of each and the ratios ours / bare and ART / ours,
-and writes them as JSON with ``--json``.
+Prints the median seconds per image of each and the median over images of the
+per-image ratios ours / bare, ART / bare and ART / ours (the contenders run in a
+rotating order on each image), and writes them as JSON with ``--json``.
 
-    python benchmarks/bench_certify.py --n 10000 --batch 1000 --images 5
+    python benchmarks/bench_certify.py --n 10000 --batch 1000 --images 9
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--sigma", type=float, default=0.25)
     parser.add_argument("--alpha", type=float, default=0.001)
-    parser.add_argument("--images", type=int, default=5)
+    parser.add_argument("--images", type=int, default=9)
     parser.add_argument("--model", choices=("lenet", "small_cnn"), default="lenet")
     parser.add_argument("--json", help="write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -107,27 +108,45 @@ def main(argv: list[str] | None = None) -> int:
     smooth.certify(images[0], args.n0, min(args.n, 2 * args.batch), args.alpha, args.batch)
     bare_forward_seconds(model, torch.rand(2 * args.batch, 1, 28, 28), args.batch)
 
-    times: dict[str, list[float]] = {"bare": [], "ours": [], "art": []}
-    for index, x in enumerate(images):
+    def run_bare(index: int, x: torch.Tensor) -> float:
         noisy = x + args.sigma * torch.randn(total, 1, 28, 28)
-        times["bare"].append(bare_forward_seconds(model, noisy, args.batch))
+        return bare_forward_seconds(model, noisy, args.batch)
+
+    def run_ours(index: int, x: torch.Tensor) -> float:
         start = time.perf_counter()
         smooth.certify(x, args.n0, args.n, args.alpha, args.batch, seed=(0, index))
-        times["ours"].append(time.perf_counter() - start)
-        if art is not None:
-            start = time.perf_counter()
-            art.certify(x[None].numpy(), n=args.n, batch_size=args.batch)
-            times["art"].append(time.perf_counter() - start)
+        return time.perf_counter() - start
 
-    per_image = {k: statistics.median(v) for k, v in times.items() if v}
+    def run_art(index: int, x: torch.Tensor) -> float:
+        start = time.perf_counter()
+        art.certify(x[None].numpy(), n=args.n, batch_size=args.batch)
+        return time.perf_counter() - start
+
+    runners = {"bare": run_bare, "ours": run_ours}
+    if art is not None:
+        runners["art"] = run_art
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    order = list(runners)
+    for index, x in enumerate(images):
+        # Rotate the order image by image so that drifting machine load (other
+        # processes, thermal state) falls on every contender alike.
+        for name in order[index % len(order):] + order[: index % len(order)]:
+            times[name].append(runners[name](index, x))
+
+    def median_ratio(top: str, bottom: str) -> float:
+        # Ratios of the same image's times, then the median: robust to load that
+        # changes between images.
+        return statistics.median(a / b for a, b in zip(times[top], times[bottom]))
+
+    per_image = {k: statistics.median(v) for k, v in times.items()}
     figures = {
         "setting": vars(args) | {"threads": torch.get_num_threads(), "torch": torch.__version__},
         "seconds_per_image": per_image,
-        "ours_over_bare": per_image["ours"] / per_image["bare"],
+        "ours_over_bare": median_ratio("ours", "bare"),
     }
     if "art" in per_image:
-        figures["art_over_bare"] = per_image["art"] / per_image["bare"]
-        figures["art_over_ours"] = per_image["art"] / per_image["ours"]
+        figures["art_over_bare"] = median_ratio("art", "bare")
+        figures["art_over_ours"] = median_ratio("art", "ours")
     print(f"{args.model}, 1x28x28, n0={args.n0}, n={args.n}, batch={args.batch}, "
           f"{args.images} images, {torch.get_num_threads()} threads (median s/image)")
     for name, seconds in per_image.items():
