@@ -126,7 +126,10 @@ class OneShotDenoiser(nn.Module):
             denoised = (x0 + 1) / 2
         # Inference tensors cannot enter autograd later on (e.g. as a classifier's
         # training input); a clone made outside inference mode is an ordinary tensor.
-        return denoised if self.training else denoised.clone()
+        # A caller already in inference mode (the sampling engine) needs no copy.
+        if self.training or torch.is_inference_mode_enabled():
+            return denoised
+        return denoised.clone()
 
     def predict_xstart(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """One network call per chunk: the clipped x0 estimate in [-1, 1] from ``x_t``.
