@@ -91,7 +91,16 @@ class NoiseStream:
             for block, target in blocks:
                 self._draw_block(block, out=target)
             return
-        list(_cpu_pool(os.getpid()).map(lambda item: self._draw_block(*item), blocks))
+        # Inference mode is thread-local: the workers must write into the caller's
+        # tensors (inference tensors, when the caller is in inference mode) in the
+        # caller's mode.
+        inference = torch.is_inference_mode_enabled()
+
+        def draw(item: tuple[int, torch.Tensor]) -> None:
+            with torch.inference_mode(inference):
+                self._draw_block(*item)
+
+        list(_cpu_pool(os.getpid()).map(draw, blocks))
 
     def _cached_block(self, block: int) -> torch.Tensor:
         if self._cached_index != block or self._cached_noise is None:

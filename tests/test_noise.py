@@ -40,3 +40,12 @@ def test_bad_keys_and_spans_are_rejected():
         derive_seed(1, -2)
     with pytest.raises(ValueError, match="stop > start"):
         NoiseStream((0,), (1,)).take(5, 5)
+
+
+def test_parallel_draws_work_inside_and_outside_inference_mode():
+    # The engine takes fresh noise (a tensor allocated here) under inference mode;
+    # the worker threads must follow the caller's mode.
+    expected = NoiseStream((4,), (1, 6, 6)).take(0, 5 * BLOCK_SIZE)
+    with torch.inference_mode():
+        inside = NoiseStream((4,), (1, 6, 6)).take(0, 5 * BLOCK_SIZE)
+    assert inside.is_inference() and torch.equal(inside, expected)
