@@ -235,4 +235,3 @@ def test_diffusers_directory_takes_no_checkpoint(tmp_path):
     scheduler.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="holds its own weights"):
         load_denoiser_network(tmp_path, tmp_path / "weights.pt")
-
