@@ -48,10 +48,7 @@ class NoiseStream:
     """Standard normal samples of a fixed shape, indexed by sample number.
 
     ``NoiseStream(key, shape, device)`` represents an unbounded sequence of tensors
-    of ``shape``; :meth:`take` returns samples ``start .. stop - 1`` of it. With
-    ``extra_choices = K > 0``, each block also carries one uniform integer in
-    ``[0, K)`` per sample (drawn after the block's noise), returned by
-    :meth:`take_choices`.
+    of ``shape``; :meth:`take` returns samples ``start .. stop - 1`` of it.
     """
 
     def __init__(
@@ -68,16 +65,10 @@ class NoiseStream:
         self._cached_index: int | None = None
         self._cached_noise: torch.Tensor | None = None
 
-    def _draw_block(self, block: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    def _draw_block(self, seed: int, out: torch.Tensor) -> None:
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(derive_seed(*self.key, block))
-        return torch.randn(
-            (BLOCK_SIZE, *self.shape),
-            generator=generator,
-            device=self.device,
-            dtype=self.dtype,
-            out=out,
-        )
+        generator.manual_seed(seed)
+        torch.randn(out.shape, generator=generator, device=self.device, dtype=self.dtype, out=out)
 
     def _draw_blocks(self, blocks: list[tuple[int, torch.Tensor]]) -> None:
         """Fill each ``(block, target)``; on the CPU, blocks are drawn in parallel.
@@ -85,28 +76,28 @@ class NoiseStream:
         One CPU generator is serial, so drawing inline would leave all but one core
         idle; blocks have their own generators and disjoint targets, and torch
         releases the GIL while drawing, so threads draw them at once with the same
-        result.
+        result. Seeds are derived here, not in the workers (deriving holds the GIL),
+        and each worker gets one share of the blocks, to keep hand-overs out of the
+        loop.
         """
-        if self.device.type != "cpu" or len(blocks) < 2:
-            for block, target in blocks:
-                self._draw_block(block, out=target)
+        seeded = [(derive_seed(*self.key, block), target) for block, target in blocks]
+        workers = torch.get_num_threads()
+        if self.device.type != "cpu" or len(seeded) < 2 or workers < 2:
+            for seed, target in seeded:
+                self._draw_block(seed, target)
             return
         # Inference mode is thread-local: the workers must write into the caller's
         # tensors (inference tensors, when the caller is in inference mode) in the
         # caller's mode.
         inference = torch.is_inference_mode_enabled()
 
-        def draw(item: tuple[int, torch.Tensor]) -> None:
+        def draw(share: list[tuple[int, torch.Tensor]]) -> None:
             with torch.inference_mode(inference):
-                self._draw_block(*item)
+                for seed, target in share:
+                    self._draw_block(seed, target)
 
-        list(_cpu_pool(os.getpid()).map(draw, blocks))
-
-    def _cached_block(self, block: int) -> torch.Tensor:
-        if self._cached_index != block or self._cached_noise is None:
-            self._cached_noise = self._draw_block(block)
-            self._cached_index = block
-        return self._cached_noise
+        shares = [seeded[i::workers] for i in range(min(workers, len(seeded)))]
+        list(_cpu_pool(os.getpid()).map(draw, shares))
 
     def take(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Samples ``start .. stop - 1`` as a fresh tensor ``(stop - start, *shape)``.
@@ -121,15 +112,25 @@ class NoiseStream:
             out = torch.empty((count, *self.shape), device=self.device, dtype=self.dtype)
         else:
             out = out[:count]
-        whole = []
+        draws = []
+        partial = []
         for block in range(start // BLOCK_SIZE, (stop - 1) // BLOCK_SIZE + 1):
             block_start = block * BLOCK_SIZE
             lo, hi = max(start, block_start), min(stop, block_start + BLOCK_SIZE)
             target = out[lo - start : hi - start]
             if lo == block_start and hi == block_start + BLOCK_SIZE:
-                whole.append((block, target))
+                draws.append((block, target))
+                continue
+            # A batch edge cuts this block: draw all of it (with the whole blocks)
+            # and keep it, since the next batch usually starts inside it.
+            if block == self._cached_index and self._cached_noise is not None:
+                noise = self._cached_noise
             else:
-                noise = self._cached_block(block)
-                target.copy_(noise[lo - block_start : hi - block_start])
-        self._draw_blocks(whole)
+                noise = torch.empty((BLOCK_SIZE, *self.shape), device=self.device, dtype=self.dtype)
+                draws.append((block, noise))
+            partial.append((block, noise, target, lo - block_start, hi - block_start))
+        self._draw_blocks(draws)
+        for block, noise, target, lo, hi in partial:
+            target.copy_(noise[lo:hi])
+            self._cached_index, self._cached_noise = block, noise
         return out
