@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from denoised_drs.cpu_memory import keep_freed_memory
+
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINTS = REPO / "checkpoints"
 
@@ -144,6 +146,7 @@ def run_default(args, state) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # up to 2x faster on CPUs; see denoised_drs.cpu_memory
     from accelerate import PartialState
 
     check_dataset_args(args)

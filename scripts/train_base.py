@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from denoised_drs.cpu_memory import keep_freed_memory
 from denoised_drs.training import DRS_BRANCHES, PRESETS, STRATEGIES, TARGETS, TrainConfig, train
 
 
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # up to 2x faster on CPUs; see denoised_drs.cpu_memory
     settings = vars(args).copy()
     dataset, out = settings.pop("dataset"), settings.pop("out")
     settings["progress"] = not settings.pop("no_progress")

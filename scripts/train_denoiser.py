@@ -24,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from denoised_drs.cpu_memory import keep_freed_memory
 from denoised_drs.data import get_dataset
 from denoised_drs.diffusion import alphas_cumprod, beta_schedule, openai_unet
 from denoised_drs.diffusion.training import (
@@ -60,6 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # up to 2x faster on CPUs; see denoised_drs.cpu_memory
     from accelerate import Accelerator
 
     accelerator = Accelerator()
