@@ -205,7 +205,7 @@ class Pipeline:
 
     def __init__(self, config: PipelineConfig | None = None, **overrides: Any) -> None:
         if config is None:
-            config = PipelineConfig(**overrides)
+            config = PipelineConfig.from_dict(overrides)
         elif overrides:
             config = PipelineConfig.from_dict({**config.to_dict(), **overrides})
         self.config = config

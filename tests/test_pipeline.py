@@ -99,6 +99,9 @@ def test_config_files_round_trip(tiny_checkpoints, tmp_path, suffix):
     path.write_text(json.dumps({**values, "sigmaa": 1}))
     with pytest.raises(ValueError, match="unknown configuration keys"):
         PipelineConfig.from_file(path)
+    # Keyword arguments get the same one-line message, not the dataclass's TypeError.
+    with pytest.raises(ValueError, match=r"unknown configuration keys \['sigmaa'\]"):
+        Pipeline(**{**values, "sigmaa": 1})
 
 
 def test_several_checkpoints_make_an_ensemble(tiny_checkpoints, sample):
