@@ -161,10 +161,15 @@ def certified_radius(
     """Apply the abstain rule and radius of ``kind`` to per-branch bounds.
 
     ``p_lower`` and ``sigmas`` hold one entry per branch. Returns
-    ``(abstain, radius)`` with ``radius = 0.0`` whenever ``abstain``.
+    ``(abstain, radius)`` with ``radius = 0.0`` whenever ``abstain``. Each bound
+    must lie in [0, 1): a lower bound from finitely many samples is below 1 (see
+    :func:`clopper_pearson_lower`), and 1 or NaN would give an infinite or undefined
+    radius.
     """
     kind = CertificateKind(kind)
     p_lower = np.atleast_1d(np.asarray(p_lower, dtype=np.float64))
+    if np.any(~((p_lower >= 0) & (p_lower < 1))):
+        raise ValueError(f"probability lower bounds must lie in [0, 1), got {p_lower}")
     sigmas = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
     expected = 1 if kind is CertificateKind.RS else 2
     if p_lower.shape != (expected,) or sigmas.shape != (expected,):

@@ -27,7 +27,12 @@ BLOCK_SIZE = 64
 
 
 def derive_seed(*key: int) -> int:
-    """A 63-bit seed from a tuple of non-negative integers (order matters)."""
+    """A 63-bit seed from a tuple of non-negative integers (order matters).
+
+    SeedSequence ignores trailing zeros (``(1, 2)`` and ``(1, 2, 0)`` give the same
+    seed), so every use must pass keys of one fixed length per purpose; the engine's
+    keys are (seed..., stream, block), always ending in the block index.
+    """
     if any(k < 0 for k in key):
         raise ValueError(f"seed keys must be non-negative integers, got {key}")
     state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint32)

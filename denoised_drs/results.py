@@ -16,9 +16,9 @@ certified one.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Sequence
+from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 
 from denoised_drs.pipeline import CertifyRecord
@@ -38,8 +38,9 @@ def columns_for(certificate: str) -> tuple[str, ...]:
 
 def floor_decimals(value: float, decimals: int = 6) -> str:
     """``value`` rounded towards minus infinity, so a printed bound stays a bound."""
-    scale = 10**decimals
-    return f"{math.floor(value * scale) / scale:.{decimals}f}"
+    # Exact decimal arithmetic: math.floor(value * 10**6) can round the product up
+    # to the next integer and print a value one unit above the bound.
+    return str(Decimal(value).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_FLOOR))
 
 
 def format_row(record: CertifyRecord, certificate: str) -> str:

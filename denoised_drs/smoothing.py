@@ -206,6 +206,9 @@ class SmoothedClassifier:
         rows = 1 if choices is not None else self.num_branches
         offsets = torch.arange(rows, device=self.device) * self.num_classes
         counts = torch.zeros(rows * self.num_classes, dtype=torch.int64, device=self.device)
+        # Votes are counted in one flat bincount, where an out-of-range vote of one
+        # branch would land in another branch's row: count them apart and refuse.
+        out_of_range = torch.zeros((), dtype=torch.int64, device=self.device)
         buffer = torch.empty((min(batch_size, num), *x.shape), device=self.device)
         with torch.inference_mode():
             for start in range(0, num, batch_size):
@@ -222,11 +225,13 @@ class SmoothedClassifier:
                 votes = self.voter(noisy_parts, fresh_noise)
                 if choices is not None:
                     votes = votes.gather(1, choices[start:stop, None])
-                counts += torch.bincount(
-                    (votes + offsets).flatten(), minlength=rows * self.num_classes
-                )[: rows * self.num_classes]
+                valid = (votes >= 0) & (votes < self.num_classes)
+                out_of_range += (~valid).sum()
+                # Invalid votes go to one extra bin, dropped (no host sync on GPUs).
+                bins = torch.where(valid, votes + offsets, rows * self.num_classes)
+                counts += torch.bincount(bins.flatten(), minlength=rows * self.num_classes + 1)[:-1]
         counts = counts.view(rows, self.num_classes).cpu().numpy()
-        if counts.sum() != rows * num:
+        if int(out_of_range):
             raise ValueError(
                 f"the classifiers returned class indices outside [0, {self.num_classes}); "
                 "check num_classes"

@@ -88,6 +88,12 @@ def test_abstain_rules():
         certified_radius("coupled", [0.9, 0.9], [0.25, 0.5])
     with pytest.raises(ValueError):
         certified_radius("rs", [0.9, 0.9], [0.25, 0.25])
+    # Bounds a finite sample cannot give (1, NaN, outside [0, 1]) are refused rather
+    # than turned into an infinite or NaN radius.
+    for kind, bad in (("rs", [1.0]), ("rs", [float("nan")]), ("independent", [0.9, 1.0]),
+                      ("coupled", [-0.1, 0.9]), ("independent", [float("nan"), 0.9])):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            certified_radius(kind, bad, [0.25] * len(bad))
 
 
 def test_branch_alpha_is_bonferroni():

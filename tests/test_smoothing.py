@@ -174,6 +174,27 @@ def test_bad_class_indices_and_settings_are_rejected():
         DualSmooth(TooMany(), TooMany(), 5, 0.25).certify(torch.rand(1, 5, 4), 10, 10, 0.01, 5)
 
 
+def test_an_out_of_range_vote_of_one_branch_is_not_counted_for_the_other():
+    # Votes are counted in one flat bincount with a row per branch: class
+    # num_classes of branch l would be class 0 of branch r. Branch r always votes
+    # 0, so a silent spill would raise its count above n and fake a certificate.
+    x = random_image(0)
+
+    class ThreeLogits(nn.Module):
+        def forward(self, z):
+            return torch.zeros(z.shape[0], 3).index_fill_(1, torch.tensor([2]), 1.0)
+
+    class AlwaysZero(nn.Module):
+        def forward(self, z):
+            return torch.zeros(z.shape[0], 2).index_fill_(1, torch.tensor([0]), 1.0)
+
+    dual = DualSmooth(ThreeLogits(), AlwaysZero(), 2, 0.25)
+    with pytest.raises(ValueError, match="num_classes"):
+        dual.certify(x, 10, 100, 0.01, 32)
+    with pytest.raises(ValueError, match="num_classes"):
+        dual.predict(x, 100, 0.01, 32)
+
+
 class MeanDenoiserVoter(nn.Module):
     """DESIGN.md's counterexample: replace every pixel by the image mean, f_j = sign."""
 
