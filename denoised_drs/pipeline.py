@@ -144,19 +144,24 @@ class PipelineConfig:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> PipelineConfig:
         """Read a JSON or YAML configuration file (by extension; JSON otherwise)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"configuration file not found: {path}")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        return cls.from_dict(read_config_file(path))
 
-            values = yaml.safe_load(text)
-        else:
-            values = json.loads(text)
-        if not isinstance(values, dict):
-            raise ValueError(f"{path} must hold a mapping of configuration keys")
-        return cls.from_dict(values)
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The mapping in a JSON or YAML file (by extension; JSON otherwise), unvalidated."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"configuration file not found: {path}")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text)
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of configuration keys")
+    return values
 
 
 @dataclass(frozen=True)

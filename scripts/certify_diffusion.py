@@ -55,13 +55,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="\n".join(__doc__.splitlines()[1:]),
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="sample",
-                      help="sample (bundled), fashion-mnist, cifar10 or imagenet")
+    data.add_argument("--dataset",
+                      help="sample (bundled, the default), fashion-mnist, cifar10 or imagenet")
     data.add_argument("--data-dir", help="local dataset folder (never downloaded)")
     data.add_argument("--skip", type=int, help="certify every skip-th image (default 1)")
     data.add_argument("--max", type=int, help="only indices below max")
     model = parser.add_argument_group("models")
-    model.add_argument("--config", help="a JSON or YAML pipeline configuration; flags override it")
+    model.add_argument("--config", help="a JSON or YAML pipeline configuration, e.g. the "
+                       "OUT.config.json saved beside a result (its dataset, skip and max "
+                       "too); flags override it")
     model.add_argument("--mode", choices=("rs", "drs"))
     model.add_argument("--classifier", nargs="+", help="RS classifier checkpoint(s); several = ensemble")
     model.add_argument("--classifier-l", nargs="+", help="DRS l-branch checkpoint(s)")
@@ -95,9 +97,26 @@ def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in PIPELINE_KEYS if getattr(args, k) is not None}
 
 
+RUN_KEYS = ("dataset", "skip", "max")
+"""Keys of a saved configuration that choose the data, not the pipeline."""
+
+
+def config_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline settings of ``--config``; its run keys fill data flags not given."""
+    from denoised_drs.pipeline import PipelineConfig, read_config_file
+
+    values = read_config_file(args.config)
+    for key in RUN_KEYS:
+        value = values.pop(key, None)
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return PipelineConfig.from_dict(values).to_dict()
+
+
 def check_dataset_args(args: argparse.Namespace) -> None:
     from denoised_drs.data import DATASETS
 
+    args.dataset = args.dataset or "sample"
     if args.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {args.dataset!r}; choose one of {list(DATASETS)}")
 
@@ -149,14 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # up to 2x faster on CPUs; see denoised_drs.cpu_memory
     from accelerate import PartialState
 
+    settings = config_settings(args) if args.config else {}
     check_dataset_args(args)
     state = PartialState(cpu=args.device == "cpu")
     if args.config is None and not (args.classifier or args.classifier_l or args.classifier_r):
         run_default(args, state)
         return 0
-    from denoised_drs.pipeline import PipelineConfig
-
-    settings = PipelineConfig.from_file(args.config).to_dict() if args.config else {}
     settings.update(flag_settings(args))
     out = Path(args.outfile or f"results/{settings.get('mode', 'drs')}.tsv")
     run_one(args, settings, out, state)

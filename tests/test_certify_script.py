@@ -47,6 +47,10 @@ def test_two_processes_equal_one_process(tiny_checkpoints, tmp_path):
     assert rows_without_time(tmp_path / "two.tsv") == expected
     assert not list(tmp_path.glob("*.part*"))
     assert (tmp_path / "two.tsv.config.json").is_file()
+    # The configuration saved beside a result repeats it, the data selection included.
+    again = run(["--config", str(tmp_path / "one.tsv.config.json"), "--outfile", str(tmp_path / "again.tsv")])
+    assert again.returncode == 0, again.stderr
+    assert rows_without_time(tmp_path / "again.tsv") == expected
 
 
 def test_killed_run_resumes_to_the_same_result(tiny_checkpoints, tmp_path):
