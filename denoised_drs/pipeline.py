@@ -52,7 +52,11 @@ AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def _as_paths(value: str | Sequence[str] | None) -> list[str]:
     if value is None:
         return []
-    return [value] if isinstance(value, (str, os.PathLike)) else [str(v) for v in value]
+    if isinstance(value, (str, os.PathLike)):
+        return [str(value)]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, os.PathLike)) for v in value):
+        raise ValueError(f"checkpoints must be a path or a list of paths, got {value!r}")
+    return [str(v) for v in value]
 
 
 @dataclass
@@ -93,7 +97,12 @@ class PipelineConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError (one line) for any impossible setting."""
+        """Raise ValueError (one line) for any impossible setting or wrong type."""
+        self._check_types()
+        if self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
+        if self.denoiser_chunk is not None and self.denoiser_chunk < 1:
+            raise ValueError(f"denoiser_chunk must be positive, got {self.denoiser_chunk}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not self.sigma > 0 or (self.sigma_r is not None and not self.sigma_r > 0):
@@ -120,6 +129,33 @@ class PipelineConfig:
                 raise ValueError("mode 'drs' needs classifier_l and classifier_r checkpoints")
             if self.denoiser is not None and self.sigma_r not in (None, self.sigma):
                 raise ValueError("with a denoiser both branches share one sigma")
+
+    def _check_types(self) -> None:
+        # Values from JSON/YAML files arrive unchecked; a wrong type must fail here,
+        # as one line, before any file is written.
+        def fail(name: str, expected: str) -> None:
+            raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+
+        for name in ("n0", "n", "batch", "seed", "denoiser_chunk"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool)):
+                if not (value is None and name == "denoiser_chunk"):
+                    fail(name, "an integer")
+        for name in ("sigma", "sigma_r", "alpha"):
+            value = getattr(self, name)
+            if value is None and name == "sigma_r":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                fail(name, "a number")
+            # Noise is float32: sigma must be a finite float32 (this also refuses NaN).
+            if not abs(value) <= float(torch.finfo(torch.float32).max):
+                fail(name, "a finite number")
+        for name in ("mode", "denoise"):
+            if not isinstance(getattr(self, name), str):
+                fail(name, "a string")
+        for name in ("denoiser", "denoiser_checkpoint", "device", "autocast"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), (str, os.PathLike)):
+                fail(name, "a string")
 
     @property
     def certificate(self) -> str:
@@ -153,15 +189,34 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"configuration file not found: {path}")
     text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
 
-        values = yaml.safe_load(text)
-    else:
-        values = json.loads(text)
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+    except Exception as error:  # json.JSONDecodeError, yaml.YAMLError
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot parse configuration file {path}: {detail}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of configuration keys")
     return values
+
+
+def _resolve_device(name: str | None) -> torch.device:
+    """``name`` as a torch device (default: CUDA when available), or a one-line ValueError."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    return device
 
 
 @dataclass(frozen=True)
@@ -214,9 +269,7 @@ class Pipeline:
         elif overrides:
             config = PipelineConfig.from_dict({**config.to_dict(), **overrides})
         self.config = config
-        self.device = torch.device(
-            config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        self.device = _resolve_device(config.device)
         self.denoiser = self._load_denoiser()
         self.smoothed = self._build_smoothed()
 

@@ -88,8 +88,14 @@ def read_rows(paths: Iterable[Path], header: Sequence[str]) -> dict[int, str]:
             raise ValueError(
                 f"{path} has another header than this run writes; use another output path"
             )
-        for line in lines[1:]:
-            rows.setdefault(int(line.split("\t", 1)[0]), line)
+        for number, line in enumerate(lines[1:], start=2):
+            cells = line.split("\t")
+            if len(cells) != len(header) or not cells[0].isdigit():
+                raise ValueError(
+                    f"{path} line {number} is not a result row of this run; "
+                    "use another output path"
+                )
+            rows.setdefault(int(cells[0]), line)
     return rows
 
 

@@ -47,10 +47,12 @@ class SingleProcess:
 
 def select_indices(length: int, skip: int = 1, max_index: int | None = None) -> list[int]:
     """Indices ``i < max_index`` (all if None) with ``i % skip == 0``, as Cohen's script does."""
-    if skip < 1:
-        raise ValueError(f"skip must be positive, got {skip}")
-    if max_index is not None and max_index < 1:
-        raise ValueError(f"max must be positive, got {max_index}")
+    if isinstance(skip, bool) or not isinstance(skip, int) or skip < 1:
+        raise ValueError(f"skip must be a positive integer, got {skip!r}")
+    if max_index is not None and (
+        isinstance(max_index, bool) or not isinstance(max_index, int) or max_index < 1
+    ):
+        raise ValueError(f"max must be a positive integer, got {max_index!r}")
     stop = length if max_index is None else min(length, max_index)
     return list(range(0, stop, skip))
 
@@ -68,7 +70,12 @@ def check_or_save_config(pipe: Pipeline, out: Path, extra: dict[str, Any]) -> No
     path = config_path(out)
     ours = {**pipe.config.to_dict(), **extra}
     if path.is_file() and (results.existing_parts(out) or out.is_file()):
-        theirs = json.loads(path.read_text())
+        try:
+            theirs = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            theirs = None
+        if not isinstance(theirs, dict):
+            raise ValueError(f"{path} is not a configuration this library wrote; pass another output path")
         if _comparable(theirs) != _comparable(ours):
             changed = sorted(k for k in set(ours) | set(theirs)
                              if k not in _RESULT_NEUTRAL and ours.get(k) != theirs.get(k))
@@ -98,6 +105,8 @@ def certify_dataset(
     state = state or SingleProcess()
     out = Path(out)
     header = results.columns_for(pipe.config.certificate)
+    if out.is_dir():
+        raise ValueError(f"the output {out} is a directory; pass a file path")
     if state.is_main_process:
         out.parent.mkdir(parents=True, exist_ok=True)
         check_or_save_config(pipe, out, extra_config or {})

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from denoised_drs import analysis
+from denoised_drs.cli import run_script
 
 PROG = "analyze.py"
 
@@ -113,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         markdown, outputs = _render(args)
+        # Every destination is checked before the first is written, so a bad one
+        # leaves earlier outputs as they were.
         for path in outputs:
+            if path.is_dir():
+                raise ValueError(f"{path} is a directory; pass a file path")
             path.parent.mkdir(parents=True, exist_ok=True)
         for path, data in outputs.items():
             analysis.write_bytes_atomic(data, path)
@@ -127,4 +132,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main, __file__)

@@ -18,10 +18,10 @@ the run's configuration saved beside each; rerunning the same command resumes.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
+from denoised_drs.cli import run_script
 from denoised_drs.cpu_memory import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,9 +131,12 @@ def run_one(args, settings: dict[str, Any], out: Path, state) -> None:
         settings = {**settings, "device": str(state.device)}
     pipe = Pipeline(**settings)
     dataset = get_dataset(args.dataset, "test", args.data_dir)
+    if len(dataset) == 0:
+        raise ValueError(f"the {args.dataset} test set holds no images")
     pipe.check_image_shape(tuple(dataset[0][0].shape))
-    indices = select_indices(len(dataset), args.skip or 1, args.max)
-    extra = {"dataset": args.dataset, "skip": args.skip or 1, "max": args.max}
+    skip = 1 if args.skip is None else args.skip
+    indices = select_indices(len(dataset), skip, args.max)
+    extra = {"dataset": args.dataset, "skip": skip, "max": args.max}
     certify_dataset(pipe, dataset, indices, out, state, extra)
 
 
@@ -142,7 +145,7 @@ def run_default(args, state) -> None:
 
     settings = {**DEFAULT_SETTINGS, **flag_settings(args)}
     default_skip = settings.pop("skip")
-    args.skip = args.skip or default_skip
+    args.skip = default_skip if args.skip is None else args.skip
     outdir = Path(args.outdir)
     runs = []
     for name, label, run_settings in DEFAULT_RUNS:
@@ -181,9 +184,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError, NotImplementedError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"certify_diffusion.py: error: {message}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, __file__)

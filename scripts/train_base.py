@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from denoised_drs.cli import run_script
 from denoised_drs.cpu_memory import keep_freed_memory
 from denoised_drs.training import DRS_BRANCHES, PRESETS, STRATEGIES, TARGETS, TrainConfig, train
 
@@ -92,4 +93,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main, __file__)

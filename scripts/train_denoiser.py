@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
+import math
 import time
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from denoised_drs.cli import run_script
 from denoised_drs.cpu_memory import keep_freed_memory
 from denoised_drs.data import get_dataset
 from denoised_drs.diffusion import alphas_cumprod, beta_schedule, openai_unet
@@ -56,7 +57,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-train", type=int, default=None, help="use only the first N images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--half", action="store_true", help="store weights as float16")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_args(args)
+    return args
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse impossible settings before any work or file."""
+    for name in ("num_channels", "num_res_blocks", "num_head_channels", "timesteps", "epochs", "batch"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.max_train is not None and args.max_train < 1:
+        raise ValueError(f"--max-train must be positive, got {args.max_train}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a positive finite number, got {args.lr}")
+    if not 0 <= args.ema < 1:
+        raise ValueError(f"--ema must lie in [0, 1), got {args.ema}")
+    if not 0 < args.sigma_min <= args.sigma_max < math.inf:
+        raise ValueError(f"need 0 < --sigma-min <= --sigma-max (finite), got {args.sigma_min}, {args.sigma_max}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; pass a file path")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = Accelerator()
     torch.manual_seed(args.seed)
     dataset = get_dataset(args.dataset, "train", args.data_dir)
-    if args.max_train:
+    if args.max_train is not None:
         dataset = Subset(dataset, range(min(args.max_train, len(dataset))))
+    if len(dataset) < args.batch:
+        raise ValueError(f"--batch {args.batch} exceeds the {len(dataset)} training images (full batches only)")
     channels, height, width = dataset[0][0].shape
     if height != width:
         raise ValueError(f"the OpenAI UNet needs square images, got {height}x{width}")
@@ -135,8 +158,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as error:
-        print(f"train_denoiser.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_script(main, __file__)

@@ -90,13 +90,27 @@ BAD_INPUTS = {
     "alpha outside (0, 1)": (["--alpha", "1.5"], "alpha"),
     "image size the denoiser cannot take": (["--denoiser", "DENOISER32"], "do not fit"),
     "unknown preset": (["--denoiser", "imagenet512"], "unknown denoiser"),
+    "corrupt checkpoint": (["--classifier", "INPUTS/text.pt"], "cannot read"),
+    "checkpoint is a directory": (["--classifier", "INPUTS"], "not found"),
+    "config value of the wrong type": (["--config", "INPUTS/wrong_type.json"], "n must be an integer"),
+    "malformed config": (["--config", "INPUTS/broken.json"], "cannot parse configuration file"),
+    "negative seed": (["--seed", "-1"], "seed"),
+    "skip 0": (["--skip", "0"], "skip must be a positive integer"),
+    "unknown device": (["--device", "tpu9"], "device"),
+    "output is a directory": (["--outfile", "INPUTS"], "is a directory"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_gives_one_line_and_no_file(tiny_checkpoints, tmp_path, case):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "text.pt").write_text("not a checkpoint\n")
+    (inputs / "wrong_type.json").write_text('{"mode": "rs", "classifier": "c.pt", "n": "abc"}')
+    (inputs / "broken.json").write_text('{"mode": "rs",\n')
     extra, message = BAD_INPUTS[case]
-    extra = [tiny_checkpoints["denoiser32"] if a == "DENOISER32" else a for a in extra]
+    extra = [tiny_checkpoints["denoiser32"] if a == "DENOISER32" else a.replace("INPUTS", str(inputs))
+             for a in extra]
     args = ["--dataset", "sample", "--mode", "rs", "--classifier", tiny_checkpoints["full"], "--N0", "10",
             "--N", "20", "--max", "3", "--device", "cpu", "--outfile", str(tmp_path / "out.tsv")]
     result = run([*args, *extra])
@@ -104,4 +118,17 @@ def test_bad_input_gives_one_line_and_no_file(tiny_checkpoints, tmp_path, case):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert message in lines[0]
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [inputs]
+    assert sorted(p.name for p in inputs.iterdir()) == ["broken.json", "text.pt", "wrong_type.json"]
+
+
+def test_a_damaged_result_file_is_refused_not_merged(tiny_checkpoints, tmp_path):
+    out = tmp_path / "out.tsv"
+    args = ["--dataset", "sample", "--mode", "rs", "--classifier", tiny_checkpoints["full"], "--N0", "10",
+            "--N", "20", "--max", "3", "--device", "cpu", "--outfile", str(out)]
+    assert run(args).returncode == 0
+    header = out.read_text().splitlines()[0]
+    out.write_text(header + "\n0\tjunk\n")
+    result = run(args)
+    assert result.returncode == 2 and "not a result row" in result.stderr
+    assert out.read_text() == header + "\n0\tjunk\n"

@@ -14,7 +14,6 @@ Two sources, both strictly local (nothing is ever downloaded):
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint_file import load_weights_only
 from .presets import PRESETS, get_preset
 from .unet import DiffusersUNet
 
@@ -50,12 +50,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Raises FileNotFoundError (with the path) or ValueError for unreadable content.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"denoiser checkpoint not found: {path}")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(f"cannot read {path} as a PyTorch state dict: {error}") from None
+    loaded = load_weights_only(path, "denoiser checkpoint")
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(
@@ -104,10 +99,7 @@ def load_denoiser_network(
         # Imported here: .training builds on this module.
         from .training import is_denoiser_checkpoint, network_from_checkpoint
 
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-            raise ValueError(f"cannot read {path} as a PyTorch checkpoint: {error}") from None
+        payload = load_weights_only(path, "denoiser checkpoint")
         if checkpoint_path is None and is_denoiser_checkpoint(payload):
             return network_from_checkpoint(payload, name)
         raise ValueError(

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..checkpoint_file import load_weights_only
 from .loading import DenoiserNetwork
 from .schedule import alphas_cumprod as make_alphas_cumprod
 from .schedule import beta_schedule, sigma_to_timestep
@@ -123,9 +124,7 @@ def network_from_checkpoint(payload: Mapping[str, Any], name: str = "") -> Denoi
 def load_denoiser_checkpoint(path: str | os.PathLike) -> DenoiserNetwork:
     """Load a checkpoint written by :func:`save_denoiser_checkpoint` (weights_only)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"denoiser checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_weights_only(path, "denoiser checkpoint")
     if not is_denoiser_checkpoint(payload):
         raise ValueError(f"{path} is not a denoised_drs denoiser checkpoint")
     return network_from_checkpoint(payload, str(path))

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from denoised_drs.checkpoint_file import load_weights_only
+
 from .registry import create_model
 from .wrappers import (
     EnsembleClassifier,
@@ -134,18 +136,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint file safely (no arbitrary unpickling) onto the CPU."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"checkpoint not found (or not a file): {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return dict(load_file(str(path), device="cpu"))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors come in many types; report them uniformly
-        raise ValueError(
-            f"cannot read {path} as a weights-only PyTorch checkpoint: "
-            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
-        ) from err
+    obj = load_weights_only(path)
     if not isinstance(obj, dict):
         raise ValueError(f"{path} holds a {type(obj).__name__}, expected a dict of weights")
     return obj

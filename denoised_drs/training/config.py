@@ -14,6 +14,7 @@ from ..partition import checkerboard_split
 from .strategies import STRATEGIES
 
 TARGETS = ("rs", "drs")
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 DRS_BRANCHES = ("l", "r", "both")
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -96,7 +97,10 @@ class TrainConfig:
                 self.interpolation in ("nearest", "bilinear"),
                 "interpolation must be 'nearest' or 'bilinear'",
             ),
-            (math.isfinite(self.sigma) and self.sigma > 0, "sigma must be positive"),
+            (
+                math.isfinite(self.sigma) and 0 < self.sigma <= FLOAT32_MAX,
+                "sigma must be positive, finite and a float32",
+            ),
             (self.epochs >= 1, "epochs must be >= 1"),
             (math.isfinite(self.lr) and self.lr > 0, "lr must be positive"),
             (0 < self.gamma <= 1, "gamma must lie in (0, 1]"),
@@ -107,7 +111,15 @@ class TrainConfig:
                 self.strategy != "consistency" or (self.num_noise or 2) >= 2,
                 "consistency needs num-noise >= 2",
             ),
-            (self.lbd >= 0 and self.eta >= 0, "lbd and eta must be non-negative"),
+            (
+                math.isfinite(self.lbd) and self.lbd >= 0 and math.isfinite(self.eta) and self.eta >= 0,
+                "lbd and eta must be non-negative and finite",
+            ),
+            (
+                math.isfinite(self.weight_decay) and self.weight_decay >= 0
+                and math.isfinite(self.momentum) and self.momentum >= 0,
+                "weight-decay and momentum must be non-negative and finite",
+            ),
             (
                 self.epsilon > 0 and self.attack_steps >= 1 and self.warmup >= 0,
                 "smoothadv needs epsilon > 0, attack-steps >= 1, warmup >= 0",

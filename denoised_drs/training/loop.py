@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..checkpoint_file import load_weights_only
 from ..data import get_dataset
 from ..models import (
     ClassifierSpec,
@@ -152,11 +153,18 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
         )
     start_epoch, rows = 0, []
     if config.resume:
-        state = torch.load(resume_file, map_location="cpu", weights_only=True)
-        full_network(model).model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        start_epoch, rows = int(state["epoch"]), list(state["log"])
+        state = load_weights_only(resume_file, "training state")
+        try:
+            full_network(model).model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
+            start_epoch, rows = int(state["epoch"]), list(state["log"])
+        except (KeyError, TypeError, RuntimeError) as error:
+            # A state file of another run (architecture, optimizer) or not one at all.
+            raise ValueError(
+                f"--resume: {resume_file} is not a training state of this configuration "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+            ) from None
         if start_epoch >= config.epochs:
             raise ValueError(f"--resume: {resume_file} already finished {start_epoch} epoch(s)")
 

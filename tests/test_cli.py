@@ -1,0 +1,81 @@
+"""The scripts' error contract: bad input -> one line and exit 2; a bug -> one line and exit 1."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from denoised_drs.checkpoint_file import load_weights_only
+from denoised_drs.cli import run_script
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def exit_of(main, capsys):
+    with pytest.raises(SystemExit) as stop:
+        run_script(main, "tool.py")
+    return stop.value.code, capsys.readouterr().err
+
+
+def test_bad_input_and_bugs_end_in_one_line(capsys, monkeypatch):
+    def bad_input():
+        raise ValueError("sigma must be positive\nsecond line")
+
+    def bug():
+        return {}["missing"]
+
+    assert exit_of(bad_input, capsys) == (2, "tool.py: error: sigma must be positive\n")
+    code, err = exit_of(bug, capsys)
+    assert code == 1 and err.count("\n") == 1 and "unexpected KeyError" in err
+    assert exit_of(lambda: 0, capsys) == (0, "")
+    monkeypatch.setenv("DENOISED_DRS_TRACEBACK", "1")
+    with pytest.raises(KeyError):
+        run_script(bug, "tool.py")
+
+
+def test_unreadable_checkpoints_are_a_value_error_naming_the_file(tmp_path):
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"w": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    for path in (text, truncated):
+        with pytest.raises(ValueError, match=str(path)):
+            load_weights_only(path)
+    with pytest.raises(FileNotFoundError):
+        load_weights_only(tmp_path)
+
+
+def load_train_denoiser():
+    spec = importlib.util.spec_from_file_location("train_denoiser", REPO / "scripts" / "train_denoiser.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs"),
+    (["--max-train", "0"], "--max-train"),
+    (["--lr", "inf"], "--lr"),
+    (["--ema", "1"], "--ema"),
+    (["--num-head-channels", "0"], "--num-head-channels"),
+    (["--max-train", "8", "--batch", "16"], "exceeds"),
+])
+def test_train_denoiser_refuses_impossible_settings_before_writing(tmp_path, flags, message):
+    out = tmp_path / "d.pt"
+    with pytest.raises(ValueError, match=message):
+        load_train_denoiser().main(["--dataset", "sample", "--out", str(out), "--epochs", "1", *flags])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_script_bug_exits_1_without_a_traceback(tmp_path):
+    # analyze.py on a TSV whose idx overflows int64: not anticipated, still one line.
+    tsv = tmp_path / "r.tsv"
+    tsv.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\tpA\tcount\n1e300\t1\t1\t0.1\t1\t0.1\t0.9\t9\n")
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "analyze.py"), str(tsv)],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode in (1, 2) and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
