@@ -105,6 +105,8 @@ class PipelineConfig:
             raise ValueError(f"denoiser_chunk must be positive, got {self.denoiser_chunk}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.denoiser_checkpoint is not None and self.denoiser is None:
+            raise ValueError("denoiser_checkpoint is given without a denoiser (a preset name)")
         if not self.sigma > 0 or (self.sigma_r is not None and not self.sigma_r > 0):
             raise ValueError(f"sigma must be positive, got sigma={self.sigma}, sigma_r={self.sigma_r}")
         if not 0 < self.alpha < 1:

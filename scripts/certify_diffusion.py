@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         run_default(args, state)
         return 0
     settings.update(flag_settings(args))
+    if args.outfile == "":
+        raise ValueError("--outfile is empty")
     out = Path(args.outfile or f"results/{settings.get('mode', 'drs')}.tsv")
     run_one(args, settings, out, state)
     return 0

@@ -238,7 +238,10 @@ def read_classifier_spec(
         return ClassifierSpec.from_dict({**obj, **overrides})
     arch = overrides.pop("arch", None) or obj.get("arch")
     if not isinstance(arch, str):
-        raise ValueError(f"{path} does not record its architecture; pass arch=...")
+        raise ValueError(
+            f"{path} is not a classifier checkpoint this library can rebuild: it records no "
+            "architecture (API users: load_classifier(..., arch=NAME) for a plain state dict)"
+        )
     dataset = overrides.pop("dataset", None) or (
         "cifar10" if arch.startswith("cifar_resnet") else "imagenet"
     )
