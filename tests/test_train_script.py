@@ -62,6 +62,10 @@ def test_cli_trains_and_writes_checkpoint_and_log(tmp_path):
         (["--arch", "resnet9000"], "unknown architecture"),
         (["--resume"], "no training state"),
         (["--strategy", "consistency", "--num-noise", "1"], "num-noise >= 2"),
+        (["--weight-decay", "inf"], "weight-decay and momentum"),
+        (["--sigma", "1e300"], "float32"),
+        (["--log", "/"], "cannot write /"),
+        (["--out", "model{branch}{x}.pt"], "only {branch}"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, flags, message):

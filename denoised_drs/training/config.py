@@ -15,6 +15,13 @@ from .strategies import STRATEGIES
 
 TARGETS = ("rs", "drs")
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _fill_branch(template: str, branch: str) -> Path:
+    try:
+        return Path(template.format(branch=branch))
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"{template!r}: only {{branch}} can be filled in (got {error})") from None
 DRS_BRANCHES = ("l", "r", "both")
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -150,7 +157,7 @@ class TrainConfig:
         ``_l``/``_r`` inserted before the suffix when ``branch == "both"``."""
         out = str(self.out)
         if "{branch}" in out:
-            return Path(out.format(branch=branch))
+            return _fill_branch(out, branch)
         if self.branch != "both":
             return Path(out)
         path = Path(out)
@@ -160,7 +167,7 @@ class TrainConfig:
         if self.log is None:
             return self.out_path(branch).with_suffix(".csv")
         if "{branch}" in self.log:
-            return Path(self.log.format(branch=branch))
+            return _fill_branch(self.log, branch)
         path = Path(self.log)
         return (
             path if self.branch != "both" else path.with_name(f"{path.stem}_{branch}{path.suffix}")

@@ -134,6 +134,10 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
     from tqdm.auto import tqdm
 
     out, log = config.out_path(branch), config.log_path(branch)
+    for path in (out, log):
+        # Checked now: the log is written last, after the checkpoint.
+        if path.is_dir() or (path.parent.exists() and not path.parent.is_dir()):
+            raise ValueError(f"cannot write {path}: it or its parent is not a file path")
     resume_file = state_path(out)
     if config.resume and not resume_file.is_file():
         raise FileNotFoundError(f"--resume: no training state at {resume_file}")
