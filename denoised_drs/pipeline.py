@@ -25,6 +25,7 @@ The result for an image depends only on the seed and the image's index.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import time
 from collections.abc import Sequence
@@ -47,6 +48,8 @@ from denoised_drs.voters import (
 MODES = ("rs", "drs")
 DENOISE_MODES = ("joint", "split")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+OPTIONAL_FIELDS = ("sigma_r", "denoiser", "denoiser_checkpoint", "device", "autocast", "denoiser_chunk")
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _as_paths(value: str | Sequence[str] | None) -> list[str]:
@@ -92,6 +95,9 @@ class PipelineConfig:
         self.classifier = _as_paths(self.classifier)
         self.classifier_l = _as_paths(self.classifier_l)
         self.classifier_r = _as_paths(self.classifier_r)
+        for name in ("denoiser", "denoiser_checkpoint"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
         if self.denoiser in ("", "none"):
             self.denoiser = None
         self.validate()
@@ -134,30 +140,28 @@ class PipelineConfig:
 
     def _check_types(self) -> None:
         # Values from JSON/YAML files arrive unchecked; a wrong type must fail here,
-        # as one line, before any file is written.
-        def fail(name: str, expected: str) -> None:
-            raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+        # as one line, before any file is written. numpy scalars are accepted and
+        # stored as Python numbers, so that the configuration saves as JSON.
+        def check(name: str, kind: type, expected: str) -> None:
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL_FIELDS:
+                return
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise ValueError(f"{name} must be {expected}, got {value!r}")
+            if kind is numbers.Real:
+                # Noise is float32: a finite float32 (this also refuses NaN).
+                if not abs(value) <= FLOAT32_MAX:
+                    raise ValueError(f"{name} must be a finite number, got {value!r}")
+                setattr(self, name, float(value))
+            elif kind is numbers.Integral:
+                setattr(self, name, int(value))
 
         for name in ("n0", "n", "batch", "seed", "denoiser_chunk"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool)):
-                if not (value is None and name == "denoiser_chunk"):
-                    fail(name, "an integer")
+            check(name, numbers.Integral, "an integer")
         for name in ("sigma", "sigma_r", "alpha"):
-            value = getattr(self, name)
-            if value is None and name == "sigma_r":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                fail(name, "a number")
-            # Noise is float32: sigma must be a finite float32 (this also refuses NaN).
-            if not abs(value) <= float(torch.finfo(torch.float32).max):
-                fail(name, "a finite number")
-        for name in ("mode", "denoise"):
-            if not isinstance(getattr(self, name), str):
-                fail(name, "a string")
-        for name in ("denoiser", "denoiser_checkpoint", "device", "autocast"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), (str, os.PathLike)):
-                fail(name, "a string")
+            check(name, numbers.Real, "a number")
+        for name in ("mode", "denoise", "denoiser", "denoiser_checkpoint", "device", "autocast"):
+            check(name, str, "a string")
 
     @property
     def certificate(self) -> str:

@@ -1,6 +1,7 @@
 """Pipeline composition: the certificate follows the configuration; bad settings fail early."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,3 +114,16 @@ def test_several_checkpoints_make_an_ensemble(tiny_checkpoints, sample):
     assert isinstance(twice.smoothed.voter.classifiers[0], EnsembleClassifier)
     # Averaging a model's logits with its own changes nothing.
     assert twice.certify_one(images[0], labels[0], 0).counts_top == single.certify_one(images[0], labels[0], 0).counts_top
+
+
+def test_config_types_are_checked_and_numpy_scalars_stored_as_python_numbers():
+    import numpy as np
+
+    config = PipelineConfig(mode="rs", classifier=Path("c.pt"), n=np.int64(500), sigma=np.float32(0.25),
+                            denoiser=Path("d.pt"))
+    assert (type(config.n), type(config.sigma), config.denoiser, config.classifier) == (int, float, "d.pt", ["c.pt"])
+    json.dumps(config.to_dict())  # saved beside every result
+    for bad in ({"n": "abc"}, {"batch": 1.5}, {"seed": True}, {"sigma": float("nan")}, {"sigma": 1e300},
+                {"alpha": None}, {"device": 3}, {"classifier": 5}):
+        with pytest.raises(ValueError, match="must be"):
+            PipelineConfig(**{"mode": "rs", "classifier": "c.pt", **bad})
