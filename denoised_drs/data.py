@@ -181,14 +181,25 @@ def load_sample(path: str | os.PathLike | None = None) -> ImageArrayDataset:
     Meant for smoke tests and examples; it is a test-set subset, so never a
     measure of generalisation when a model is also trained on it.
     """
+    bundled = path is None
     path = Path(path or SAMPLE_PATH)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"bundled sample {path} not found; recreate it with "
-            f"`python -c 'from denoised_drs.data import make_sample; make_sample()'`"
+        hint = (
+            "recreate the bundled one with `python -c 'from denoised_drs.data import make_sample; "
+            "make_sample()'`"
+            if bundled
+            else "make one with denoised_drs.data.make_sample(path)"
         )
-    with np.load(path) as arrays:
-        return ImageArrayDataset(arrays["images"], arrays["labels"], arrays["indices"])
+        raise FileNotFoundError(f"sample file {path} not found; {hint}")
+    try:
+        with np.load(path) as arrays:
+            return ImageArrayDataset(arrays["images"], arrays["labels"], arrays["indices"])
+    except (ValueError, OSError, KeyError, TypeError) as error:
+        # np.load's own message for a non-npz file talks about allow_pickle.
+        detail = error.args[0] if isinstance(error, KeyError) else "not a readable .npz archive"
+        raise ValueError(
+            f"{path} is not a sample file (an .npz with images, labels and indices): {detail}"
+        ) from None
 
 
 def _check_split(split: str) -> None:

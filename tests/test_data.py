@@ -124,3 +124,13 @@ def test_make_sample_recreates_the_file(tmp_path):
     assert not list((tmp_path / "out").glob("*.tmp*"))
     with pytest.raises(FileNotFoundError, match="make_sample"):
         load_sample(tmp_path / "absent.npz")
+
+
+def test_a_file_that_is_not_a_sample_gets_one_clear_message(tmp_path):
+    text = tmp_path / "text.npz"
+    text.write_text("hello")
+    np.savez(tmp_path / "no_images.npz", labels=np.zeros(3))
+    with pytest.raises(ValueError, match="not a readable .npz archive"):
+        load_sample(text)
+    with pytest.raises(ValueError, match="images"):
+        load_sample(tmp_path / "no_images.npz")
