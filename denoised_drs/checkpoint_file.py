@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from denoised_drs.cli import first_line
+
 
 def load_weights_only(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """The object stored in ``path``, read with ``weights_only=True`` onto the CPU.
@@ -28,5 +30,6 @@ def load_weights_only(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load fails in many types: pickle, zip, key, OS errors
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot read {path} as a weights-only PyTorch {what}: {detail}") from None
+        raise ValueError(
+            f"cannot read {path} as a weights-only PyTorch {what}: {first_line(error)}"
+        ) from None

@@ -24,6 +24,8 @@ import torch
 
 BLOCK_SIZE = 64
 """Samples per independently seeded block (a fixed constant: changing it changes results)."""
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+"""The noise is float32: a noise level (or any setting it is scaled by) must stay below this."""
 
 
 def derive_seed(*key: int) -> int:

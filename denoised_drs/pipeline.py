@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from denoised_drs.cli import first_line
+from denoised_drs.noise import FLOAT32_MAX
 from denoised_drs.partition import Checkerboard, Identity
 from denoised_drs.smoothing import ABSTAIN, Certificate, SmoothedClassifier
 from denoised_drs.voters import (
@@ -49,7 +51,6 @@ MODES = ("rs", "drs")
 DENOISE_MODES = ("joint", "split")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 OPTIONAL_FIELDS = ("sigma_r", "denoiser", "denoiser_checkpoint", "device", "autocast", "denoiser_chunk")
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _as_paths(value: str | Sequence[str] | None) -> list[str]:
@@ -203,8 +204,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         else:
             values = json.loads(text)
     except Exception as error:  # json.JSONDecodeError, yaml.YAMLError
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot parse configuration file {path}: {detail}") from None
+        raise ValueError(f"cannot parse configuration file {path}: {first_line(error)}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of configuration keys")
     return values
@@ -377,8 +377,9 @@ class Pipeline:
             with torch.inference_mode():
                 self.smoothed.voter(parts, fresh)
         except (RuntimeError, ValueError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ValueError(f"images of shape {tuple(shape)} do not fit the models: {first_line}") from None
+            raise ValueError(
+                f"images of shape {tuple(shape)} do not fit the models: {first_line(error)}"
+            ) from None
 
     def certify_one(self, image: torch.Tensor, label: int, idx: int) -> CertifyRecord:
         """Certify one image; its noise is seeded by ``(config.seed, idx)``."""

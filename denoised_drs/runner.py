@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from denoised_drs import results
+from denoised_drs.cli import check_output_file
 from denoised_drs.pipeline import Pipeline
 
 # Settings that change speed or memory but never a certificate.
@@ -105,8 +106,7 @@ def certify_dataset(
     state = state or SingleProcess()
     out = Path(out)
     header = results.columns_for(pipe.config.certificate)
-    if out.is_dir():
-        raise ValueError(f"the output {out} is a directory; pass a file path")
+    check_output_file(out)
     if state.is_main_process:
         out.parent.mkdir(parents=True, exist_ok=True)
         check_or_save_config(pipe, out, extra_config or {})

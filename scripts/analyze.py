@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from denoised_drs import analysis
-from denoised_drs.cli import run_script
+from denoised_drs.cli import check_output_file, run_script
 
 PROG = "analyze.py"
 
@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         # Every destination is checked before the first is written, so a bad one
         # leaves earlier outputs as they were.
         for path in outputs:
-            if path.is_dir():
-                raise ValueError(f"{path} is a directory; pass a file path")
+            check_output_file(path)
             path.parent.mkdir(parents=True, exist_ok=True)
         for path, data in outputs.items():
             analysis.write_bytes_atomic(data, path)

@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from denoised_drs.cli import run_script
+from denoised_drs.cli import check_output_file, run_script
 from denoised_drs.cpu_memory import keep_freed_memory
 from denoised_drs.data import get_dataset
 from denoised_drs.diffusion import alphas_cumprod, beta_schedule, openai_unet
@@ -75,9 +75,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--ema must lie in [0, 1), got {args.ema}")
     if not 0 < args.sigma_min <= args.sigma_max < math.inf:
         raise ValueError(f"need 0 < --sigma-min <= --sigma-max (finite), got {args.sigma_min}, {args.sigma_max}")
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a directory; pass a file path")
+    check_output_file(args.out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,11 +10,11 @@ from typing import Any
 import torch
 
 from ..data import DATASETS
+from ..noise import FLOAT32_MAX
 from ..partition import checkerboard_split
 from .strategies import STRATEGIES
 
 TARGETS = ("rs", "drs")
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _fill_branch(template: str, branch: str) -> Path:

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..checkpoint_file import load_weights_only
+from ..cli import check_output_file, first_line
 from ..data import get_dataset
 from ..models import (
     ClassifierSpec,
@@ -135,9 +136,7 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
 
     out, log = config.out_path(branch), config.log_path(branch)
     for path in (out, log):
-        # Checked now: the log is written last, after the checkpoint.
-        if path.is_dir() or (path.parent.exists() and not path.parent.is_dir()):
-            raise ValueError(f"cannot write {path}: it or its parent is not a file path")
+        check_output_file(path)  # now: the log is written last, after the checkpoint
     resume_file = state_path(out)
     if config.resume and not resume_file.is_file():
         raise FileNotFoundError(f"--resume: no training state at {resume_file}")
@@ -167,7 +166,7 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
             # A state file of another run (architecture, optimizer) or not one at all.
             raise ValueError(
                 f"--resume: {resume_file} is not a training state of this configuration "
-                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+                f"({type(error).__name__}: {first_line(error)})"
             ) from None
         if start_epoch >= config.epochs:
             raise ValueError(f"--resume: {resume_file} already finished {start_epoch} epoch(s)")
