@@ -238,6 +238,8 @@ class CertifyRecord:
     p_lower: tuple[float, ...]
     counts_top: tuple[int, ...]
     radius_paper: float | None = None
+    nonfinite: int = 0
+    n_used: int = 0
 
     @classmethod
     def from_certificate(cls, idx: int, label: int, cert: Certificate, seconds: float) -> CertifyRecord:
@@ -251,6 +253,8 @@ class CertifyRecord:
             p_lower=cert.p_lower,
             counts_top=cert.counts_top,
             radius_paper=cert.radius_paper,
+            nonfinite=cert.nonfinite,
+            n_used=cert.n_used,
         )
 
 

@@ -9,7 +9,9 @@ file and an atomic rename: ``OUT`` is either absent or complete, never corrupt.
 
 Columns (DESIGN.md section 4): ``idx label predict radius correct time`` and then
 the details: ``pA count`` (RS) or ``pA_l pA_r count_l count_r`` (DRS), plus
-``radius_paper`` for joint denoising (the DRS paper's radius, NOT certified).
+``radius_paper`` for joint denoising (the DRS paper's radius, NOT certified), then
+``nonfinite`` (votes whose logits were not finite, counted against the top class)
+and ``n_used`` (estimation samples drawn: ``N``, or fewer under adaptive sampling).
 Radii are rounded *down* to 6 decimals, so a printed radius never exceeds the
 certified one.
 """
@@ -24,16 +26,17 @@ from pathlib import Path
 from denoised_drs.pipeline import CertifyRecord
 
 BASE_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
+TRAILING_COLUMNS = ("nonfinite", "n_used")
 
 
 def columns_for(certificate: str) -> tuple[str, ...]:
     """The header of a result file for certificate kind rs / independent / coupled."""
     if certificate == "rs":
-        return (*BASE_COLUMNS, "pA", "count")
+        return (*BASE_COLUMNS, "pA", "count", *TRAILING_COLUMNS)
     extra = ("pA_l", "pA_r", "count_l", "count_r")
     if certificate == "coupled":
         extra += ("radius_paper",)
-    return (*BASE_COLUMNS, *extra)
+    return (*BASE_COLUMNS, *extra, *TRAILING_COLUMNS)
 
 
 def floor_decimals(value: float, decimals: int = 6) -> str:
@@ -56,6 +59,7 @@ def format_row(record: CertifyRecord, certificate: str) -> str:
     ]
     if certificate == "coupled":
         cells.append(floor_decimals(record.radius_paper or 0.0))
+    cells += [str(record.nonfinite), str(record.n_used)]
     return "\t".join(cells)
 
 

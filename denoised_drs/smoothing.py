@@ -64,6 +64,9 @@ class Certificate:
     Clopper-Pearson lower bound on that probability at ``alpha / num_branches``.
     ``radius_paper`` is set only for coupled branches: the DRS paper's formula
     ``sigma (z_l + z_r) / sqrt(2)`` on the same bounds, which is NOT certified there.
+    ``nonfinite`` counts the votes (sample, branch) whose logits were not finite;
+    each counted against the top class. ``n_used`` is the number of estimation
+    samples drawn (``n`` for :meth:`SmoothedClassifier.certify`).
 
     Unpacks like Cohen's ``(prediction, radius)`` tuple.
     """
@@ -78,6 +81,8 @@ class Certificate:
     alpha: float
     kind: str
     radius_paper: float | None = None
+    nonfinite: int = 0
+    n_used: int = 0
 
     @property
     def abstained(self) -> bool:
@@ -181,8 +186,12 @@ class SmoothedClassifier:
         seed: int | Sequence[int] = 0,
         stage: int = _ESTIMATION,
         mix_branches: bool = False,
+        start: int = 0,
     ) -> np.ndarray:
         """Votes of each branch over ``num`` noisy copies of ``x``: ``(num_branches, num_classes)``.
+
+        The copies are samples ``start .. start + num - 1`` of the stage's noise
+        stream, so consecutive calls with growing ``start`` draw fresh samples.
 
         With ``mix_branches``, each sample contributes the vote of one branch drawn
         uniformly at random, so the result is ``(1, num_classes)`` counts of ``num``
@@ -192,6 +201,8 @@ class SmoothedClassifier:
             raise ValueError(f"expected one image of shape (C, H, W), got {tuple(x.shape)}")
         if num < 1 or batch_size < 1:
             raise ValueError(f"num and batch_size must be positive, got {num}, {batch_size}")
+        if start < 0:
+            raise ValueError(f"start must be non-negative, got {start}")
         key = _seed_key(seed)
         x = x.to(self.device, torch.float32)
         clean_parts = self.partition.split(x.unsqueeze(0))
@@ -202,7 +213,8 @@ class SmoothedClassifier:
         choices = None
         if mix_branches and self.num_branches > 1:
             rng = np.random.default_rng(derive_seed(*key, stage, _BRANCH_CHOICE_PURPOSE))
-            choices = torch.from_numpy(rng.integers(self.num_branches, size=num)).to(self.device)
+            drawn = rng.integers(self.num_branches, size=start + num)[start:]
+            choices = torch.from_numpy(drawn).to(self.device)
         rows = 1 if choices is not None else self.num_branches
         offsets = torch.arange(rows, device=self.device) * self.num_classes
         counts = torch.zeros(rows * self.num_classes, dtype=torch.int64, device=self.device)
@@ -211,9 +223,9 @@ class SmoothedClassifier:
         out_of_range = torch.zeros((), dtype=torch.int64, device=self.device)
         buffer = torch.empty((min(batch_size, num), *x.shape), device=self.device)
         with torch.inference_mode():
-            for start in range(0, num, batch_size):
-                stop = min(num, start + batch_size)
-                batch_noise = noise.take(start, stop, out=buffer)
+            for first in range(0, num, batch_size):
+                last = min(num, first + batch_size)
+                batch_noise = noise.take(start + first, start + last, out=buffer)
                 # One fused pass, in place: noise <- clean + sigma * noise.
                 noisy_parts = [
                     torch.add(clean, part_noise, alpha=sigma, out=part_noise)
@@ -221,10 +233,10 @@ class SmoothedClassifier:
                         self.partition.split(batch_noise), self.sigmas, clean_parts
                     )
                 ]
-                fresh_noise = fresh.take(start, stop) if fresh is not None else None
+                fresh_noise = fresh.take(start + first, start + last) if fresh is not None else None
                 votes = self.voter(noisy_parts, fresh_noise)
                 if choices is not None:
-                    votes = votes.gather(1, choices[start:stop, None])
+                    votes = votes.gather(1, choices[first:last, None])
                 valid = (votes >= 0) & (votes < self.num_classes)
                 out_of_range += (~valid).sum()
                 # Invalid votes go to one extra bin, dropped (no host sync on GPUs).
@@ -302,6 +314,7 @@ class SmoothedClassifier:
             alpha=alpha,
             kind=self.kind.value,
             radius_paper=radius_paper,
+            n_used=n,
         )
 
 

@@ -42,7 +42,7 @@ def test_two_processes_equal_one_process(tiny_checkpoints, tmp_path):
     assert two.returncode == 0, two.stderr
     expected = rows_without_time(tmp_path / "one.tsv")
     assert expected[0] == ["idx", "label", "predict", "radius", "correct", "pA_l", "pA_r", "count_l",
-                           "count_r", "radius_paper"]
+                           "count_r", "radius_paper", "nonfinite", "n_used"]
     assert [row[0] for row in expected[1:]] == [str(i) for i in range(7)]
     assert rows_without_time(tmp_path / "two.tsv") == expected
     assert not list(tmp_path.glob("*.part*"))
