@@ -68,7 +68,7 @@ class PredrawnNoise:
 
     source = torch.empty(0)
 
-    def __init__(self, key, shape, device="cpu", dtype=torch.float32) -> None:
+    def __init__(self, key, stream, shape, device="cpu", dtype=torch.float32) -> None:
         pass
 
     def take(self, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,12 +1,30 @@
 """Seeded Gaussian noise that does not depend on how samples are batched.
 
-Noise for one image is cut into fixed blocks of :data:`BLOCK_SIZE` samples. Block
-``b`` of stream ``key`` is drawn from its own generator, seeded from
-``(key, b)`` through :class:`numpy.random.SeedSequence`. A batch that covers a
-whole block draws it straight into the output; a batch that covers part of one
-draws the whole block and keeps it for the next batch. So sample ``i`` of a stream
-is the same whatever the batch size, and two streams with different keys (other
-image, other stage of the algorithm) are independent.
+Noise for one image is cut into fixed blocks of :data:`BLOCK_SIZE` samples, each
+drawn from its own generator. A batch that covers a whole block draws it straight
+into the output; a batch that covers part of one draws the whole block and keeps it
+for the next batch. So sample ``i`` of a stream is the same whatever the batch size,
+thread count or process count.
+
+Seeding, and what is distinct by construction. A *key* (the user's seed and the
+image index) names one certificate. It is hashed once (:func:`key_base`) to a
+32-bit base ``b``; block ``k`` of stream ``s`` (the stage of the algorithm:
+selection, estimation, prediction; plain or fresh noise) gets the generator seed
+
+    ``(b + s * 2**26 + k) mod 2**32``.
+
+Within one key, distinct ``(s, k)`` pairs with ``s < 64`` and ``k < 2**26`` give
+distinct seeds: every noise block of one certificate (selection, estimation, every
+branch, fresh noise) comes from a generator of its own, never a repeat. Seeds are 32
+bits because that is all torch's CPU generator (mt19937) keeps of a seed; a 63-bit
+seed per block would collide in its low bits for about 1 image in 3,600 at
+n = 100,000. A stream therefore holds at most ``2**26`` blocks (2**32 samples).
+
+Across keys (other images), bases are independent hashes: two certificates may
+share a block with probability about ``(blocks used) / 2**32`` per pair. That does
+not touch any certificate's guarantee, which is a statement about its own image;
+certified accuracy over a data set is an average of per-image events, each of which
+holds with probability at least ``1 - alpha`` whatever their dependence.
 
 Noise is drawn on the device of the model. The same seed gives the same noise on
 the same kind of device; CPU and CUDA generators differ.
@@ -24,6 +42,10 @@ import torch
 
 BLOCK_SIZE = 64
 """Samples per independently seeded block (a fixed constant: changing it changes results)."""
+MAX_STREAMS = 64
+"""Streams one key can have; stream ``s`` owns seeds ``b + s * 2**26 ...``."""
+MAX_BLOCKS = 2**26
+"""Blocks one stream can have (``MAX_STREAMS * MAX_BLOCKS == 2**32`` seeds per key)."""
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 """The noise is float32: a noise level (or any setting it is scaled by) must stay below this."""
 
@@ -41,6 +63,25 @@ def derive_seed(*key: int) -> int:
     return (int(state[0]) << 31) ^ int(state[1])
 
 
+def key_base(*key: int) -> int:
+    """The 32-bit base of a key's block seeds (see the module docstring)."""
+    return derive_seed(*key) & 0xFFFFFFFF
+
+
+def block_seed(base: int, stream: int, block: int) -> int:
+    """The generator seed of ``block`` of ``stream`` under a key with ``base``.
+
+    Distinct for distinct ``(stream, block)`` within one base, by construction.
+    """
+    if not 0 <= stream < MAX_STREAMS:
+        raise ValueError(f"stream must lie in [0, {MAX_STREAMS}), got {stream}")
+    if not 0 <= block < MAX_BLOCKS:
+        raise ValueError(
+            f"a noise stream holds at most {MAX_BLOCKS * BLOCK_SIZE} samples; block {block} is beyond it"
+        )
+    return (base + stream * MAX_BLOCKS + block) & 0xFFFFFFFF
+
+
 @functools.cache
 def _cpu_pool(pid: int) -> ThreadPoolExecutor:
     """Worker threads for drawing CPU noise blocks, one per torch intra-op thread.
@@ -54,18 +95,24 @@ def _cpu_pool(pid: int) -> ThreadPoolExecutor:
 class NoiseStream:
     """Standard normal samples of a fixed shape, indexed by sample number.
 
-    ``NoiseStream(key, shape, device)`` represents an unbounded sequence of tensors
-    of ``shape``; :meth:`take` returns samples ``start .. stop - 1`` of it.
+    ``NoiseStream(key, stream, shape, device)`` represents the sequence (at most
+    ``MAX_BLOCKS * BLOCK_SIZE`` long) of tensors of ``shape`` that stream number
+    ``stream`` of ``key`` holds; :meth:`take` returns samples ``start .. stop - 1``
+    of it. Streams of one key never share a block (see the module docstring).
     """
 
     def __init__(
         self,
         key: Sequence[int],
+        stream: int,
         shape: Sequence[int],
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
         self.key = tuple(int(k) for k in key)
+        self.stream = int(stream)
+        block_seed(0, self.stream, 0)  # checks the stream number
+        self.base = key_base(*self.key)
         self.shape = tuple(int(s) for s in shape)
         self.device = torch.device(device)
         self.dtype = dtype
@@ -87,7 +134,7 @@ class NoiseStream:
         and each worker gets one share of the blocks, to keep hand-overs out of the
         loop.
         """
-        seeded = [(derive_seed(*self.key, block), target) for block, target in blocks]
+        seeded = [(block_seed(self.base, self.stream, block), target) for block, target in blocks]
         workers = torch.get_num_threads()
         if self.device.type != "cpu" or len(seeded) < 2 or workers < 2:
             for seed, target in seeded:
@@ -113,8 +160,12 @@ class NoiseStream:
         its leading part is filled and returned.
         """
         count = stop - start
-        if count <= 0:
-            raise ValueError(f"need stop > start, got start={start}, stop={stop}")
+        if count <= 0 or start < 0:
+            raise ValueError(f"need 0 <= start < stop, got start={start}, stop={stop}")
+        if stop > MAX_BLOCKS * BLOCK_SIZE:
+            raise ValueError(
+                f"a noise stream holds at most {MAX_BLOCKS * BLOCK_SIZE} samples, asked for {stop}"
+            )
         if out is None:
             out = torch.empty((count, *self.shape), device=self.device, dtype=self.dtype)
         else:

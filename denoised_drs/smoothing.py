@@ -22,7 +22,9 @@ denoising) the coupled radius, and the paper's formula for them is reported only
 ``radius_paper``.
 
 Reproducibility: the noise of sample ``i`` depends only on the seed key, the stage
-(selection, estimation, prediction) and ``i``, never on the batch size (see
+(selection, estimation, prediction) and ``i``, never on the batch size, thread count
+or process count. Within one certificate every noise block (selection, estimation,
+each branch, fresh noise) has a generator seed of its own, by construction (see
 :mod:`denoised_drs.noise`).
 """
 
@@ -206,10 +208,10 @@ class SmoothedClassifier:
         key = _seed_key(seed)
         x = x.to(self.device, torch.float32)
         clean_parts = self.partition.split(x.unsqueeze(0))
-        noise = NoiseStream((*key, 2 * stage), x.shape, self.device)
+        noise = NoiseStream(key, 2 * stage, x.shape, self.device)
         fresh = None
         if getattr(self.voter, "needs_fresh_noise", False):
-            fresh = NoiseStream((*key, 2 * stage + 1), x.shape, self.device)
+            fresh = NoiseStream(key, 2 * stage + 1, x.shape, self.device)
         choices = None
         if mix_branches and self.num_branches > 1:
             rng = np.random.default_rng(derive_seed(*key, stage, _BRANCH_CHOICE_PURPOSE))
