@@ -125,7 +125,7 @@ PRESETS: Mapping[str, DenoiserPreset] = MappingProxyType(
                 num_timesteps=4000,
                 rescale_timesteps=True,
                 description="a 32-channel improved-diffusion UNet for tests and smoke runs "
-                "(the architecture of shared/reference/improved_small_reference.pt)",
+                "(the architecture of tests/data/improved_small_reference.pt)",
             ),
             DenoiserPreset(
                 name="guided-small",
@@ -141,7 +141,7 @@ PRESETS: Mapping[str, DenoiserPreset] = MappingProxyType(
                 num_timesteps=1000,
                 rescale_timesteps=False,
                 description="a 32-channel guided-diffusion UNet for tests and smoke runs "
-                "(the architecture of shared/reference/guided_small_reference.pt)",
+                "(the architecture of tests/data/guided_small_reference.pt)",
             ),
         )
     }
