@@ -1,8 +1,8 @@
 """Throughput of `Smooth.certify` against the bare network and against IBM ART.
 
 The network is ``--model lenet`` (default: a LeNet-style CNN, two 5x5
-convolutions and two linear layers, about 0.3M multiply-adds: the setting of the
-issue, where ART's own overhead is visible) or ``--model small_cnn`` (the library's
+convolutions and two linear layers, about 0.3M multiply-adds: the setting where
+ART's own overhead is visible) or ``--model small_cnn`` (the library's
 Fashion-MNIST default, about 4M multiply-adds, where the network dominates every
 implementation's time). All three are timed in one run, interleaved image by image so that machine load
 affects them alike:

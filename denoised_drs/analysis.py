@@ -1,6 +1,6 @@
 """Certified accuracy, ACR, Table-1-style tables, plots and the Figure 1(b) bound curves.
 
-Input is the certify output in Cohen's format (DESIGN.md section 4): a tab-separated
+Input is the certify output in Cohen's format (docs/design.md, section 7): a tab-separated
 file whose header starts ``idx label predict radius correct time``, one row per
 image, ``predict = -1`` for abstain, ``correct`` 0/1 per row, ``radius`` the certified
 (sound) radius. Extra columns may follow; a ``radius_paper`` column (the DRS paper's

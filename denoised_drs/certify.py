@@ -4,7 +4,7 @@ Notation follows the papers: ``p_lower`` is a one-sided lower confidence bound o
 the probability of the top class, ``z = Phi^-1(p_lower)``, ``sigma`` the noise level
 in [0, 1] pixel units, ``alpha`` the probability that the whole certificate is wrong.
 
-Which radius is sound (see DESIGN.md section 2):
+Which radius is sound (docs/design.md, section 4 explains why):
 
 * RS (Cohen et al. 2019): ``sigma * z_A``; abstain when ``pA_lower <= 1/2``.
 * DRS with independent branches (each base classifier sees only its own noisy

@@ -7,7 +7,7 @@ done; a torn last line (the process died mid-write) is dropped. At the end the
 main process merges everything into ``OUT``, sorted by ``idx``, through a temporary
 file and an atomic rename: ``OUT`` is either absent or complete, never corrupt.
 
-Columns (DESIGN.md section 4): ``idx label predict radius correct time`` and then
+Columns (docs/design.md, section 7): ``idx label predict radius correct time`` and then
 the details: ``pA count`` (RS) or ``pA_l pA_r count_l count_r`` (DRS), plus
 ``radius_paper`` for joint denoising (the DRS paper's radius, NOT certified), then
 ``nonfinite`` (votes whose logits were not finite, counted against the top class)

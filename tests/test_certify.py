@@ -102,7 +102,7 @@ def test_branch_alpha_is_bonferroni():
 
 
 def test_two_pixel_counterexample_only_coupled_radius_is_sound():
-    # DESIGN.md section 2: a "denoiser" that replaces both pixels by their mean, then
+    # docs/design.md, section 4: a "denoiser" that replaces both pixels by their mean, then
     # f_l = f_r = sign(pixel). Exact smoothed probabilities, so no sampling error.
     sigma = 0.25
     x_l, x_r = 0.3, 0.1

@@ -1,4 +1,4 @@
-"""Beta schedules and the sigma -> timestep map (DESIGN.md section 3)."""
+"""Beta schedules and the sigma -> timestep map (docs/design.md, section 5)."""
 
 
 import numpy as np

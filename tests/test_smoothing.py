@@ -196,7 +196,7 @@ def test_an_out_of_range_vote_of_one_branch_is_not_counted_for_the_other():
 
 
 class MeanDenoiserVoter(nn.Module):
-    """DESIGN.md's counterexample: replace every pixel by the image mean, f_j = sign."""
+    """docs/design.md's counterexample (section 4): every pixel -> the image mean, f_j = sign."""
 
     needs_fresh_noise = False
 
