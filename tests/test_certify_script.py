@@ -33,6 +33,7 @@ def drs_joint_args(ckpt, out, n="60"):
             "--outfile", str(out), "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tiny_checkpoints, tmp_path):
     one = run(drs_joint_args(tiny_checkpoints, tmp_path / "one.tsv"))
     assert one.returncode == 0, one.stderr
