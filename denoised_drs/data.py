@@ -105,7 +105,7 @@ def load_fashion_mnist_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST ``split`` as (uint8 images (N, 28, 28), int64 labels (N,))."""
     _check_split(split)
-    folder = Path(root or FASHION_MNIST_DIR)
+    folder = _fashion_mnist_folder(root)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"Fashion-MNIST folder {folder} not found; install it with "
@@ -214,7 +214,7 @@ def cifar10(
     from torchvision import datasets, transforms
 
     _check_split(split)
-    folder = Path(root or os.environ.get("CIFAR10_DIR", "data/cifar10"))
+    folder = _cifar10_folder(root)
     if not (folder / "cifar-10-batches-py").is_dir():
         raise FileNotFoundError(
             f"CIFAR-10 not found: expected {folder / 'cifar-10-batches-py'} (the python "
@@ -243,7 +243,7 @@ def imagenet(
     from torchvision import datasets, transforms
 
     _check_split(split)
-    base = root or os.environ.get("IMAGENET_DIR")
+    base = _imagenet_folder(root)
     sub = "train" if split == "train" else "val"
     if not base or not (Path(base) / sub).is_dir():
         where = Path(base) / sub if base else "$IMAGENET_DIR/" + sub
@@ -260,6 +260,34 @@ def imagenet(
     return datasets.ImageFolder(
         str(Path(base) / sub), transform=transforms.Compose([*steps, transforms.ToTensor()])
     )
+
+
+def _fashion_mnist_folder(root: str | os.PathLike | None) -> Path:
+    return Path(root or FASHION_MNIST_DIR)
+
+
+def _cifar10_folder(root: str | os.PathLike | None) -> Path:
+    return Path(root or os.environ.get("CIFAR10_DIR", "data/cifar10"))
+
+
+def _imagenet_folder(root: str | os.PathLike | None) -> str | os.PathLike | None:
+    return root or os.environ.get("IMAGENET_DIR")
+
+
+def data_source(name: str, root: str | os.PathLike | None = None) -> str:
+    """Where ``get_dataset(name, split, root)`` reads from, as a resolved path.
+
+    ``"bundled sample"`` for the sample shipped with the package; the folder (or
+    sample file) with symbolic links resolved otherwise. Recorded beside results.
+    """
+    if name == "sample":
+        return "bundled sample" if root is None else str(Path(root).resolve())
+    folders = {"fashion-mnist": _fashion_mnist_folder, "cifar10": _cifar10_folder,
+               "imagenet": _imagenet_folder}
+    if name not in folders:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    folder = folders[name](root)
+    return "unset" if folder is None else str(Path(folder).resolve())
 
 
 def get_dataset(name: str, split: str = "test", root: str | os.PathLike | None = None) -> Dataset:

@@ -50,6 +50,9 @@ from denoised_drs.voters import (
 MODES = ("rs", "drs")
 DENOISE_MODES = ("joint", "split")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+RESULT_RECORD_KEYS = ("dataset", "data_dir", "skip", "max", "content")
+"""Keys that a configuration saved beside a result adds to the pipeline's (the data it
+certified and the content hashes, see denoised_drs.runner); ``from_file`` skips them."""
 OPTIONAL_FIELDS = ("sigma_r", "denoiser", "denoiser_checkpoint", "device", "autocast", "denoiser_chunk")
 
 
@@ -186,8 +189,13 @@ class PipelineConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> PipelineConfig:
-        """Read a JSON or YAML configuration file (by extension; JSON otherwise)."""
-        return cls.from_dict(read_config_file(path))
+        """Read a JSON or YAML configuration file (by extension; JSON otherwise).
+
+        A configuration saved beside a result is accepted: its :data:`RESULT_RECORD_KEYS`
+        are skipped; any other unknown key is refused.
+        """
+        values = read_config_file(path)
+        return cls.from_dict({k: v for k, v in values.items() if k not in RESULT_RECORD_KEYS})
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
