@@ -249,3 +249,16 @@ def test_resume_refuses_changed_settings_and_configurations_without_hashes(
     saved.write_text(json.dumps(values))
     with pytest.raises(ValueError, match="records no content hashes"):
         certify_main(rs_args(tiny_checkpoints["full"], out))
+
+
+def test_output_names_with_pattern_characters(certify_main, tiny_checkpoints, tmp_path):
+    reference = tmp_path / "ref.tsv"
+    assert certify_main(rs_args(tiny_checkpoints["full"], reference)) == 0
+    # Another run's progress, whose name the pattern a*.tsv.part* would match.
+    other = tmp_path / "ab.tsv.part0"
+    other.write_text("progress of another run\n")
+    for name in ("r[1].tsv", "a*.tsv"):
+        assert certify_main(rs_args(tiny_checkpoints["full"], tmp_path / name)) == 0
+        assert rows_without_time(tmp_path / name) == rows_without_time(reference)
+        assert not (tmp_path / f"{name}.part0").exists()
+    assert other.read_text() == "progress of another run\n"
