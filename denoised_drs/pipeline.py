@@ -394,8 +394,16 @@ class Pipeline:
             ) from None
 
     def certify_one(self, image: torch.Tensor, label: int, idx: int) -> CertifyRecord:
-        """Certify one image; its noise is seeded by ``(config.seed, idx)``."""
+        """Certify one image; its noise is seeded by ``(config.seed, idx)``.
+
+        Raises ValueError for a label outside [0, num_classes).
+        """
         config = self.config
+        if not 0 <= int(label) < self.smoothed.num_classes:
+            # A label no class can equal would turn every abstention into "correct".
+            raise ValueError(
+                f"label {label} of image {idx} lies outside [0, {self.smoothed.num_classes})"
+            )
         start = time.perf_counter()
         cert = self.smoothed.certify(image, config.n0, config.n, config.alpha, config.batch, seed=(config.seed, idx))
         if self.device.type == "cuda":

@@ -262,3 +262,18 @@ def test_output_names_with_pattern_characters(certify_main, tiny_checkpoints, tm
         assert rows_without_time(tmp_path / name) == rows_without_time(reference)
         assert not (tmp_path / f"{name}.part0").exists()
     assert other.read_text() == "progress of another run\n"
+
+
+@pytest.mark.parametrize("labels, shape, message", [
+    ([0, -1, 2, 3], (4, 28, 28), r"label\(s\) lie outside \[0, 10\)"),
+    ([0, 1, 2, 3], (4, 3, 28, 28), "do not fit the models.*got 3 channels"),
+    ([0, 1, 2, 3], (4, 28, 28, 3), "channels-last"),
+])
+def test_bad_labels_and_rgb_images_are_refused_before_any_file(
+    certify_main, tiny_checkpoints, tmp_path, labels, shape, message
+):
+    data = tmp_path / "data.npz"
+    np.savez(data, images=np.zeros(shape, dtype=np.uint8), labels=np.array(labels), indices=np.arange(4))
+    with pytest.raises(ValueError, match=message):
+        certify_main(rs_args(tiny_checkpoints["full"], tmp_path / "out" / "r.tsv", "--data-dir", str(data)))
+    assert not (tmp_path / "out").exists()
