@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -64,11 +66,15 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
     Header: two zero bytes, a type code, the number of dimensions ``d``, then ``d``
     big-endian uint32 sizes; the data follows in C order. Raises ValueError if the
-    header is malformed or the data length does not match it.
+    header is malformed, the data length does not match it, or a gzip file is
+    truncated or damaged.
     """
     raw = Path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as error:  # truncated or damaged
+            raise ValueError(f"{path} is a truncated or damaged gzip file ({error})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
@@ -103,9 +109,13 @@ def _find_idx(folder: Path, stem: str) -> Path:
 def load_fashion_mnist_arrays(
     split: str, root: str | os.PathLike | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST ``split`` as (uint8 images (N, 28, 28), int64 labels (N,))."""
+    """Fashion-MNIST ``split`` as (images (N, 28, 28), int64 labels (N,)), as stored.
+
+    The images keep the IDX file's type (uint8 for the official files);
+    :class:`ImageArrayDataset` checks it.
+    """
     _check_split(split)
-    folder = Path(root or FASHION_MNIST_DIR)
+    folder = _fashion_mnist_folder(root)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"Fashion-MNIST folder {folder} not found; install it with "
@@ -114,45 +124,101 @@ def load_fashion_mnist_arrays(
         )
     image_stem, label_stem = _FASHION_FILES[split]
     images = read_idx(_find_idx(folder, image_stem))
-    labels = read_idx(_find_idx(folder, label_stem)).astype(np.int64)
+    label_file = _find_idx(folder, label_stem)
+    labels = read_idx(label_file)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(
             f"Fashion-MNIST {split} files in {folder} disagree: images {images.shape}, "
             f"labels {labels.shape}"
         )
-    return images, labels
+    try:
+        return images, _checked_labels(labels, NUM_CLASSES["fashion-mnist"])
+    except ValueError as error:
+        raise ValueError(f"{label_file}: {error}") from None
+
+
+def _checked_labels(labels: np.ndarray, num_classes: int | None) -> np.ndarray:
+    """``labels`` as int64, or ValueError unless they are integers in [0, num_classes)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    if num_classes is not None and labels.size and not (
+        labels.min() >= 0 and labels.max() < num_classes
+    ):
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        raise ValueError(
+            f"{bad.size} label(s) lie outside [0, {num_classes}), e.g. {int(bad[0])}"
+        )
+    return labels.astype(np.int64)
+
+
+def _checked_pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 pixels (0..255) as they are, floats in [0, 1] as float32; others refused."""
+    if images.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(images))
+    if images.dtype.kind != "f":
+        raise ValueError(
+            f"images must be uint8 (0..255) or floats in [0, 1], got {images.dtype}"
+        )
+    if not np.isfinite(images).all():
+        raise ValueError("float images hold NaN or infinite values")
+    if images.size and not (images.min() >= 0 and images.max() <= 1):
+        raise ValueError(
+            f"float images must lie in [0, 1] (pixel values, not 0..255 or normalised), "
+            f"got values in [{images.min()}, {images.max()}]"
+        )
+    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
 
 
 class ImageArrayDataset(Dataset):
-    """uint8 images held in memory, served as float tensors (C, H, W) in [0, 1] with int labels.
+    """Images held in memory, served as float tensors (C, H, W) in [0, 1] with int labels.
 
-    ``indices`` records each image's index in its source split (for the sample: its
-    index in the Fashion-MNIST test set).
+    ``images`` are uint8 (0..255, divided by 255 when served) or floats in [0, 1]
+    (served as they are, in float32); any other type, and floats outside [0, 1] or
+    not finite, raise ValueError. Labels must be integers, in [0, num_classes) when
+    ``num_classes`` is given. ``indices`` records each image's index in its source
+    split (for the sample: its index in the Fashion-MNIST test set).
     """
 
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray | None = None
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        indices: np.ndarray | None = None,
+        num_classes: int | None = None,
     ) -> None:
+        images, labels = np.asarray(images), np.asarray(labels)
         if images.ndim == 3:
             images = images[:, None]
-        if images.ndim != 4 or len(images) != len(labels):
+        if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
             raise ValueError(
                 f"expected images (N, [C,] H, W) and N labels, got {images.shape} and {labels.shape}"
             )
-        self.images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        if images.shape[1] not in (1, 3) and images.shape[3] in (1, 3):
+            raise ValueError(
+                f"images of shape {images.shape} look channels-last; store them as (N, C, H, W)"
+            )
+        self.images = _checked_pixels(images)
+        self.labels = torch.from_numpy(_checked_labels(labels, num_classes))
         self.indices = np.arange(len(labels)) if indices is None else np.asarray(indices)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i].float().div_(255.0), int(self.labels[i])
+        image = self.images[i]
+        if image.dtype == torch.uint8:
+            return image.float().div_(255.0), int(self.labels[i])
+        return image.clone(), int(self.labels[i])
 
 
 def fashion_mnist(split: str = "test", root: str | os.PathLike | None = None) -> ImageArrayDataset:
     """Fashion-MNIST ``"train"`` (60,000) or ``"test"`` (10,000) images (1, 28, 28)."""
-    return ImageArrayDataset(*load_fashion_mnist_arrays(split, root))
+    images, labels = load_fashion_mnist_arrays(split, root)
+    try:
+        return ImageArrayDataset(images, labels)
+    except ValueError as error:
+        raise ValueError(f"Fashion-MNIST {split} images in {_fashion_mnist_folder(root)}: {error}") from None
 
 
 def make_sample(
@@ -193,13 +259,19 @@ def load_sample(path: str | os.PathLike | None = None) -> ImageArrayDataset:
         raise FileNotFoundError(f"sample file {path} not found; {hint}")
     try:
         with np.load(path) as arrays:
-            return ImageArrayDataset(arrays["images"], arrays["labels"], arrays["indices"])
-    except (ValueError, OSError, KeyError, TypeError) as error:
-        # np.load's own message for a non-npz file talks about allow_pickle.
+            images, labels, indices = (arrays[k] for k in ("images", "labels", "indices"))
+    except (ValueError, OSError, KeyError, TypeError, EOFError, zipfile.BadZipFile,
+            zlib.error) as error:
+        # np.load's own message for a non-npz file talks about allow_pickle; a
+        # truncated or damaged archive raises BadZipFile, zlib.error or EOFError.
         detail = error.args[0] if isinstance(error, KeyError) else "not a readable .npz archive"
         raise ValueError(
             f"{path} is not a sample file (an .npz with images, labels and indices): {detail}"
         ) from None
+    try:
+        return ImageArrayDataset(images, labels, indices, NUM_CLASSES["sample"])
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def _check_split(split: str) -> None:
@@ -214,7 +286,7 @@ def cifar10(
     from torchvision import datasets, transforms
 
     _check_split(split)
-    folder = Path(root or os.environ.get("CIFAR10_DIR", "data/cifar10"))
+    folder = _cifar10_folder(root)
     if not (folder / "cifar-10-batches-py").is_dir():
         raise FileNotFoundError(
             f"CIFAR-10 not found: expected {folder / 'cifar-10-batches-py'} (the python "
@@ -243,7 +315,7 @@ def imagenet(
     from torchvision import datasets, transforms
 
     _check_split(split)
-    base = root or os.environ.get("IMAGENET_DIR")
+    base = _imagenet_folder(root)
     sub = "train" if split == "train" else "val"
     if not base or not (Path(base) / sub).is_dir():
         where = Path(base) / sub if base else "$IMAGENET_DIR/" + sub
@@ -260,6 +332,34 @@ def imagenet(
     return datasets.ImageFolder(
         str(Path(base) / sub), transform=transforms.Compose([*steps, transforms.ToTensor()])
     )
+
+
+def _fashion_mnist_folder(root: str | os.PathLike | None) -> Path:
+    return Path(root or FASHION_MNIST_DIR)
+
+
+def _cifar10_folder(root: str | os.PathLike | None) -> Path:
+    return Path(root or os.environ.get("CIFAR10_DIR", "data/cifar10"))
+
+
+def _imagenet_folder(root: str | os.PathLike | None) -> str | os.PathLike | None:
+    return root or os.environ.get("IMAGENET_DIR")
+
+
+def data_source(name: str, root: str | os.PathLike | None = None) -> str:
+    """Where ``get_dataset(name, split, root)`` reads from, as a resolved path.
+
+    ``"bundled sample"`` for the sample shipped with the package; the folder (or
+    sample file) with symbolic links resolved otherwise. Recorded beside results.
+    """
+    if name == "sample":
+        return "bundled sample" if root is None else str(Path(root).resolve())
+    folders = {"fashion-mnist": _fashion_mnist_folder, "cifar10": _cifar10_folder,
+               "imagenet": _imagenet_folder}
+    if name not in folders:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    folder = folders[name](root)
+    return "unset" if folder is None else str(Path(folder).resolve())
 
 
 def get_dataset(name: str, split: str = "test", root: str | os.PathLike | None = None) -> Dataset:

@@ -50,6 +50,9 @@ from denoised_drs.voters import (
 MODES = ("rs", "drs")
 DENOISE_MODES = ("joint", "split")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+RESULT_RECORD_KEYS = ("dataset", "data_dir", "skip", "max", "content")
+"""Keys that a configuration saved beside a result adds to the pipeline's (the data it
+certified and the content hashes, see denoised_drs.runner); ``from_file`` skips them."""
 OPTIONAL_FIELDS = ("sigma_r", "denoiser", "denoiser_checkpoint", "device", "autocast", "denoiser_chunk")
 
 
@@ -186,8 +189,13 @@ class PipelineConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> PipelineConfig:
-        """Read a JSON or YAML configuration file (by extension; JSON otherwise)."""
-        return cls.from_dict(read_config_file(path))
+        """Read a JSON or YAML configuration file (by extension; JSON otherwise).
+
+        A configuration saved beside a result is accepted: its :data:`RESULT_RECORD_KEYS`
+        are skipped; any other unknown key is refused.
+        """
+        values = read_config_file(path)
+        return cls.from_dict({k: v for k, v in values.items() if k not in RESULT_RECORD_KEYS})
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -386,8 +394,16 @@ class Pipeline:
             ) from None
 
     def certify_one(self, image: torch.Tensor, label: int, idx: int) -> CertifyRecord:
-        """Certify one image; its noise is seeded by ``(config.seed, idx)``."""
+        """Certify one image; its noise is seeded by ``(config.seed, idx)``.
+
+        Raises ValueError for a label outside [0, num_classes).
+        """
         config = self.config
+        if not 0 <= int(label) < self.smoothed.num_classes:
+            # A label no class can equal would turn every abstention into "correct".
+            raise ValueError(
+                f"label {label} of image {idx} lies outside [0, {self.smoothed.num_classes})"
+            )
         start = time.perf_counter()
         cert = self.smoothed.certify(image, config.n0, config.n, config.alpha, config.batch, seed=(config.seed, idx))
         if self.device.type == "cuda":

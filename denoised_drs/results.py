@@ -68,7 +68,20 @@ def part_path(out: Path, rank: int) -> Path:
 
 
 def existing_parts(out: Path) -> list[Path]:
-    return sorted(out.parent.glob(f"{out.name}.part*"))
+    """The part files of ``out``: exactly ``OUT.part<rank>`` (decimal rank), by rank.
+
+    Matched by name, never as a glob pattern: an output named ``r[1].tsv`` or
+    ``a*.tsv`` must neither miss its own parts nor take another run's.
+    """
+    prefix = out.name + ".part"
+    if not out.parent.is_dir():
+        return []
+    ranks = []
+    for entry in os.scandir(out.parent):
+        rank = entry.name[len(prefix):]
+        if entry.name.startswith(prefix) and rank.isascii() and rank.isdigit():
+            ranks.append(int(rank))
+    return [part_path(out, rank) for rank in sorted(ranks)]
 
 
 def _complete_lines(path: Path) -> list[str]:

@@ -3,26 +3,34 @@
 Images are chosen as in Cohen's ``certify.py``: every ``skip``-th index below
 ``max``. Process ``rank`` of ``world`` takes every ``world``-th of them, so each
 image's result depends only on the seed and its index, not on the number of
-processes. The configuration is saved beside the result (``OUT.config.json``);
-rerunning with the same output resumes, and rerunning with a different
-configuration is refused rather than mixed into one file.
+processes. The configuration is saved beside the result (``OUT.config.json``)
+with the sha256 of every checkpoint and of the selected images and labels;
+rerunning with the same output resumes, and rerunning with different settings,
+checkpoint content or data is refused rather than mixed into one file (see
+:func:`check_or_save_config` for exactly what may change).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from denoised_drs import results
+from denoised_drs import content, results
 from denoised_drs.cli import check_output_file
-from denoised_drs.pipeline import Pipeline
+from denoised_drs.pipeline import Pipeline, PipelineConfig
 
-# Settings that change speed or memory but never a certificate.
-_RESULT_NEUTRAL = ("batch", "denoiser_chunk")
+_RESULT_NEUTRAL = ("batch", "denoiser_chunk", "device")
+"""Settings that change speed, memory or where the work runs, never which rows are valid."""
+_BY_CONTENT = ("classifier", "classifier_l", "classifier_r", "denoiser", "denoiser_checkpoint",
+               "data_dir", "max", "content")
+"""Settings compared through the content record rather than by value: paths (any
+spelling of the same content is the same run) and ``max`` (a run may be extended)."""
+_CHECKPOINT_KEYS = ("classifier", "classifier_l", "classifier_r", "denoiser", "denoiser_checkpoint")
 
 
 class ProcessState(Protocol):
@@ -62,14 +70,125 @@ def config_path(out: Path) -> Path:
     return out.with_name(out.name + ".config.json")
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in _RESULT_NEUTRAL}
+def _file_entry(path: str) -> dict[str, str]:
+    return {"path": os.path.realpath(path), "sha256": content.path_sha256(path)}
 
 
-def check_or_save_config(pipe: Pipeline, out: Path, extra: dict[str, Any]) -> None:
-    """Refuse to resume ``out`` under another configuration; otherwise save ours beside it."""
+def _checkpoint_entries(config: PipelineConfig) -> dict[str, Any]:
+    """Each checkpoint key's files as {path, sha256} (a denoiser preset: its name)."""
+    from denoised_drs.diffusion import PRESETS
+
+    entries: dict[str, Any] = {
+        key: [_file_entry(p) for p in getattr(config, key)]
+        for key in ("classifier", "classifier_l", "classifier_r")
+    }
+    denoiser = config.denoiser
+    if denoiser is None or denoiser in PRESETS:
+        entries["denoiser"] = denoiser and {"preset": denoiser}
+    else:
+        entries["denoiser"] = [_file_entry(denoiser)]
+    checkpoint = config.denoiser_checkpoint
+    entries["denoiser_checkpoint"] = [_file_entry(checkpoint)] if checkpoint else []
+    return entries
+
+
+def _describe_indices(indices: list[int]) -> dict[str, Any]:
+    """``indices`` compactly: start/step/count for an arithmetic run (Cohen's), else a list."""
+    start = indices[0] if indices else 0
+    step = indices[1] - indices[0] if len(indices) > 1 else 1
+    if step > 0 and indices == [start + step * k for k in range(len(indices))]:
+        return {"start": start, "step": step, "count": len(indices)}
+    return {"list": indices}
+
+
+def _indices_of(described: Any) -> list[int]:
+    """The indices written by :func:`_describe_indices`; ValueError if it is not such a record."""
+    try:
+        if "list" in described:
+            indices = [int(i) for i in described["list"]]
+        else:
+            start, step, count = (int(described[k]) for k in ("start", "step", "count"))
+            indices = [start + step * k for k in range(count)]
+    except (TypeError, KeyError, ValueError):
+        raise ValueError("its record of the certified images is damaged") from None
+    return indices
+
+
+def _item_digests(
+    dataset: Any, indices: Sequence[int], num_classes: int, known: dict[int, bytes]
+) -> dict[int, bytes]:
+    """Digests of ``dataset[i]`` (added to ``known``), checking each label lies in range."""
+    for idx in indices:
+        if idx in known:
+            continue
+        if idx >= len(dataset):
+            raise ValueError(f"the dataset now holds {len(dataset)} images, the run certified image {idx}")
+        image, label = dataset[idx]
+        label = int(label)
+        if not 0 <= label < num_classes:
+            raise ValueError(
+                f"image {idx} has label {label}, outside [0, {num_classes}) of the classifiers"
+            )
+        known[idx] = content.image_digest(idx, image, label)
+    return known
+
+
+def _content_changes(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """What differs between two checkpoint records, as short phrases."""
+    changes = []
+    for key in _CHECKPOINT_KEYS:
+        old, new = theirs.get(key), ours.get(key)
+        if not isinstance(new, list) or not isinstance(old, list):
+            if old != new:
+                changes.append(f"{key} was {old}, now {new}")
+            continue
+        if len(old) != len(new):
+            changes.append(f"{key} had {len(old)} file(s), now {len(new)}")
+            continue
+        for was, now in zip(old, new):
+            if not isinstance(was, dict) or was.get("sha256") != now["sha256"]:
+                recorded = was.get("sha256", "?") if isinstance(was, dict) else "?"
+                changes.append(
+                    f"the {key} file {now['path']} changed since the run began "
+                    f"(sha256 {str(recorded)[:16]}..., now {now['sha256'][:16]}...)"
+                )
+    return changes
+
+
+def check_or_save_config(
+    pipe: Pipeline,
+    out: Path,
+    extra: dict[str, Any],
+    dataset: Any,
+    indices: Sequence[int],
+    data_source: str | None = None,
+) -> None:
+    """Refuse to resume ``out`` unless its rows stay valid; otherwise save our configuration.
+
+    The saved configuration is the pipeline's, ``extra`` (e.g. dataset, skip, max)
+    and a ``content`` record: the resolved path and sha256 of every checkpoint, the
+    data source, the certified indices and a sha256 over their images and labels.
+    A resume is accepted when (1) every setting equals the saved one, except the
+    result-neutral ones (batch, denoiser_chunk, device) and those compared by
+    content (checkpoint paths, data_dir, max); (2) every checkpoint's sha256 equals
+    the saved one, in order; and (3) the current dataset's images and labels at the
+    *saved* indices hash to the saved sha256, so the rows already written were
+    computed from the same data, whatever the new selection (a larger ``max``
+    extends the run). Labels of the selected images must lie in
+    [0, num_classes). Raises ValueError (one line) before writing anything.
+    """
     path = config_path(out)
-    ours = {**pipe.config.to_dict(), **extra}
+    selected = list(indices)
+    known = _item_digests(dataset, selected, pipe.smoothed.num_classes, {})
+    record = {
+        **_checkpoint_entries(pipe.config),
+        "data": {
+            "source": data_source,
+            "indices": _describe_indices(selected),
+            "sha256": content.selection_sha256(known[i] for i in selected),
+        },
+    }
+    ours = {**pipe.config.to_dict(), **extra, "content": record}
     if path.is_file() and (results.existing_parts(out) or out.is_file()):
         try:
             theirs = json.loads(path.read_text())
@@ -77,16 +196,47 @@ def check_or_save_config(pipe: Pipeline, out: Path, extra: dict[str, Any]) -> No
             theirs = None
         if not isinstance(theirs, dict):
             raise ValueError(f"{path} is not a configuration this library wrote; pass another output path")
-        if _comparable(theirs) != _comparable(ours):
-            changed = sorted(k for k in set(ours) | set(theirs)
-                             if k not in _RESULT_NEUTRAL and ours.get(k) != theirs.get(k))
+        if not isinstance(theirs.get("content"), dict):
             raise ValueError(
-                f"{out} was started with another configuration (differs in {changed}); "
+                f"{path} records no content hashes (an older version wrote it); "
+                "pass another output path"
+            )
+        changes = [
+            f"{k} was {theirs.get(k)!r}, now {ours.get(k)!r}"
+            for k in sorted(set(ours) | set(theirs))
+            if k not in _RESULT_NEUTRAL + _BY_CONTENT and ours.get(k) != theirs.get(k)
+        ]
+        changes += _content_changes(theirs["content"], record)
+        if not changes:
+            changes = _data_changes(theirs["content"], dataset, pipe.smoothed.num_classes, known)
+        if changes:
+            raise ValueError(
+                f"{out} was started with another configuration: {'; '.join(changes)}; "
                 "pass another output path"
             )
     elif out.is_file() or results.existing_parts(out):
         raise ValueError(f"{out} exists without its configuration file; pass another output path")
-    pipe.save_config(path, extra)
+    pipe.save_config(path, {**extra, "content": record})
+
+
+def _data_changes(
+    theirs: dict[str, Any], dataset: Any, num_classes: int, known: dict[int, bytes]
+) -> list[str]:
+    """Whether the images and labels the saved run certified are still the dataset's."""
+    data = theirs.get("data")
+    if not isinstance(data, dict):
+        return ["its record of the certified images is missing"]
+    try:
+        old = _indices_of(data.get("indices"))
+        _item_digests(dataset, old, num_classes, known)
+    except ValueError as error:
+        return [str(error)]
+    if content.selection_sha256(known[i] for i in old) != data.get("sha256"):
+        return [
+            f"the images or labels of the {len(old)} images it certified changed "
+            f"(data source was {data.get('source')})"
+        ]
+    return []
 
 
 def certify_dataset(
@@ -97,11 +247,13 @@ def certify_dataset(
     state: ProcessState | None = None,
     extra_config: dict[str, Any] | None = None,
     progress: bool = True,
+    data_source: str | None = None,
 ) -> int:
     """Certify ``dataset[i]`` for ``i`` in ``indices`` into the TSV ``out``; returns rows written.
 
     Every process must call this with the same arguments. Images already in ``out``
-    or its part files are skipped.
+    or its part files are skipped; a resume is checked by :func:`check_or_save_config`.
+    ``data_source`` (e.g. the resolved data folder) is recorded beside the result.
     """
     state = state or SingleProcess()
     out = Path(out)
@@ -109,7 +261,7 @@ def certify_dataset(
     check_output_file(out)
     if state.is_main_process:
         out.parent.mkdir(parents=True, exist_ok=True)
-        check_or_save_config(pipe, out, extra_config or {})
+        check_or_save_config(pipe, out, extra_config or {}, dataset, indices, data_source)
     state.wait_for_everyone()
     mine = list(indices)[state.process_index :: state.num_processes]
     done = results.read_rows([out, *results.existing_parts(out)], header)

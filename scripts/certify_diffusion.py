@@ -18,6 +18,7 @@ the run's configuration saved beside each; rerunning the same command resumes.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -97,20 +98,21 @@ def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in PIPELINE_KEYS if getattr(args, k) is not None}
 
 
-RUN_KEYS = ("dataset", "skip", "max")
+RUN_KEYS = ("dataset", "data_dir", "skip", "max")
 """Keys of a saved configuration that choose the data, not the pipeline."""
 
 
 def config_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline settings of ``--config``; its run keys fill data flags not given."""
-    from denoised_drs.pipeline import PipelineConfig, read_config_file
+    from denoised_drs.pipeline import RESULT_RECORD_KEYS, PipelineConfig, read_config_file
 
     values = read_config_file(args.config)
     for key in RUN_KEYS:
-        value = values.pop(key, None)
         if getattr(args, key) is None:
-            setattr(args, key, value)
-    return PipelineConfig.from_dict(values).to_dict()
+            setattr(args, key, values.get(key))
+    return PipelineConfig.from_dict(
+        {k: v for k, v in values.items() if k not in RESULT_RECORD_KEYS}
+    ).to_dict()
 
 
 def check_dataset_args(args: argparse.Namespace) -> None:
@@ -123,7 +125,7 @@ def check_dataset_args(args: argparse.Namespace) -> None:
 
 def run_one(args, settings: dict[str, Any], out: Path, state) -> None:
     """Build the pipeline, check the data fits it, then certify (all before writing)."""
-    from denoised_drs.data import get_dataset
+    from denoised_drs.data import data_source, get_dataset
     from denoised_drs.pipeline import Pipeline
     from denoised_drs.runner import certify_dataset, select_indices
 
@@ -136,8 +138,10 @@ def run_one(args, settings: dict[str, Any], out: Path, state) -> None:
     pipe.check_image_shape(tuple(dataset[0][0].shape))
     skip = 1 if args.skip is None else args.skip
     indices = select_indices(len(dataset), skip, args.max)
-    extra = {"dataset": args.dataset, "skip": skip, "max": args.max}
-    certify_dataset(pipe, dataset, indices, out, state, extra)
+    data_dir = None if args.data_dir is None else os.path.abspath(args.data_dir)
+    extra = {"dataset": args.dataset, "data_dir": data_dir, "skip": skip, "max": args.max}
+    certify_dataset(pipe, dataset, indices, out, state, extra,
+                    data_source=data_source(args.dataset, args.data_dir))
 
 
 def run_default(args, state) -> None:

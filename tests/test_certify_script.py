@@ -1,13 +1,19 @@
 """scripts/certify_diffusion.py end to end: processes, resuming, bad input."""
 
+import hashlib
+import importlib.util
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import write_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "scripts" / "certify_diffusion.py")
@@ -133,3 +139,142 @@ def test_a_damaged_result_file_is_refused_not_merged(tiny_checkpoints, tmp_path)
     result = run(args)
     assert result.returncode == 2 and "not a result row" in result.stderr
     assert out.read_text() == header + "\n0\tjunk\n"
+
+
+# -- in-process runs (main(argv) raises what run_script turns into exit 2) ----------
+
+
+@pytest.fixture(scope="module")
+def certify_main():
+    spec = importlib.util.spec_from_file_location("certify_diffusion_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def rs_args(classifier, out, *extra):
+    return ["--dataset", "sample", "--mode", "rs", "--classifier", str(classifier), "--N0", "10",
+            "--N", "20", "--max", "3", "--device", "cpu", "--outfile", str(out), *extra]
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_saved_configuration_identifies_checkpoints_and_data(certify_main, tiny_checkpoints, tmp_path):
+    from denoised_drs.pipeline import Pipeline
+
+    out = tmp_path / "out.tsv"
+    assert certify_main(rs_args(tiny_checkpoints["full"], out)) == 0
+    saved = json.loads((tmp_path / "out.tsv.config.json").read_text())
+    sha = hashlib.sha256(Path(tiny_checkpoints["full"]).read_bytes()).hexdigest()
+    assert saved["content"]["classifier"] == [{"path": os.path.realpath(tiny_checkpoints["full"]), "sha256": sha}]
+    data = saved["content"]["data"]
+    assert data["source"] == "bundled sample" and data["indices"] == {"start": 0, "step": 1, "count": 3}
+    assert len(data["sha256"]) == 64
+    assert (saved["dataset"], saved["skip"], saved["max"], saved["data_dir"]) == ("sample", 1, 3, None)
+    # The saved file is still a configuration the API reads.
+    assert Pipeline.from_file(tmp_path / "out.tsv.config.json").config.classifier == [tiny_checkpoints["full"]]
+
+
+def test_resume_refuses_a_replaced_checkpoint(certify_main, tiny_checkpoints, tmp_path):
+    model = tmp_path / "models" / "model.pt"
+    model.parent.mkdir()
+    shutil.copy(tiny_checkpoints["full"], model)
+    out = tmp_path / "out.tsv"
+    assert certify_main(rs_args(model, out, "--max", "2")) == 0
+    write_classifier(model, "full", seed=7)  # same path, other weights
+    before = files_under(tmp_path)
+    with pytest.raises(ValueError, match=r"the classifier file .*model.pt changed since the run began \(sha256"):
+        certify_main(rs_args(model, out))
+    assert files_under(tmp_path) == before
+
+
+def test_resume_accepts_other_spellings_devices_batches_and_a_larger_max(
+    certify_main, tiny_checkpoints, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny_checkpoints["full"], tmp_path / "model.pt")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "model.pt")
+    assert certify_main(rs_args("model.pt", "ref.tsv", "--max", "5")) == 0
+    assert certify_main(rs_args("model.pt", "out.tsv")) == 0
+    for spelling in ("./model.pt", str(tmp_path / "model.pt"), "link.pt"):
+        assert certify_main(rs_args(spelling, "out.tsv", "--batch", "7")) == 0
+    # Extending a finished run: the rows written stay, the new ones are added.
+    first = rows_without_time(tmp_path / "out.tsv")
+    assert certify_main(rs_args("model.pt", "./out.tsv", "--max", "5", "--batch", "3")) == 0
+    extended = rows_without_time(tmp_path / "out.tsv")
+    assert extended[: len(first)] == first and len(extended) == 6
+    assert extended == rows_without_time(tmp_path / "ref.tsv")
+    # ... and the shorter selection may resume the extended run again.
+    assert certify_main(rs_args("model.pt", "out.tsv")) == 0
+    assert rows_without_time(tmp_path / "out.tsv") == extended
+
+
+def test_resume_refuses_other_data(certify_main, tiny_checkpoints, tmp_path):
+    from denoised_drs.data import SAMPLE_PATH
+
+    with np.load(SAMPLE_PATH) as arrays:
+        images, labels, indices = arrays["images"], arrays["labels"], arrays["indices"]
+    np.savez(tmp_path / "same.npz", images=images, labels=labels, indices=indices)
+    changed = images.copy()
+    changed[1, 3, 3] ^= 1
+    np.savez(tmp_path / "changed.npz", images=changed, labels=labels, indices=indices)
+    out = tmp_path / "out.tsv"
+    assert certify_main(rs_args(tiny_checkpoints["full"], out)) == 0
+    # The same images from another file are the same run.
+    assert certify_main(rs_args(tiny_checkpoints["full"], out, "--data-dir", str(tmp_path / "same.npz"))) == 0
+    with pytest.raises(ValueError, match="images or labels of the 3 images it certified changed"):
+        certify_main(rs_args(tiny_checkpoints["full"], out, "--data-dir", str(tmp_path / "changed.npz")))
+    # The file holds a row of the changed image, even when the new selection stops before it.
+    with pytest.raises(ValueError, match="images it certified changed"):
+        certify_main(rs_args(tiny_checkpoints["full"], out, "--data-dir", str(tmp_path / "changed.npz"),
+                             "--max", "1"))
+    # A change outside the certified images is no change to this run.
+    later = images.copy()
+    later[5, 3, 3] ^= 1
+    np.savez(tmp_path / "later.npz", images=later, labels=labels, indices=indices)
+    assert certify_main(rs_args(tiny_checkpoints["full"], out, "--data-dir", str(tmp_path / "later.npz"))) == 0
+
+
+def test_resume_refuses_changed_settings_and_configurations_without_hashes(
+    certify_main, tiny_checkpoints, tmp_path
+):
+    out = tmp_path / "out.tsv"
+    assert certify_main(rs_args(tiny_checkpoints["full"], out)) == 0
+    with pytest.raises(ValueError, match=r"another configuration: n was 20, now 40;"):
+        certify_main(rs_args(tiny_checkpoints["full"], out, "--N", "40"))
+    saved = tmp_path / "out.tsv.config.json"
+    values = json.loads(saved.read_text())
+    del values["content"]
+    saved.write_text(json.dumps(values))
+    with pytest.raises(ValueError, match="records no content hashes"):
+        certify_main(rs_args(tiny_checkpoints["full"], out))
+
+
+def test_output_names_with_pattern_characters(certify_main, tiny_checkpoints, tmp_path):
+    reference = tmp_path / "ref.tsv"
+    assert certify_main(rs_args(tiny_checkpoints["full"], reference)) == 0
+    # Another run's progress, whose name the pattern a*.tsv.part* would match.
+    other = tmp_path / "ab.tsv.part0"
+    other.write_text("progress of another run\n")
+    for name in ("r[1].tsv", "a*.tsv"):
+        assert certify_main(rs_args(tiny_checkpoints["full"], tmp_path / name)) == 0
+        assert rows_without_time(tmp_path / name) == rows_without_time(reference)
+        assert not (tmp_path / f"{name}.part0").exists()
+    assert other.read_text() == "progress of another run\n"
+
+
+@pytest.mark.parametrize("labels, shape, message", [
+    ([0, -1, 2, 3], (4, 28, 28), r"label\(s\) lie outside \[0, 10\)"),
+    ([0, 1, 2, 3], (4, 3, 28, 28), "do not fit the models.*got 3 channels"),
+    ([0, 1, 2, 3], (4, 28, 28, 3), "channels-last"),
+])
+def test_bad_labels_and_rgb_images_are_refused_before_any_file(
+    certify_main, tiny_checkpoints, tmp_path, labels, shape, message
+):
+    data = tmp_path / "data.npz"
+    np.savez(data, images=np.zeros(shape, dtype=np.uint8), labels=np.array(labels), indices=np.arange(4))
+    with pytest.raises(ValueError, match=message):
+        certify_main(rs_args(tiny_checkpoints["full"], tmp_path / "out" / "r.tsv", "--data-dir", str(data)))
+    assert not (tmp_path / "out").exists()

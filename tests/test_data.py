@@ -134,3 +134,65 @@ def test_a_file_that_is_not_a_sample_gets_one_clear_message(tmp_path):
         load_sample(text)
     with pytest.raises(ValueError, match="images"):
         load_sample(tmp_path / "no_images.npz")
+
+
+def _write_sample(path: Path, images: np.ndarray, labels=None) -> Path:
+    labels = np.arange(len(images)) % 10 if labels is None else np.asarray(labels)
+    np.savez(path, images=images, labels=labels, indices=np.arange(len(images)))
+    return path
+
+
+def test_labels_outside_the_classes_are_refused(tmp_path):
+    images = np.zeros((3, 28, 28), dtype=np.uint8)
+    for labels, message in (([0, -1, 2], r"outside \[0, 10\), e.g. -1"), ([0, 10, 2], "e.g. 10"),
+                            (np.array([0.0, 1.0, 2.0]), "labels must be integers")):
+        with pytest.raises(ValueError, match=message):
+            load_sample(_write_sample(tmp_path / "s.npz", images, labels))
+    _fake_fashion_folder(tmp_path)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.full(250, 10, dtype=np.uint8), compress=False)
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: 250 label\(s\) lie outside \[0, 10\)"):
+        fashion_mnist("test", tmp_path)
+
+
+def test_float_images_in_the_unit_interval_are_used_as_they_are(tmp_path):
+    rng = np.random.default_rng(0)
+    floats = rng.random((4, 28, 28))
+    sample = load_sample(_write_sample(tmp_path / "f.npz", floats))
+    assert torch.equal(sample[2][0], torch.from_numpy(floats[2:3]).float())  # not cast to uint8 (black)
+    sample[2][0].zero_()  # a served image is a copy
+    assert sample[2][0].max() > 0
+    _fake_fashion_folder(tmp_path)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.random((250, 28, 28)).astype(">f4"), compress=True)
+    image = fashion_mnist("test", tmp_path)[7][0]
+    assert torch.equal(image[0], torch.from_numpy(read_idx(tmp_path / "t10k-images-idx3-ubyte.gz")[7]))
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.full((2, 28, 28), 200.0), r"must lie in \[0, 1\].*200"),
+    (np.full((2, 28, 28), -0.5, dtype=np.float32), r"must lie in \[0, 1\]"),
+    (np.full((2, 28, 28), np.nan), "NaN or infinite"),
+    (np.ones((2, 28, 28), dtype=np.int32), "must be uint8 .* got int32"),
+    (np.ones((2, 28, 28), dtype=bool), "got bool"),
+    (np.zeros((2, 28, 28, 3), dtype=np.uint8), "channels-last"),
+])
+def test_other_pixel_types_are_refused(tmp_path, images, message):
+    with pytest.raises(ValueError, match=message):
+        load_sample(_write_sample(tmp_path / "s.npz", images))
+
+
+def test_truncated_or_damaged_archives_give_a_value_error(tmp_path):
+    raw = SAMPLE_PATH.read_bytes()
+    for cut in (100, len(raw) // 2, len(raw) - 10):
+        (tmp_path / "cut.npz").write_bytes(raw[:cut])
+        with pytest.raises(ValueError, match="not a readable .npz archive"):
+            load_sample(tmp_path / "cut.npz")
+    damaged = bytearray(raw)
+    damaged[500:600] = bytes(100)
+    (tmp_path / "damaged.npz").write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match="not a readable .npz archive"):
+        load_sample(tmp_path / "damaged.npz")
+    _write_idx(tmp_path / "images", np.zeros((50, 28, 28), dtype=np.uint8), compress=True)
+    packed = (tmp_path / "images").read_bytes()
+    (tmp_path / "images").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(ValueError, match="truncated or damaged gzip file"):
+        read_idx(tmp_path / "images")

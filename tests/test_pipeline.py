@@ -127,3 +127,30 @@ def test_config_types_are_checked_and_numpy_scalars_stored_as_python_numbers():
                 {"alpha": None}, {"device": 3}, {"classifier": 5}):
         with pytest.raises(ValueError, match="must be"):
             PipelineConfig(**{"mode": "rs", "classifier": "c.pt", **bad})
+
+
+def test_labels_outside_the_classes_are_refused(tiny_checkpoints, sample):
+    images, _ = sample
+    pipe = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], sigma=0.25, **FAST)
+    for label in (-1, 10):
+        with pytest.raises(ValueError, match=rf"label {label} of image 0 lies outside \[0, 10\)"):
+            pipe.certify_one(images[0], label, 0)
+
+
+def test_a_saved_result_configuration_is_read_back(tiny_checkpoints, tmp_path):
+    pipe = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], sigma=0.25, **FAST)
+    saved = tmp_path / "out.tsv.config.json"
+    pipe.save_config(saved, {"dataset": "sample", "data_dir": None, "skip": 2, "max": 9,
+                             "content": {"classifier": []}})
+    assert Pipeline.from_file(saved).config == pipe.config
+
+
+def test_certify_dataset_refuses_bad_labels_before_writing(tiny_checkpoints, sample, tmp_path):
+    from denoised_drs.runner import certify_dataset
+
+    images, _ = sample
+    pipe = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], sigma=0.25, **FAST)
+    dataset = [(images[0], 0), (images[1], 12)]
+    with pytest.raises(ValueError, match=r"image 1 has label 12, outside \[0, 10\)"):
+        certify_dataset(pipe, dataset, [0, 1], tmp_path / "r.tsv", progress=False)
+    assert list(tmp_path.iterdir()) == []
