@@ -134,10 +134,6 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     log = log_path(args.out)
-    if accelerator.is_main_process:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w", newline="") as handle:
-            csv.writer(handle).writerow(["epoch", "loss", "lr", "seconds"])
     for epoch in range(1, args.epochs + 1):
         start, total, count = time.time(), 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", disable=not accelerator.is_main_process)
@@ -151,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             total, count = total + loss.item(), count + 1
             bar.set_postfix(loss=f"{total / count:.4f}")
         if accelerator.is_main_process:
-            with open(log, "a", newline="") as handle:
+            # Nothing is written before the first epoch ends: a batch that runs out
+            # of memory (one line, exit 2) leaves no file behind.
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "w" if epoch == 1 else "a", newline="") as handle:
+                if epoch == 1:
+                    csv.writer(handle).writerow(["epoch", "loss", "lr", "seconds"])
                 csv.writer(handle).writerow(
                     [epoch, f"{total / count:.5f}", f"{scheduler.get_last_lr()[0]:.2e}", f"{time.time() - start:.1f}"]
                 )
