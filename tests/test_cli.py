@@ -1,6 +1,7 @@
 """The scripts' error contract: bad input -> one line and exit 2; a bug -> one line and exit 1."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,20 @@ def test_an_allocator_out_of_memory_is_one_line_and_exit_2(capsys):
 
     code, err = exit_of(huge, capsys)
     assert code == 2 and err.count("\n") == 1 and "smaller --batch" in err
+
+
+def test_outputs_must_be_regular_files_and_distinct(tmp_path):
+    from denoised_drs.cli import check_distinct_outputs, check_output_file
+
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ValueError, match="not a regular file"):
+        check_output_file(tmp_path / "fifo")
+    check_output_file(tmp_path / "new.pt")
+    (tmp_path / "m.pt").write_text("x")
+    os.link(tmp_path / "m.pt", tmp_path / "hard.pt")
+    for other in (tmp_path / "hard.pt", tmp_path / "." / "m.pt"):
+        with pytest.raises(ValueError, match="--out and --log name the same file"):
+            check_distinct_outputs({"--out": tmp_path / "m.pt", "--log": other})
+    with pytest.raises(ValueError, match="same file"):  # two new paths, two spellings
+        check_distinct_outputs({"--out": tmp_path / "a.pt", "--log": tmp_path / "sub" / ".." / "a.pt"})
+    check_distinct_outputs({"--out": tmp_path / "m.pt", "--log": tmp_path / "m.csv"})
