@@ -322,6 +322,8 @@ def certified_table(runs: Sequence[Run], radii: ArrayLike = DEFAULT_RADII) -> Ce
     """Compute the numbers of a Table-1-style table (one row per run)."""
     if not runs:
         raise ValueError("need at least one run")
+    if not all(isinstance(run, Run) for run in runs):
+        raise TypeError(f"runs must be Run objects, got {sorted({type(r).__name__ for r in runs})}")
     radii = _check_radii(radii)
     accuracy = np.stack(
         [100.0 * certified_accuracy(run.correct, run.radius, radii) for run in runs]

@@ -5,11 +5,19 @@ Every checkpoint in the library is read through :func:`load_weights_only`:
 unreadable content (a text file, a truncated zip, a pickle of arbitrary objects)
 becomes a ValueError that names the file, instead of the many exception types
 ``torch.load`` raises.
+
+Checkpoints this library writes carry a content hash of their weights
+(:func:`with_content_hash`, key :data:`HASH_KEY`): the sha256 of every tensor of the
+``state_dict`` entry (names, dtypes, shapes and raw bytes, in name order).
+:func:`load_weights_only` recomputes it and refuses a file whose tensors were
+altered. Files without the key (third-party checkpoints, older files) load as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,19 +25,64 @@ import torch
 
 from denoised_drs.cli import first_line
 
+HASH_KEY = "state_dict_sha256"
+"""Key of a checkpoint dict holding the hex sha256 of its ``state_dict`` tensors."""
+
+
+def state_dict_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The hex sha256 of a state dict's tensors: names, dtypes, shapes and bytes, in name order.
+
+    Independent of the device, of memory layout (strides) and of how the file was
+    serialised; any changed bit of any tensor changes it.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"state dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        header = f"{name}\0{flat.dtype}\0{tuple(tensor.shape)}\0"
+        digest.update(header.encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def with_content_hash(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """``payload`` (a dict with a ``state_dict`` entry) plus the hash of those tensors."""
+    return {**payload, HASH_KEY: state_dict_digest(payload["state_dict"])}
+
+
+def verify_content_hash(payload: Any, path: str | os.PathLike) -> None:
+    """Raise ValueError when ``payload`` records a content hash its tensors do not match."""
+    if not isinstance(payload, Mapping) or HASH_KEY not in payload:
+        return
+    state = payload.get("state_dict")
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} records a content hash but holds no state_dict")
+    try:
+        actual = state_dict_digest(state)
+    except TypeError as error:
+        raise ValueError(f"{path}: {error}") from None
+    if actual != payload[HASH_KEY]:
+        raise ValueError(
+            f"{path} is corrupt: its weights do not match the content hash it was written with"
+        )
+
 
 def load_weights_only(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """The object stored in ``path``, read with ``weights_only=True`` onto the CPU.
 
     Raises FileNotFoundError when ``path`` is not a file (a directory included),
-    and ValueError when its content cannot be read.
+    and ValueError when its content cannot be read or fails its content hash.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found (or not a file): {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load fails in many types: pickle, zip, key, OS errors
         raise ValueError(
             f"cannot read {path} as a weights-only PyTorch {what}: {first_line(error)}"
         ) from None
+    verify_content_hash(payload, path)
+    return payload

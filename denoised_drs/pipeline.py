@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from denoised_drs.batch_memory import check_batch_fits, peak_bytes_per_sample
 from denoised_drs.cli import first_line
 from denoised_drs.noise import FLOAT32_MAX
 from denoised_drs.partition import Checkerboard, Identity
@@ -373,7 +374,8 @@ class Pipeline:
     # -- running -----------------------------------------------------------------
 
     def check_image_shape(self, shape: Sequence[int]) -> None:
-        """Raise ValueError if images of ``shape`` (C, H, W) cannot go through this pipeline."""
+        """Raise ValueError if images of ``shape`` (C, H, W) cannot go through this pipeline,
+        or if a forward pass of ``config.batch`` of them surely exceeds free memory."""
         if len(shape) != 3:
             raise ValueError(f"images must have shape (C, H, W), got {tuple(shape)}")
         self.smoothed.partition.check_image_shape(shape)
@@ -387,11 +389,13 @@ class Pipeline:
         fresh = probe if getattr(self.smoothed.voter, "needs_fresh_noise", False) else None
         try:
             with torch.inference_mode():
-                self.smoothed.voter(parts, fresh)
+                per_sample = peak_bytes_per_sample(self.smoothed.voter, lambda: self.smoothed.voter(parts, fresh))
         except (RuntimeError, ValueError) as error:
             raise ValueError(
                 f"images of shape {tuple(shape)} do not fit the models: {first_line(error)}"
             ) from None
+        batch = min(self.config.batch, max(self.config.n0, self.config.n))
+        check_batch_fits(batch, per_sample, self.device)
 
     def certify_one(self, image: torch.Tensor, label: int, idx: int) -> CertifyRecord:
         """Certify one image; its noise is seeded by ``(config.seed, idx)``.

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from denoised_drs import analysis
-from denoised_drs.cli import check_output_file, run_script
+from denoised_drs.cli import check_distinct_outputs, check_output_file, run_script
 
 PROG = "analyze.py"
 
@@ -87,6 +87,16 @@ def _render(args: argparse.Namespace) -> tuple[str | None, dict[Path, bytes]]:
     if any(r < 0 for r in args.radii):
         raise ValueError(f"--radii must be non-negative, got {args.radii}")
 
+    roles: dict[str, Path] = {}
+    if args.tsv:
+        out = Path(args.out)
+        roles = {name: out / name for name in ("table.md", "table.tex", "certified_accuracy.png")}
+    if args.bounds_plot:
+        roles["--bounds-plot"] = Path(args.bounds_plot)
+    check_distinct_outputs(roles)
+    for path in args.tsv:
+        check_distinct_outputs({**roles, f"the input {path}": Path(path)})
+
     outputs: dict[Path, bytes] = {}
     markdown = None
     if args.tsv:
@@ -98,7 +108,6 @@ def _render(args: argparse.Namespace) -> tuple[str | None, dict[Path, bytes]]:
         table = analysis.certified_table(runs, args.radii)
         markdown = analysis.to_markdown(table)
         figure = analysis.certified_accuracy_figure(runs, args.max_radius, args.title)
-        out = Path(args.out)
         outputs[out / "table.md"] = markdown.encode()
         outputs[out / "table.tex"] = analysis.to_latex(table).encode()
         outputs[out / "certified_accuracy.png"] = analysis.figure_png_bytes(figure)

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from denoised_drs.cli import run_script
+from denoised_drs.cli import ArgumentParser, run_script
 from denoised_drs.cpu_memory import keep_freed_memory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ DEFAULT_SETTINGS = {"n0": 50, "n": 500, "alpha": 0.001, "batch": 550, "skip": 10
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[1:]),
     )

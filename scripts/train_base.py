@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from denoised_drs.cli import run_script
+from denoised_drs.cli import ArgumentParser, first_line, run_script
 from denoised_drs.cpu_memory import keep_freed_memory
 from denoised_drs.training import DRS_BRANCHES, PRESETS, STRATEGIES, TARGETS, TrainConfig, train
 
@@ -31,7 +31,7 @@ def _milestones(text: str) -> tuple[int, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--dataset", default="fashion-mnist", choices=sorted(PRESETS))
     add("--data-dir", help="dataset folder (default: the dataset's standard location)")
@@ -60,7 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--warmup", type=int, help="SmoothAdv epochs to ramp epsilon up (default 1)")
     add("--interpolation", choices=("nearest", "bilinear"), help="sub-image resize mode (DRS)")
     add("--init", help="checkpoint to fine-tune from (ours, Cohen-style or a plain state dict)")
-    add("--resume", action="store_true", help="continue from <out>.state.pt")
+    add("--resume", action="store_true",
+        help="continue from <out>.state.pt (refused if a training setting changed)")
+    add("--overwrite", action="store_true", help="replace an existing checkpoint and log")
     add("--keep-state", action="store_true", help="keep <out>.state.pt after the last epoch")
     add("--seed", type=int)
     add("--max-train", type=int, help="train on the first N training images only")
@@ -73,19 +75,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    keep_freed_memory()  # up to 2x faster on CPUs; see denoised_drs.cpu_memory
-    settings = vars(args).copy()
-    dataset, out = settings.pop("dataset"), settings.pop("out")
-    settings["progress"] = not settings.pop("no_progress")
-    settings["resume"] = settings["resume"] or None
-    settings["keep_state"] = settings["keep_state"] or None
-    settings["cpu"] = settings["cpu"] or None
+    """Train; bad input returns 2 after one line on stderr (usage errors included)."""
     try:
+        args = parse_args(argv)
+        keep_freed_memory()  # up to 2x faster on CPUs; see denoised_drs.cpu_memory
+        settings = vars(args).copy()
+        dataset, out = settings.pop("dataset"), settings.pop("out")
+        settings["progress"] = not settings.pop("no_progress")
+        for flag in ("resume", "overwrite", "keep_state", "cpu"):
+            settings[flag] = settings[flag] or None
         config = TrainConfig.from_preset(dataset, out, **settings)
         paths = train(config)
-    except (ValueError, FileNotFoundError, OSError, ImportError) as err:
-        print(f"train_base.py: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, ImportError) as err:
+        print(f"train_base.py: error: {first_line(err)}", file=sys.stderr)
         return 2
     for path in paths:
         print(f"wrote {path}")

@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from denoised_drs.cli import check_output_file, run_script
+from denoised_drs.cli import ArgumentParser, check_distinct_outputs, check_output_file, run_script
 from denoised_drs.cpu_memory import keep_freed_memory
 from denoised_drs.data import get_dataset
 from denoised_drs.diffusion import alphas_cumprod, beta_schedule, openai_unet
@@ -37,7 +37,7 @@ from denoised_drs.diffusion.training import (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="checkpoints/fmnist_denoiser.pt")
@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-train", type=int, default=None, help="use only the first N images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--half", action="store_true", help="store weights as float16")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint and log")
     args = parser.parse_args(argv)
     check_args(args)
     return args
@@ -75,7 +76,19 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--ema must lie in [0, 1), got {args.ema}")
     if not 0 < args.sigma_min <= args.sigma_max < math.inf:
         raise ValueError(f"need 0 < --sigma-min <= --sigma-max (finite), got {args.sigma_min}, {args.sigma_max}")
-    check_output_file(args.out)
+    outputs = {"--out": Path(args.out), "its log": log_path(args.out)}
+    for path in outputs.values():
+        check_output_file(path)
+    check_distinct_outputs(outputs)
+    if not args.overwrite:
+        for role, path in outputs.items():
+            if path.exists():
+                raise ValueError(f"{role} {path} exists; pass --overwrite to replace it")
+
+
+def log_path(out: str) -> Path:
+    """The CSV log written beside the checkpoint ``out``."""
+    return Path(out).with_suffix(".csv")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     abar = torch.tensor(abar_np, dtype=torch.float32, device=accelerator.device)
 
     out = Path(args.out)
-    log_path = out.with_suffix(".csv")
-    if accelerator.is_main_process:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "w", newline="") as handle:
-            csv.writer(handle).writerow(["epoch", "loss", "lr", "seconds"])
+    log = log_path(args.out)
     for epoch in range(1, args.epochs + 1):
         start, total, count = time.time(), 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", disable=not accelerator.is_main_process)
@@ -138,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             total, count = total + loss.item(), count + 1
             bar.set_postfix(loss=f"{total / count:.4f}")
         if accelerator.is_main_process:
-            with open(log_path, "a", newline="") as handle:
+            # Nothing is written before the first epoch ends: a batch that runs out
+            # of memory (one line, exit 2) leaves no file behind.
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "w" if epoch == 1 else "a", newline="") as handle:
+                if epoch == 1:
+                    csv.writer(handle).writerow(["epoch", "loss", "lr", "seconds"])
                 csv.writer(handle).writerow(
                     [epoch, f"{total / count:.5f}", f"{scheduler.get_last_lr()[0]:.2e}", f"{time.time() - start:.1f}"]
                 )

@@ -1,6 +1,7 @@
 """The scripts' error contract: bad input -> one line and exit 2; a bug -> one line and exit 1."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,51 @@ def test_a_script_bug_exits_1_without_a_traceback(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode in (1, 2) and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_input_under_the_launcher_ends_in_one_line(tmp_path):
+    # `accelerate launch` itself would add a CalledProcessError traceback and exit 1.
+    result = subprocess.run(
+        [sys.executable, "-m", "denoised_drs.launch", "--num_processes", "1", "--cpu",
+         str(REPO / "scripts" / "train_base.py"), "--dataset", "sample", "--sigma", "-1",
+         "--out", str(tmp_path / "m.pt")],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["train_base.py: error: sigma must be positive, finite and a float32"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_the_main_process_of_a_launch_prints(capsys, monkeypatch):
+    def bad_input():
+        raise ValueError("sigma must be positive")
+
+    monkeypatch.setenv("RANK", "1")
+    assert exit_of(bad_input, capsys) == (2, "")
+    monkeypatch.setenv("RANK", "0")
+    assert exit_of(bad_input, capsys) == (2, "tool.py: error: sigma must be positive\n")
+
+
+def test_an_allocator_out_of_memory_is_one_line_and_exit_2(capsys):
+    def huge():
+        torch.empty(1 << 62, dtype=torch.uint8)
+
+    code, err = exit_of(huge, capsys)
+    assert code == 2 and err.count("\n") == 1 and "smaller --batch" in err
+
+
+def test_outputs_must_be_regular_files_and_distinct(tmp_path):
+    from denoised_drs.cli import check_distinct_outputs, check_output_file
+
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ValueError, match="not a regular file"):
+        check_output_file(tmp_path / "fifo")
+    check_output_file(tmp_path / "new.pt")
+    (tmp_path / "m.pt").write_text("x")
+    os.link(tmp_path / "m.pt", tmp_path / "hard.pt")
+    for other in (tmp_path / "hard.pt", tmp_path / "." / "m.pt"):
+        with pytest.raises(ValueError, match="--out and --log name the same file"):
+            check_distinct_outputs({"--out": tmp_path / "m.pt", "--log": other})
+    with pytest.raises(ValueError, match="same file"):  # two new paths, two spellings
+        check_distinct_outputs({"--out": tmp_path / "a.pt", "--log": tmp_path / "sub" / ".." / "a.pt"})
+    check_distinct_outputs({"--out": tmp_path / "m.pt", "--log": tmp_path / "m.csv"})

@@ -7,6 +7,7 @@ import csv
 import pytest
 import torch
 
+from denoised_drs.checkpoint_file import with_content_hash
 from denoised_drs.data import load_sample
 from denoised_drs.models import SubImageClassifier, load_classifier
 from denoised_drs.partition import checkerboard_split
@@ -227,7 +228,11 @@ def test_resume_continues_where_it_stopped(tmp_path):
     state = torch.load(state_file, map_location="cpu", weights_only=True)
     state["state_dict"]["head.3.bias"][0] = 1000.0
     state["log"][0]["train_loss"] = 123.0
-    torch.save(state, state_file)
+    torch.save(with_content_hash(state), state_file)
+    with pytest.raises(ValueError, match=r"settings differ .*: lr 0.001 -> 0.5, sigma 0.25 -> 0.5$"):
+        train(_quick(tmp_path, epochs=2, resume=True, strategy="smoothadv", lr=0.5, sigma=0.5))
+    with pytest.raises(ValueError, match="exists; pass --resume"):
+        train(_quick(tmp_path, epochs=2, strategy="smoothadv"))
     train(_quick(tmp_path, epochs=2, resume=True, strategy="smoothadv"))
     rows = list(csv.DictReader(open(tmp_path / "model.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]

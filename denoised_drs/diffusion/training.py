@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint_file import load_weights_only
+from ..checkpoint_file import load_weights_only, with_content_hash
 from .loading import DenoiserNetwork
 from .schedule import alphas_cumprod as make_alphas_cumprod
 from .schedule import beta_schedule, sigma_to_timestep
@@ -75,12 +75,15 @@ def save_denoiser_checkpoint(
     """Write network weights and everything needed to rebuild it (atomic: tmp + rename).
 
     ``dtype=torch.float16`` halves the file; weights are cast back to float32 on load.
+    The file carries the content hash of the stored weights, verified on load.
     """
+    from ..models.loading import atomic_save  # imported here: models is a heavier import
+
     state = {
         key: value.to(dtype) if value.is_floating_point() else value
         for key, value in network.state_dict().items()
     }
-    payload = {
+    payload = with_content_hash({
         "format": CHECKPOINT_FORMAT,
         "flags": dict(flags),
         "schedule": schedule,
@@ -88,12 +91,8 @@ def save_denoiser_checkpoint(
         "rescale_timesteps": bool(rescale_timesteps),
         "state_dict": state,
         "extra": dict(extra or {}),
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    })
+    atomic_save(payload, path)
 
 
 def is_denoiser_checkpoint(obj: Any) -> bool:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from denoised_drs.checkpoint_file import load_weights_only
+from denoised_drs.checkpoint_file import load_weights_only, with_content_hash
 
 from .registry import create_model
 from .wrappers import (
@@ -330,15 +330,16 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
 def classifier_checkpoint(
     full: NormalizedClassifier, spec: ClassifierSpec, training: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Our checkpoint dict for a full-image classifier built from ``spec``."""
+    """Our checkpoint dict for a full-image classifier built from ``spec``, with the
+    content hash of its weights (verified on load, see :mod:`denoised_drs.checkpoint_file`)."""
     state = {k: v.detach().cpu().clone() for k, v in full.model.state_dict().items()}
-    return {
+    return with_content_hash({
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         **spec.to_dict(),
         "state_dict": state,
         "training": dict(training or {}),
-    }
+    })
 
 
 def save_classifier(

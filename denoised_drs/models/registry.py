@@ -81,6 +81,8 @@ def create_model(
     input_size: tuple[int, int] = (32, 32),
 ) -> nn.Module:
     """A freshly initialised bare network (no normalisation layer) named ``arch``."""
+    if not isinstance(arch, str):
+        raise TypeError(f"arch must be a model name (str), got {type(arch).__name__}")
     if num_classes < 1 or in_channels < 1:
         raise ValueError(
             f"num_classes and in_channels must be positive, got {num_classes}, {in_channels}"

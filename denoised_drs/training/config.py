@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class TrainConfig:
     interpolation: str = "nearest"
     init: str | None = None
     resume: bool = False
+    overwrite: bool = False
     seed: int = 0
     max_train: int | None = None
     max_test: int | None = None
@@ -134,6 +136,7 @@ class TrainConfig:
             (self.max_train is None or self.max_train >= 1, "max-train must be >= 1"),
             (self.max_test is None or self.max_test >= 1, "max-test must be >= 1"),
             (self.workers >= 0, "workers must be >= 0"),
+            (not (self.resume and self.overwrite), "give --resume or --overwrite, not both"),
         ]
         if self.target == "rs":
             checks.append(
@@ -176,6 +179,21 @@ class TrainConfig:
     def lr_at(self, epoch: int) -> float:
         """Step schedule: ``lr * gamma ** (number of milestones <= epoch)`` (epochs count from 0)."""
         return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+
+    def resume_settings(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the run it continues.
+
+        Everything that can change the trained weights; left out are the output
+        paths, how progress is shown, the device choice, the worker count and
+        ``epochs`` (a finished run may be extended). Paths are compared resolved, so
+        another spelling of the same folder or file is the same setting.
+        """
+        free = {"out", "log", "resume", "overwrite", "keep_state", "cpu", "progress", "workers", "epochs"}
+        values = {k: v for k, v in self.record().items() if k not in free}
+        for key in ("data_dir", "init"):
+            if values[key] is not None:
+                values[key] = os.path.realpath(values[key])
+        return values
 
     def record(self) -> dict[str, Any]:
         """The settings as plain values, stored in checkpoints."""

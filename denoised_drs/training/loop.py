@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..checkpoint_file import load_weights_only
-from ..cli import check_output_file, first_line
+from ..checkpoint_file import load_weights_only, with_content_hash
+from ..cli import check_distinct_outputs, check_output_file, first_line
 from ..data import get_dataset
 from ..models import (
     ClassifierSpec,
@@ -122,9 +122,50 @@ def evaluate(
     return clean_total / max(seen, 1), noisy_total / max(seen, 1)
 
 
+def check_outputs(config: TrainConfig) -> None:
+    """Refuse, before any work, outputs that would destroy something.
+
+    Every output must be a new path or a regular file; no two outputs (checkpoint,
+    log, resume state; of every branch) may be the same file; and an existing
+    checkpoint or log is replaced only with ``overwrite`` (or continued with ``resume``).
+    """
+    outputs: dict[str, Path] = {}
+    for branch in config.branches:
+        tag = "" if branch in ("full", config.branch) else f" ({branch})"
+        out, log = config.out_path(branch), config.log_path(branch)
+        outputs.update({f"--out{tag}": out, f"--log{tag}": log, f"the resume state{tag}": state_path(out)})
+    for path in outputs.values():
+        check_output_file(path)
+    check_distinct_outputs(outputs)
+    if config.resume or config.overwrite:
+        return
+    for role, path in outputs.items():
+        if role.startswith(("--out", "--log")) and path.exists():
+            raise ValueError(
+                f"{role} {path} exists; pass --resume to continue its training or --overwrite to replace it"
+            )
+
+
+def check_resume_settings(config: TrainConfig, saved: Any, resume_file: Path) -> None:
+    """Raise ValueError naming every training setting that differs from the resumed run's."""
+    if not isinstance(saved, dict):
+        return  # a state file written before settings were recorded
+    current = config.resume_settings()
+    changed = [
+        f"{key} {saved.get(key)!r} -> {current.get(key)!r}"
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key) != current.get(key)
+    ]
+    if changed:
+        raise ValueError(
+            f"--resume: the training settings differ from those of {resume_file}: {', '.join(changed)}"
+        )
+
+
 def train(config: TrainConfig) -> list[Path]:
     """Train every branch of ``config`` in turn; returns the checkpoint paths written."""
     config.validate()
+    check_outputs(config)
     return [train_branch(config, branch) for branch in config.branches]
 
 
@@ -135,8 +176,6 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
     from tqdm.auto import tqdm
 
     out, log = config.out_path(branch), config.log_path(branch)
-    for path in (out, log):
-        check_output_file(path)  # now: the log is written last, after the checkpoint
     resume_file = state_path(out)
     if config.resume and not resume_file.is_file():
         raise FileNotFoundError(f"--resume: no training state at {resume_file}")
@@ -162,12 +201,14 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
             optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["rng"])
             start_epoch, rows = int(state["epoch"]), list(state["log"])
+            saved_settings = state.get("settings")
         except (KeyError, TypeError, RuntimeError) as error:
             # A state file of another run (architecture, optimizer) or not one at all.
             raise ValueError(
                 f"--resume: {resume_file} is not a training state of this configuration "
                 f"({type(error).__name__}: {first_line(error)})"
             ) from None
+        check_resume_settings(config, saved_settings, resume_file)
         if start_epoch >= config.epochs:
             raise ValueError(f"--resume: {resume_file} already finished {start_epoch} epoch(s)")
 
@@ -235,13 +276,14 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
             training = {**config.record(), "branch": branch, "epochs_done": epoch + 1, "log": rows}
             save_classifier(out, full, spec, training)
             atomic_save(
-                {
+                with_content_hash({
                     "epoch": epoch + 1,
                     "state_dict": full.model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "rng": torch.get_rng_state(),
                     "log": rows,
-                },
+                    "settings": config.resume_settings(),
+                }),
                 resume_file,
             )
             write_log(log, rows)
