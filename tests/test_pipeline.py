@@ -127,3 +127,17 @@ def test_config_types_are_checked_and_numpy_scalars_stored_as_python_numbers():
                 {"alpha": None}, {"device": 3}, {"classifier": 5}):
         with pytest.raises(ValueError, match="must be"):
             PipelineConfig(**{"mode": "rs", "classifier": "c.pt", **bad})
+
+
+def test_images_outside_unit_range_are_refused(tiny_checkpoints, sample):
+    images, labels = sample
+    rs = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], sigma=0.25, **FAST)
+    for bad in (images * 255, (images * 255).to(torch.uint8)):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            rs.certify(bad, labels)
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            rs.predict(bad)
+    nan = images.clone()
+    nan[1, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        rs.certify(nan, labels)
