@@ -25,12 +25,23 @@ Reproducibility: the noise of sample ``i`` depends only on the seed key, the sta
 (selection, estimation, prediction) and ``i``, never on the batch size, thread count
 or process count. Within one certificate every noise block (selection, estimation,
 each branch, fresh noise) has a generator seed of its own, by construction (see
-:mod:`denoised_drs.noise`).
+:mod:`denoised_drs.noise`). Every module of the voter runs in eval mode while
+sampling (each module's own mode is restored after, even on an error), so
+BatchNorm statistics are neither used per batch nor rewritten, and Dropout is off.
+
+Input and output checks: an image must be a float tensor ``(C, H, W)`` with finite
+values in [0, 1] (the unit the radius is in), else ValueError. The voter must
+return integer class indices of shape ``(N, num_branches)``; a vote outside
+``[0, num_classes)`` is refused, except
+:data:`~denoised_drs.voters.NONFINITE_VOTE` (a sample whose logits were not finite),
+which is counted for no class: it never wins a prediction and counts against the
+top class in a certificate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +58,7 @@ from denoised_drs.certify import (
 )
 from denoised_drs.noise import NoiseStream, derive_seed
 from denoised_drs.partition import Checkerboard, Identity, Partition
-from denoised_drs.voters import BranchClassifiers
+from denoised_drs.voters import NONFINITE_VOTE, BranchClassifiers
 
 ABSTAIN = -1
 
@@ -66,8 +77,9 @@ class Certificate:
     Clopper-Pearson lower bound on that probability at ``alpha / num_branches``.
     ``radius_paper`` is set only for coupled branches: the DRS paper's formula
     ``sigma (z_l + z_r) / sqrt(2)`` on the same bounds, which is NOT certified there.
-    ``nonfinite`` counts the votes (sample, branch) whose logits were not finite;
-    each counted against the top class. ``n_used`` is the number of estimation
+    ``nonfinite`` counts the votes (sample, branch) whose logits were not finite,
+    over the ``n0`` selection and the ``n`` estimation samples of every branch; none
+    counts for any class, so each estimation one counts against the top class. ``n_used`` is the number of estimation
     samples drawn (``n`` for :meth:`SmoothedClassifier.certify`).
 
     Unpacks like Cohen's ``(prediction, radius)`` tuple.
@@ -100,6 +112,54 @@ def _seed_key(seed: int | Sequence[int]) -> tuple[int, ...]:
     if not key or any(int(k) < 0 for k in key):
         raise ValueError(f"seed must be a non-negative integer or a tuple of them, got {seed!r}")
     return tuple(int(k) for k in key)
+
+
+def _check_image(x: torch.Tensor) -> None:
+    """Refuse anything but one float image (C, H, W) with finite values in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected the image as a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"expected one image of shape (C, H, W), got {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(
+            f"images must be float tensors with values in [0, 1], got dtype {x.dtype} "
+            "(divide 8-bit images by 255)"
+        )
+    if x.numel() == 0:
+        raise ValueError(f"the image is empty: shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("the image holds non-finite pixel values (NaN or Inf)")
+    low, high = float(x.min()), float(x.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"pixel values must lie in [0, 1], got values in [{low:g}, {high:g}] "
+            "(divide 8-bit images by 255)"
+        )
+
+
+def _check_votes(votes: torch.Tensor, samples: int, branches: int) -> None:
+    """Refuse voter output that is not integer class indices of shape (samples, branches)."""
+    if not isinstance(votes, torch.Tensor):
+        raise TypeError(f"the voter must return a tensor of class indices, got {type(votes).__name__}")
+    if votes.dtype.is_floating_point or votes.dtype.is_complex or votes.dtype == torch.bool:
+        raise ValueError(f"the voter must return integer class indices, got dtype {votes.dtype}")
+    if tuple(votes.shape) != (samples, branches):
+        raise ValueError(
+            f"the voter returned votes of shape {tuple(votes.shape)}, expected "
+            f"({samples}, {branches}): one class index per sample and branch"
+        )
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Every submodule of ``module`` in eval mode; each one's own flag restored after."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _check_counts(n0: int | None, n: int, alpha: float, batch_size: int) -> None:
@@ -198,9 +258,14 @@ class SmoothedClassifier:
         With ``mix_branches``, each sample contributes the vote of one branch drawn
         uniformly at random, so the result is ``(1, num_classes)`` counts of ``num``
         independent draws from the average of the branch distributions.
+
+        Non-finite votes are counted in no class, so ``num - counts.sum(axis=1)`` is
+        their number per row. Raises ValueError for an image that is not float in
+        [0, 1] (or holds NaN/Inf), malformed voter output, or a class index outside
+        ``[0, num_classes)``. The voter's modules run in eval mode (see the module
+        docstring).
         """
-        if x.dim() != 3:
-            raise ValueError(f"expected one image of shape (C, H, W), got {tuple(x.shape)}")
+        _check_image(x)
         if num < 1 or batch_size < 1:
             raise ValueError(f"num and batch_size must be positive, got {num}, {batch_size}")
         if start < 0:
@@ -222,9 +287,10 @@ class SmoothedClassifier:
         counts = torch.zeros(rows * self.num_classes, dtype=torch.int64, device=self.device)
         # Votes are counted in one flat bincount, where an out-of-range vote of one
         # branch would land in another branch's row: count them apart and refuse.
+        # Non-finite votes go to the dropped bin with them, but are not refused.
         out_of_range = torch.zeros((), dtype=torch.int64, device=self.device)
         buffer = torch.empty((min(batch_size, num), *x.shape), device=self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), _eval_mode(self.voter):
             for first in range(0, num, batch_size):
                 last = min(num, first + batch_size)
                 batch_noise = noise.take(start + first, start + last, out=buffer)
@@ -237,10 +303,11 @@ class SmoothedClassifier:
                 ]
                 fresh_noise = fresh.take(start + first, start + last) if fresh is not None else None
                 votes = self.voter(noisy_parts, fresh_noise)
+                _check_votes(votes, last - first, self.num_branches)
                 if choices is not None:
                     votes = votes.gather(1, choices[first:last, None])
                 valid = (votes >= 0) & (votes < self.num_classes)
-                out_of_range += (~valid).sum()
+                out_of_range += (~valid & (votes != NONFINITE_VOTE)).sum()
                 # Invalid votes go to one extra bin, dropped (no host sync on GPUs).
                 bins = torch.where(valid, votes + offsets, rows * self.num_classes)
                 counts += torch.bincount(bins.flatten(), minlength=rows * self.num_classes + 1)[:-1]
@@ -268,12 +335,13 @@ class SmoothedClassifier:
         from one branch drawn uniformly at random, so the votes are independent
         draws from ``(p_l + p_r) / 2``, whose argmax is exactly the DRS prediction;
         this keeps Cohen's test exact for coupled and independent branches alike.
+        Votes whose logits were not finite count for no class (all of them: abstain).
         """
         _check_counts(None, n, alpha, batch_size)
         counts = self.sample_counts(x, n, batch_size, seed, _PREDICTION, mix_branches=True)[0]
         order = np.argsort(counts, kind="stable")[::-1]
         count_a, count_b = int(counts[order[0]]), int(counts[order[1]])
-        if binomtest(count_a, count_a + count_b, 0.5).pvalue > alpha:
+        if count_a == 0 or binomtest(count_a, count_a + count_b, 0.5).pvalue > alpha:
             return ABSTAIN
         return int(order[0])
 
@@ -291,7 +359,8 @@ class SmoothedClassifier:
         Selects the top class from the summed votes of ``n0`` samples, counts it
         in ``n`` fresh samples per branch, bounds each branch's probability at
         ``alpha / num_branches`` and applies the abstain rule and radius of
-        ``self.kind``. See the module docstring for the guarantee.
+        ``self.kind``. See the module docstring for the guarantee. Votes whose
+        logits were not finite count for no class; their total is ``nonfinite``.
         """
         _check_counts(n0, n, alpha, batch_size)
         selection = self.sample_counts(x, n0, batch_size, seed, _SELECTION)
@@ -316,6 +385,7 @@ class SmoothedClassifier:
             alpha=alpha,
             kind=self.kind.value,
             radius_paper=radius_paper,
+            nonfinite=(n0 + n) * self.num_branches - int(selection.sum() + estimation.sum()),
             n_used=n,
         )
 

@@ -1,7 +1,9 @@
 """Voters: how a batch of noisy sub-images becomes one class vote per branch.
 
 A voter is an ``nn.Module`` called as ``voter(noisy_parts, fresh_noise)`` that
-returns ``(N, num_branches)`` class indices. Its ``certificate`` attribute says
+returns ``(N, num_branches)`` integer class indices, or :data:`NONFINITE_VOTE` for a
+sample whose logits were not all finite (such a vote counts for no class, so it
+counts against the top class). Its ``certificate`` attribute says
 which radius is sound for it (:class:`~denoised_drs.certify.CertificateKind`),
 and ``needs_fresh_noise`` whether the engine must pass an independent standard
 normal tensor of the full image shape.
@@ -22,9 +24,18 @@ from torch import nn
 from denoised_drs.certify import CertificateKind
 from denoised_drs.partition import Checkerboard
 
+NONFINITE_VOTE = -1
+"""The vote of a sample whose logits hold a NaN or an infinity: a vote for no class."""
+
+
+def _vote(logits: torch.Tensor) -> torch.Tensor:
+    # argmax would pick a NaN (or any +inf) as the winner: such a row votes for nothing.
+    finite = torch.isfinite(logits).all(dim=1)
+    return torch.where(finite, logits.argmax(dim=1), NONFINITE_VOTE)
+
 
 def _votes(classifiers: Sequence[nn.Module], inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([clf(part).argmax(dim=1) for clf, part in zip(classifiers, inputs)], dim=1)
+    return torch.stack([_vote(clf(part)) for clf, part in zip(classifiers, inputs)], dim=1)
 
 
 class BranchClassifiers(nn.Module):
@@ -125,6 +136,7 @@ class SplitDenoisedBranches(nn.Module):
 
 
 __all__ = [
+    "NONFINITE_VOTE",
     "BranchClassifiers",
     "DenoisedClassifier",
     "JointDenoisedBranches",

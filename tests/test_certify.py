@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from scipy.stats import beta, binom, norm
 
 from denoised_drs.certify import (
+    LOG_SPACE_ALPHA,
     CertificateKind,
     branch_alpha,
     certified_radius,
@@ -138,3 +139,54 @@ def test_certificate_kind_names():
     assert CertificateKind("coupled") is CertificateKind.COUPLED
     with pytest.raises(ValueError):
         CertificateKind("paper")
+
+
+# Computed with mpmath at 50 digits: bisection on the regularised incomplete beta.
+EXACT_99990_OF_100000_AT_1E_300 = 0.99260932391280371
+
+
+@pytest.mark.parametrize(
+    "k, n, alpha, exact",
+    [
+        (99990, 100_000, 1e-300, EXACT_99990_OF_100000_AT_1E_300),
+        # k = n: alpha ** (1 / n). k = 2 and p tiny: P(X >= 2) = C(n, 2) p^2 (1 + O(n p)).
+        (10, 10, 1e-300, 1e-30),
+        (2, 10, 1e-200, np.sqrt(1e-200 / 45)),
+        (5, 1_000_000, 1e-80, (1e-80 * 120 / np.prod(np.arange(999_996, 1_000_001.0))) ** 0.2),
+    ],
+)
+def test_clopper_pearson_is_right_for_extreme_alpha(k, n, alpha, exact):
+    # scipy's beta.ppf returns 0.99283 (too high: not a valid bound) for the first.
+    bound = clopper_pearson_lower(k, n, alpha)
+    assert bound <= exact
+    assert bound == pytest.approx(exact, rel=2e-6)
+
+
+def test_clopper_pearson_log_space_switch_is_seamless():
+    alphas = np.geomspace(LOG_SPACE_ALPHA * 1e3, LOG_SPACE_ALPHA * 1e-3, 13)
+    bounds = clopper_pearson_lower(7, 1000, alphas)
+    assert np.all(np.diff(bounds) < 0)
+    assert bounds[6] == pytest.approx(beta.ppf(LOG_SPACE_ALPHA, 7, 994), rel=1e-12)
+    assert bounds[7] == pytest.approx(beta.ppf(alphas[7], 7, 994), rel=2e-6)
+    assert np.all(bounds[7:] < beta.ppf(alphas[7:], 7, 994))
+    # Broadcasting over mixed alphas gives the scalar results.
+    mixed = clopper_pearson_lower([0, 3, 99990], [10, 10, 100_000], [1e-300, 1e-3, 1e-300])
+    assert mixed.tolist() == [0.0, clopper_pearson_lower(3, 10, 1e-3), clopper_pearson_lower(99990, 100_000, 1e-300)]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, 1.5])
+def test_radius_formulas_and_abstain_rules_refuse_impossible_probabilities(bad):
+    # A NaN used to become a NaN radius, and rs_abstains(NaN) said "do not abstain".
+    calls = [
+        lambda: rs_radius(bad, 0.25),
+        lambda: drs_radius(0.9, bad, 0.25),
+        lambda: drs_radius(bad, 0.9, 0.25, 0.5),
+        lambda: coupled_radius(bad, 0.9, 0.25),
+        lambda: rs_abstains(bad),
+        lambda: drs_abstains(0.9, bad),
+        lambda: rs_radius(np.array([0.9, bad]), 0.25),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            call()
+    assert rs_radius(1.0, 0.25) == np.inf and coupled_radius(0.0, 0.9, 0.25) == -np.inf

@@ -154,3 +154,17 @@ def test_certify_dataset_refuses_bad_labels_before_writing(tiny_checkpoints, sam
     with pytest.raises(ValueError, match=r"image 1 has label 12, outside \[0, 10\)"):
         certify_dataset(pipe, dataset, [0, 1], tmp_path / "r.tsv", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_images_outside_unit_range_are_refused(tiny_checkpoints, sample):
+    images, labels = sample
+    rs = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], sigma=0.25, **FAST)
+    for bad in (images * 255, (images * 255).to(torch.uint8)):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            rs.certify(bad, labels)
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            rs.predict(bad)
+    nan = images.clone()
+    nan[1, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        rs.certify(nan, labels)

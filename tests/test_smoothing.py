@@ -16,6 +16,7 @@ from torch import nn
 from denoised_drs.certify import CertificateKind, clopper_pearson_lower
 from denoised_drs.partition import Checkerboard, checkerboard_split
 from denoised_drs.smoothing import ABSTAIN, DualSmooth, Smooth, SmoothedClassifier
+from denoised_drs.voters import NONFINITE_VOTE
 
 SHAPE = (1, 8, 8)
 
@@ -221,3 +222,183 @@ def test_coupled_certificate_is_sound_where_the_paper_radius_is_not():
     assert cert.radius_paper > exact  # the paper's radius over-states robustness here
     prediction, radius = cert
     assert (prediction, radius) == (cert.prediction, cert.radius)
+
+
+# -- bad input: non-finite values, pixels outside [0, 1], train-mode modules ----------
+
+
+class Logits(nn.Module):
+    """Fixed logits for every sample; non-finite rows are counted as they are emitted."""
+
+    def __init__(self, logits) -> None:
+        super().__init__()
+        self.logits = torch.tensor(logits, dtype=torch.float32)
+        self.nonfinite_rows = 0
+
+    def forward(self, z):
+        out = self.logits.expand(z.shape[0], -1).clone()
+        self.nonfinite_rows += int((~torch.isfinite(out).all(dim=1)).sum())
+        return out
+
+
+class NanWhenBright(nn.Module):
+    """Class 1 wins, except that samples whose first noisy pixel exceeds 0.5 give NaN for class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nonfinite_rows = 0
+
+    def forward(self, z):
+        bright = z.flatten(1)[:, 0] > 0.5
+        self.nonfinite_rows += int(bright.sum())
+        out = torch.tensor([0.0, 1.0]).expand(z.shape[0], 2).clone()
+        out[bright, 0] = float("nan")
+        return out
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_pixels_are_refused(value):
+    x = random_image(0)
+    x[0, 3, 4] = value
+    smooth = Smooth(linear_with_margin(random_image(0), 2.0, 0.25, seed=1), 2, 0.25)
+    with pytest.raises(ValueError, match="non-finite"):
+        smooth.certify(x, 10, 10, 0.01, 5)
+    with pytest.raises(ValueError, match="non-finite"):
+        smooth.predict(x, 10, 0.01, 5)
+
+
+def test_images_that_are_not_floats_in_unit_range_are_refused():
+    x = random_image(0)
+    smooth = Smooth(linear_with_margin(x, 2.0, 0.25, seed=1), 2, 0.25)
+    for bad in (x * 255, x - 0.5, (x * 255).to(torch.uint8), (x > 0.5).long()):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            smooth.certify(bad, 10, 10, 0.01, 5)
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            smooth.sample_counts(bad, 10, 5)
+    with pytest.raises(TypeError, match="Tensor"):
+        smooth.certify(x.numpy(), 10, 10, 0.01, 5)
+    # The ends of the range and other float dtypes are fine.
+    edges = x.clone()
+    edges[0, 0, :2] = torch.tensor([0.0, 1.0])
+    assert smooth.sample_counts(edges.double(), 10, 5).sum() == 10
+
+
+def test_non_finite_logits_vote_for_no_class_and_count_against_the_top_class():
+    x = random_image(4)
+    f = NanWhenBright()
+    smooth = Smooth(f, 2, 0.25)
+    cert = smooth.certify(x, 50, 400, 0.01, 64, seed=3)
+    assert cert.top_class == 1
+    assert 0 < cert.nonfinite == f.nonfinite_rows < 450
+    f.nonfinite_rows = 0
+    counts = smooth.sample_counts(x, 400, 64, seed=3)
+    # The sample_counts convention: num - counts.sum(axis=1) is the non-finite count.
+    assert counts.shape == (1, 2) and counts[0, 0] == 0
+    assert 400 - counts.sum(axis=1)[0] == f.nonfinite_rows > 0
+    assert cert.counts_top == (counts[0, 1],)
+    assert cert.p_lower[0] == clopper_pearson_lower(counts[0, 1], 400, 0.01)
+
+
+def test_all_non_finite_logits_abstain_instead_of_certifying_the_nan():
+    x = random_image(5)
+    # argmax picks the NaN (or the +inf), so this was certified as class 1 (or 0).
+    for logits in ([0.0, float("nan")], [float("nan"), float("nan")], [float("inf"), 0.0]):
+        smooth = Smooth(Logits(logits), 2, 0.25)
+        cert = smooth.certify(x, 20, 200, 0.01, 64)
+        assert cert.abstained and cert.radius == 0.0
+        assert cert.counts_top == (0,) and cert.nonfinite == 220
+        assert smooth.predict(x, 200, 0.01, 64) == ABSTAIN
+    # One branch non-finite, the other always right: z_l = -inf, so DRS abstains.
+    dual = DualSmooth(Logits([float("inf"), 0.0]), Logits([1.0, 0.0]), 2, 0.25)
+    cert = dual.certify(x, 20, 200, 0.01, 64)
+    assert cert.abstained and cert.counts_top == (0, 200) and cert.nonfinite == 220
+    mixed = dual.sample_counts(x, 200, 64, mix_branches=True)
+    assert mixed.shape == (1, 2) and mixed[0, 1] == 0 and 0 < mixed.sum() < 200
+
+
+def test_predict_does_not_let_non_finite_votes_win():
+    # Most samples give NaN for class 0 (argmax: 0); the finite ones all vote 1.
+    x = torch.full(SHAPE, 0.55)
+    smooth = Smooth(NanWhenBright(), 2, 0.25)
+    counts = smooth.sample_counts(x, 300, 100, stage=2, mix_branches=True)
+    assert counts[0, 0] == 0 and 30 < counts[0, 1] < 150
+    assert smooth.predict(x, 300, 0.01, 100) == 1
+
+
+class FixedVotes(nn.Module):
+    """A voter returning ``make(batch_size)`` whatever the input."""
+
+    needs_fresh_noise = False
+    certificate = CertificateKind.INDEPENDENT
+
+    def __init__(self, make) -> None:
+        super().__init__()
+        self.make = make
+
+    def forward(self, noisy_parts, fresh_noise=None):
+        return self.make(noisy_parts[0].shape[0])
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda n: torch.ones(n, 1, dtype=torch.long), ValueError, r"shape \(\d+, 1\).*\(\d+, 2\)"),
+        (lambda n: torch.ones(n, dtype=torch.long), ValueError, "shape"),
+        (lambda n: torch.ones(n, 2, 1, dtype=torch.long), ValueError, "shape"),
+        (lambda n: torch.ones(n + 1, 2, dtype=torch.long), ValueError, "shape"),
+        (lambda n: torch.ones(n, 2), ValueError, "integer"),
+        (lambda n: torch.ones(n, 2, dtype=torch.bool), ValueError, "integer"),
+        (lambda n: [[1, 1]] * n, TypeError, "tensor"),
+        (lambda n: torch.full((n, 2), -2), ValueError, "num_classes"),
+    ],
+)
+def test_malformed_voter_output_is_refused(make, error, message):
+    smoothed = SmoothedClassifier(FixedVotes(make), Checkerboard(), 2, (0.25, 0.25))
+    with pytest.raises(error, match=message):
+        smoothed.certify(random_image(0), 10, 10, 0.01, 5)
+
+
+def test_a_voter_may_return_the_non_finite_vote_itself():
+    votes = FixedVotes(lambda n: torch.stack([torch.full((n,), NONFINITE_VOTE), torch.ones(n, dtype=torch.int32)], 1))
+    counts = SmoothedClassifier(votes, Checkerboard(), 2, (0.25, 0.25)).sample_counts(random_image(0), 30, 8)
+    assert counts.tolist() == [[0, 0], [0, 30]]
+
+
+def batch_norm_dropout_classifier() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
+        nn.Flatten(), nn.Linear(4 * 64, 3),
+    )
+    # Non-trivial running statistics, so that eval mode differs from batch statistics.
+    net[1].running_mean.uniform_(-0.2, 0.2)
+    net[1].running_var.uniform_(0.5, 2.0)
+    return net
+
+
+def test_train_mode_modules_run_in_eval_mode_and_keep_their_state():
+    x = random_image(6)
+    net = batch_norm_dropout_classifier()
+    reference = Smooth(batch_norm_dropout_classifier().eval(), 3, 0.25).sample_counts(x, 200, 200, seed=2)
+    net.train()
+    net[3].eval()  # a caller's mix of modes is restored module by module
+    stats = {k: v.clone() for k, v in net.state_dict().items()}
+    smooth = Smooth(net, 3, 0.25)
+    for batch_size in (7, 64, 200):
+        assert np.array_equal(smooth.sample_counts(x, 200, batch_size, seed=2), reference)
+    smooth.certify(x, 10, 50, 0.01, 16)
+    assert all(torch.equal(v, stats[k]) for k, v in net.state_dict().items())
+    assert [m.training for m in net] == [True, True, True, False, True, True]
+    assert net.training and smooth.voter.training
+
+
+def test_modes_are_restored_when_the_voter_fails():
+    class Fails(nn.Module):
+        def forward(self, z):
+            assert not self.training
+            raise RuntimeError("boom")
+
+    net = nn.Sequential(nn.BatchNorm2d(1), Fails()).train()
+    with pytest.raises(RuntimeError, match="boom"):
+        Smooth(net, 2, 0.25).certify(random_image(0), 10, 10, 0.01, 5)
+    assert net.training and net[0].training and net[1].training

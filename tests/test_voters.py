@@ -7,7 +7,13 @@ from torch import nn
 from denoised_drs.certify import CertificateKind
 from denoised_drs.partition import Checkerboard
 from denoised_drs.smoothing import Smooth, SmoothedClassifier
-from denoised_drs.voters import DenoisedClassifier, JointDenoisedBranches, SplitDenoisedBranches
+from denoised_drs.voters import (
+    NONFINITE_VOTE,
+    BranchClassifiers,
+    DenoisedClassifier,
+    JointDenoisedBranches,
+    SplitDenoisedBranches,
+)
 
 
 class CountingDenoiser(nn.Module):
@@ -97,3 +103,34 @@ def test_denoised_rs_is_classifier_after_denoiser():
     smooth = Smooth(DenoisedClassifier(denoiser, classifier), 3, 0.5)
     smooth.certify(torch.rand(1, 8, 8), 10, 90, 0.01, 50)
     assert denoiser.images == 100
+
+
+class NanAbove(nn.Module):
+    """A 3-class classifier whose class-2 logit is NaN for inputs with a pixel above 0.9."""
+
+    def forward(self, x):
+        logits = torch.stack([x.flatten(1).mean(1), torch.zeros(x.shape[0]), torch.full((x.shape[0],), -1.0)], 1)
+        logits[x.flatten(1).amax(1) > 0.9, 2] = float("nan")
+        return logits
+
+
+def test_rows_with_non_finite_logits_vote_for_no_class():
+    parts = [torch.rand(6, 1, 8, 4, generator=torch.Generator().manual_seed(j)) * 0.8 for j in (0, 1)]
+    parts[0][[1, 4], 0, 0, 0] = 0.95
+    votes = BranchClassifiers([NanAbove(), NanAbove()])(parts)
+    assert votes.tolist() == [[0, 0], [NONFINITE_VOTE, 0], [0, 0], [0, 0], [NONFINITE_VOTE, 0], [0, 0]]
+
+
+def test_a_denoiser_that_outputs_nan_gives_no_votes():
+    class NanDenoiser(nn.Module):
+        def forward(self, x):
+            return torch.full_like(x, float("nan"))
+
+    parts = [torch.rand(3, 1, 8, 4), torch.rand(3, 1, 8, 4)]
+    joint = JointDenoisedBranches(NanDenoiser(), Recorder(1), Recorder(2))
+    split = SplitDenoisedBranches(NanDenoiser(), Recorder(1), Recorder(2), sigma=0.25)
+    assert (joint(parts) == NONFINITE_VOTE).all()
+    assert (split(parts, torch.randn(3, 1, 8, 8)) == NONFINITE_VOTE).all()
+    smoothed = SmoothedClassifier(split, Checkerboard(), 10, (0.25, 0.25))
+    cert = smoothed.certify(torch.rand(1, 8, 8), n0=10, n=50, alpha=0.01, batch_size=32)
+    assert cert.abstained and cert.counts_top == (0, 0) and cert.nonfinite == 2 * 60
