@@ -167,3 +167,17 @@ def test_resumed_adaptive_run_gives_the_same_rows(tiny_checkpoints, tmp_path):
 
     assert rows(out) == rows(tmp_path / "ref.tsv") and len(rows(out)) == len(indices)
     assert all(int(row[-1]) <= 600 for row in rows(out))
+
+
+def test_command_line_adaptive_with_radii(tiny_checkpoints, tmp_path):
+    from test_certify_script import run
+
+    common = ["--dataset", "sample", "--max", "6", "--skip", "3", "--mode", "rs", "--classifier",
+              tiny_checkpoints["full"], "--sigma", "0.5", "--N0", "10", "--N", "400", "--device", "cpu"]
+    out = tmp_path / "adaptive.tsv"
+    done = run([*common, "--adaptive", "--radii", "0.25", "0.5", "--outfile", str(out)])
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
+    assert len(rows) == 2 and all(float(r[3]) in (0.0, 0.25, 0.5) and 0 < int(r[-1]) <= 400 for r in rows)
+    refused = run([*common, "--radii", "0.25", "--outfile", str(tmp_path / "no.tsv")])
+    assert refused.returncode == 2 and "adaptive" in refused.stderr and not (tmp_path / "no.tsv").exists()
