@@ -14,6 +14,8 @@ Definitions used throughout (over all ``N`` rows of a file, abstains included):
 * ACR (average certified radius, Zhai et al. 2020, MACER): ``sum_i radius_i *
   correct_i / N``, i.e. the mean over *all* test points, wrong and abstained ones
   contributing 0 (not the mean over correct points only).
+* samples per image: the mean of the ``n_used`` column (estimation samples drawn;
+  fewer than ``N`` under adaptive certification), shown when a file has it.
 
 Computation is pure numpy; the plotting functions build matplotlib ``Figure`` objects
 on the Agg canvas directly (no pyplot, no global backend switch, no display), and
@@ -41,6 +43,7 @@ if TYPE_CHECKING:  # matplotlib is imported lazily, only by the plotting functio
 REQUIRED_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 PAPER_RADIUS_COLUMN = "radius_paper"
 PAPER_RADIUS_SUFFIX = " (paper radius, not certified)"
+N_USED_COLUMN = "n_used"
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 # Python's str(timedelta), which Cohen's certify.py writes: "0:00:01.234567" or
@@ -285,12 +288,14 @@ class Run:
 
     ``certified`` is False for rows built from a non-certified radius (the DRS
     paper's ``radius_paper``); such rows are shown but never bolded as best.
+    ``n_used`` holds the estimation samples drawn per image, when known.
     """
 
     name: str
     correct: np.ndarray
     radius: np.ndarray
     certified: bool = True
+    n_used: np.ndarray | None = None
 
 
 def runs_from_results(results: Results, name: str, paper_radius: bool = False) -> list[Run]:
@@ -301,9 +306,14 @@ def runs_from_results(results: Results, name: str, paper_radius: bool = False) -
     column returns only the certified run (nothing to show), so mixed RS/DRS runs can
     be tabulated together.
     """
-    runs = [Run(name, results.correct, results.radius)]
+    n_used = results.extra.get(N_USED_COLUMN)
+    if n_used is not None and n_used.dtype.kind != "f":
+        raise ValueError(f"{results.path}: the {N_USED_COLUMN} column must hold numbers")
+    runs = [Run(name, results.correct, results.radius, n_used=n_used)]
     if paper_radius and results.radius_paper is not None:
-        runs.append(Run(name + PAPER_RADIUS_SUFFIX, results.correct, results.radius_paper, False))
+        runs.append(
+            Run(name + PAPER_RADIUS_SUFFIX, results.correct, results.radius_paper, False, n_used)
+        )
     return runs
 
 
@@ -316,6 +326,7 @@ class CertifiedTable:
     accuracy_percent: np.ndarray  # (runs, radii)
     acr: np.ndarray  # (runs,)
     certified: tuple[bool, ...]
+    mean_n_used: np.ndarray | None = None  # (runs,), NaN where unknown; None if never known
 
 
 def certified_table(runs: Sequence[Run], radii: ArrayLike = DEFAULT_RADII) -> CertifiedTable:
@@ -329,12 +340,18 @@ def certified_table(runs: Sequence[Run], radii: ArrayLike = DEFAULT_RADII) -> Ce
         [100.0 * certified_accuracy(run.correct, run.radius, radii) for run in runs]
     )
     acr = np.asarray([average_certified_radius(run.correct, run.radius) for run in runs])
+    mean_n_used = None
+    if any(run.n_used is not None for run in runs):
+        mean_n_used = np.asarray(
+            [np.nan if run.n_used is None else float(np.mean(run.n_used)) for run in runs]
+        )
     return CertifiedTable(
         names=tuple(run.name for run in runs),
         radii=radii,
         accuracy_percent=accuracy,
         acr=acr,
         certified=tuple(run.certified for run in runs),
+        mean_n_used=mean_n_used,
     )
 
 
@@ -362,6 +379,9 @@ def _cells(
             for j, value in enumerate(table.accuracy_percent[i])
         ]
         row.append((f"{table.acr[i]:.{acr_decimals}f}", bool(acr_best[i])))
+        if table.mean_n_used is not None:
+            mean = table.mean_n_used[i]
+            row.append(("-" if np.isnan(mean) else f"{mean:.0f}", False))
         rows.append(row)
     return rows
 
@@ -393,13 +413,18 @@ def escape_latex(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(char, char) for char in text)
 
 
+def _samples_header(table: CertifiedTable) -> list[str]:
+    return [] if table.mean_n_used is None else ["Samples/img"]
+
+
 def to_markdown(table: CertifiedTable, acc_decimals: int = 1, acr_decimals: int = 3) -> str:
     """Markdown table in the layout of the DRS paper's Table 1.
 
-    Columns: ``Method``, certified accuracy (%) at each radius, ``ACR``. The best shown
-    value of each column among certified rows is ``**bold**`` (all of them on ties).
+    Columns: ``Method``, certified accuracy (%) at each radius, ``ACR``, and the mean
+    samples per image (``Samples/img``) when known. The best shown value of each
+    accuracy and ACR column among certified rows is ``**bold**`` (all of them on ties).
     """
-    header = ["Method"] + [f"{r:.2f}" for r in table.radii] + ["ACR"]
+    header = ["Method"] + [f"{r:.2f}" for r in table.radii] + ["ACR"] + _samples_header(table)
     lines = [
         "| " + " | ".join(header) + " |",
         "|:---|" + "---:|" * (len(header) - 1),
@@ -416,14 +441,17 @@ def to_latex(table: CertifiedTable, acc_decimals: int = 1, acr_decimals: int = 3
     Best shown value per column among certified rows in ``\\textbf{}`` (ties all).
     Needs ``\\usepackage{booktabs}``.
     """
-    columns = "l" + "c" * len(table.radii) + "c"
-    header = ["Method"] + [f"{r:.2f}" for r in table.radii] + ["ACR"]
+    samples = _samples_header(table)
+    columns = "l" + "c" * len(table.radii) + "c" + "r" * len(samples)
+    header = ["Method"] + [f"{r:.2f}" for r in table.radii] + ["ACR"] + samples
     lines = [
         rf"\begin{{tabular}}{{{columns}}}",
         r"\toprule",
         r" & \multicolumn{"
         + str(len(table.radii))
-        + r"}{c}{Certified accuracy (\%) at $\ell_2$ radius} & \\",
+        + r"}{c}{Certified accuracy (\%) at $\ell_2$ radius} & "
+        + " & " * len(samples)
+        + r"\\",
         " & ".join(header) + r" \\",
         r"\midrule",
     ]

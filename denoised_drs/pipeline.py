@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from denoised_drs.adaptive import check_radii
 from denoised_drs.batch_memory import check_batch_fits, peak_bytes_per_sample
 from denoised_drs.cli import first_line
 from denoised_drs.noise import FLOAT32_MAX
@@ -76,6 +77,8 @@ class PipelineConfig:
     preset name (with ``denoiser_checkpoint``), a denoised_drs denoiser checkpoint
     file, or a diffusers directory. ``sigma_r`` (DRS without a denoiser only) gives
     the r branch its own noise level. ``autocast`` is None, "bf16" or "fp16".
+    ``adaptive`` certifies by :mod:`denoised_drs.adaptive` with ``n`` as the maximum
+    sample count, at the target ``radii`` (ascending; adaptive only) if given.
     """
 
     mode: str = "drs"
@@ -95,6 +98,8 @@ class PipelineConfig:
     device: str | None = None
     autocast: str | None = None
     denoiser_chunk: int | None = None
+    adaptive: bool = False
+    radii: list[float] | None = None
 
     def __post_init__(self) -> None:
         self.classifier = _as_paths(self.classifier)
@@ -105,6 +110,8 @@ class PipelineConfig:
                 setattr(self, name, os.fspath(getattr(self, name)))
         if self.denoiser in ("", "none"):
             self.denoiser = None
+        if isinstance(self.radii, tuple):
+            self.radii = list(self.radii)
         self.validate()
 
     def validate(self) -> None:
@@ -126,6 +133,16 @@ class PipelineConfig:
             raise ValueError(f"N0 and N must be positive, got N0={self.n0}, N={self.n}")
         if self.n0 > self.n:
             raise ValueError(f"N0 ({self.n0}) must not exceed N ({self.n})")
+        if not isinstance(self.adaptive, bool):
+            raise ValueError(f"adaptive must be true or false, got {self.adaptive!r}")
+        if self.radii is not None:
+            if not self.adaptive:
+                raise ValueError("radii apply to adaptive certification only (set adaptive)")
+            if not isinstance(self.radii, list) or not all(
+                isinstance(r, numbers.Real) and not isinstance(r, bool) for r in self.radii
+            ):
+                raise ValueError(f"radii must be a list of numbers, got {self.radii!r}")
+            self.radii = list(check_radii(self.radii))
         if self.batch < 1:
             raise ValueError(f"batch must be positive, got {self.batch}")
         if self.denoise not in DENOISE_MODES:
@@ -398,7 +415,7 @@ class Pipeline:
         check_batch_fits(batch, per_sample, self.device)
 
     def certify_one(self, image: torch.Tensor, label: int, idx: int) -> CertifyRecord:
-        """Certify one image; its noise is seeded by ``(config.seed, idx)``.
+        """Certify one image (adaptively if ``config.adaptive``); noise seeded by ``(config.seed, idx)``.
 
         Raises ValueError for a label outside [0, num_classes).
         """
@@ -409,7 +426,13 @@ class Pipeline:
                 f"label {label} of image {idx} lies outside [0, {self.smoothed.num_classes})"
             )
         start = time.perf_counter()
-        cert = self.smoothed.certify(image, config.n0, config.n, config.alpha, config.batch, seed=(config.seed, idx))
+        seed = (config.seed, idx)
+        if config.adaptive:
+            cert = self.smoothed.certify_adaptive(
+                image, config.n0, config.n, config.alpha, config.batch, seed, config.radii
+            )
+        else:
+            cert = self.smoothed.certify(image, config.n0, config.n, config.alpha, config.batch, seed=seed)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return CertifyRecord.from_certificate(idx, int(label), cert, time.perf_counter() - start)

@@ -389,6 +389,25 @@ class SmoothedClassifier:
             n_used=n,
         )
 
+    def certify_adaptive(
+        self,
+        x: torch.Tensor,
+        n0: int,
+        n_max: int,
+        alpha: float,
+        batch_size: int,
+        seed: int | Sequence[int] = 0,
+        radii: Sequence[float] | None = None,
+    ) -> Certificate:
+        """CERTIFY with early stopping, sound at the same ``alpha``; see :mod:`denoised_drs.adaptive`.
+
+        Draws at most ``n_max`` estimation samples (``Certificate.n_used`` says how
+        many). With ``radii`` (ascending) the radius is the largest target certified.
+        """
+        from denoised_drs.adaptive import certify_adaptive
+
+        return certify_adaptive(self, x, n0, n_max, alpha, batch_size, seed, radii)
+
 
 class Smooth(SmoothedClassifier):
     """Cohen et al.'s smoothed classifier ``g(x) = argmax_c P(f(x + e) = c)``, ``e ~ N(0, sigma^2 I)``.

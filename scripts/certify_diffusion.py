@@ -76,10 +76,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cert.add_argument("--sigma", type=float)
     cert.add_argument("--sigma-r", type=float, help="the r branch's sigma (DRS without denoiser)")
     cert.add_argument("--N0", dest="n0", type=int, help="selection samples (default 100)")
-    cert.add_argument("--N", dest="n", type=int, help="estimation samples (default 100000)")
+    cert.add_argument("--N", dest="n", type=int,
+                      help="estimation samples (default 100000); with --adaptive the maximum")
     cert.add_argument("--alpha", type=float, help="failure probability (default 0.001)")
     cert.add_argument("--batch", type=int, help="noise samples per forward pass (default 1000)")
     cert.add_argument("--seed", type=int)
+    cert.add_argument("--adaptive", action="store_true", default=None,
+                      help="stop sampling once the outcome is decided (same guarantee; "
+                      "see denoised_drs.adaptive)")
+    cert.add_argument("--radii", nargs="+", type=float, metavar="R",
+                      help="with --adaptive: ascending target radii; the radius reported is "
+                      "the largest one certified")
     run = parser.add_argument_group("run")
     run.add_argument("--outfile", help="result TSV (default results/<mode>.tsv)")
     run.add_argument("--outdir", default="outputs/default", help="where the embedded default writes")
@@ -91,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 PIPELINE_KEYS = ("mode", "classifier", "classifier_l", "classifier_r", "denoiser",
                  "denoiser_checkpoint", "denoise", "sigma", "sigma_r", "n0", "n", "alpha",
-                 "batch", "seed", "device", "autocast", "denoiser_chunk")
+                 "batch", "seed", "device", "autocast", "denoiser_chunk", "adaptive", "radii")
 
 
 def flag_settings(args: argparse.Namespace) -> dict[str, Any]:

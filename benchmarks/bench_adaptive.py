@@ -1,0 +1,128 @@
+"""Fixed-N against adaptive certification on Fashion-MNIST with the bundled checkpoints.
+
+For each mode, on the test images with index a multiple of --skip below --max:
+fixed N, and adaptive (denoised_drs.adaptive) with n_max = factor * N for each
+--factors value, with the target --radii and without radii. Reports, side by side,
+certified accuracy at each radius, ACR (with radii the radius is the largest target
+certified, so ACR is quantised there), mean samples per image (n_used) and wall time;
+writes JSON and a Markdown table.
+
+    python benchmarks/bench_adaptive.py --modes rs_gaussian drs_gaussian --N 10000 \
+        --json outputs/bench_adaptive.json --markdown outputs/bench_adaptive.md
+    python benchmarks/bench_adaptive.py --modes rs_gaussian --max 100 --N 1000   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from denoised_drs import analysis
+from denoised_drs.cli import run_script
+from denoised_drs.data import get_dataset
+from denoised_drs.pipeline import Pipeline
+from denoised_drs.runner import select_indices
+
+CKPT = Path(__file__).resolve().parents[1] / "checkpoints"
+_RS = {"mode": "rs", "classifier": str(CKPT / "fmnist_rs_gaussian_s0.25.pt"), "sigma": 0.25}
+_DRS = {"mode": "drs", "classifier_l": str(CKPT / "fmnist_drs_l_gaussian_s0.18.pt"),
+        "classifier_r": str(CKPT / "fmnist_drs_r_gaussian_s0.18.pt"), "sigma": 0.18}
+_DENOISER = {"denoiser": str(CKPT / "fmnist_denoiser.pt")}
+MODES: dict[str, dict[str, Any]] = {
+    "rs_gaussian": _RS,
+    "drs_gaussian": _DRS,
+    "denoised_rs": {**_RS, **_DENOISER},
+    "drs_joint": {**_DRS, **_DENOISER, "denoise": "joint"},
+    "drs_split": {**_DRS, **_DENOISER, "denoise": "split"},
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["rs_gaussian", "drs_gaussian"])
+    parser.add_argument("--data-dir", help="Fashion-MNIST folder (default: the Debian package's)")
+    parser.add_argument("--skip", type=int, default=20, help="every skip-th test image (default 20)")
+    parser.add_argument("--max", type=int, help="only indices below max (default: all 10,000)")
+    parser.add_argument("--N", dest="n", type=int, default=10_000, help="fixed N (default 10000)")
+    parser.add_argument("--factors", nargs="+", type=int, default=[1, 10],
+                        help="adaptive n_max = factor * N (default 1 10)")
+    parser.add_argument("--N0", dest="n0", type=int, default=100)
+    parser.add_argument("--alpha", type=float, default=0.001)
+    parser.add_argument("--radii", nargs="+", type=float, default=[0.25, 0.5, 0.75])
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", help="write the results here (JSON)")
+    parser.add_argument("--markdown", help="write the table here (Markdown)")
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.n0 < 1 or any(f < 1 for f in args.factors):
+        raise ValueError("--N, --N0 and --factors must be positive")
+    return args
+
+
+def contenders(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """(label, pipeline overrides): fixed N, then adaptive with and without radii per factor."""
+    runs = [(f"fixed N={args.n}", {"n": args.n})]
+    for factor in args.factors:
+        n_max = factor * args.n
+        runs.append((f"adaptive n_max={n_max}, radii", {"n": n_max, "adaptive": True, "radii": args.radii}))
+        runs.append((f"adaptive n_max={n_max}, no radii", {"n": n_max, "adaptive": True}))
+    return runs
+
+
+def measure(pipe: Pipeline, dataset, indices: list[int], radii: list[float]) -> dict[str, Any]:
+    start = time.perf_counter()
+    records = [pipe.certify_one(dataset[i][0], int(dataset[i][1]), i) for i in indices]
+    seconds = time.perf_counter() - start
+    correct = np.array([r.correct for r in records])
+    radius = np.array([r.radius for r in records])
+    accuracy = analysis.certified_accuracy(correct, radius, [0.0, *radii])
+    return {
+        "certified_accuracy": {f"{r:g}": 100.0 * float(a) for r, a in zip([0.0, *radii], accuracy)},
+        "acr": analysis.average_certified_radius(correct, radius),
+        "mean_n_used": float(np.mean([r.n_used for r in records])),
+        "wall_seconds": seconds,
+        "images": len(records),
+    }
+
+
+def to_markdown(rows: list[dict[str, Any]], radii: list[float]) -> str:
+    header = ["mode", "run", *(f"{r:g}" for r in [0.0, *radii]), "ACR", "mean n_used", "wall s"]
+    lines = ["| " + " | ".join(header) + " |", "|:---|:---|" + "---:|" * (len(header) - 2)]
+    for row in rows:
+        cells = [row["mode"], row["run"], *(f"{v:.1f}" for v in row["certified_accuracy"].values()),
+                 f"{row['acr']:.3f}", f"{row['mean_n_used']:.0f}", f"{row['wall_seconds']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    dataset = get_dataset("fashion-mnist", "test", args.data_dir)
+    indices = select_indices(len(dataset), args.skip, args.max)
+    rows = []
+    for mode in args.modes:
+        for label, overrides in contenders(args):
+            settings = {**MODES[mode], "n0": args.n0, "alpha": args.alpha, "batch": args.batch,
+                        "device": args.device, **overrides}
+            row = {"mode": mode, "run": label, **measure(Pipeline(**settings), dataset, indices, args.radii)}
+            rows.append(row)
+            print(to_markdown([row], args.radii).splitlines()[-1], flush=True)
+    markdown = to_markdown(rows, args.radii)
+    print(f"\n{len(indices)} images (every {args.skip}th), N0={args.n0}, alpha={args.alpha}\n")
+    print(markdown)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    run_script(main, __file__)
