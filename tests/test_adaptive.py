@@ -102,7 +102,10 @@ def test_clear_images_stop_early_and_borderline_ones_run_to_n_max():
     assert cert.prediction == 0 and cert.n_used < 5_000
     noise = Smooth(linear_with_margin(x, 0.0, SIGMA, seed=1), 2, SIGMA)
     cert = noise.certify_adaptive(x, 50, 100_000, 0.001, 20_000, seed=3)
-    assert cert.prediction == ABSTAIN and cert.n_used < 1_000
+    # p = 1/2 exactly: the stop rule needs the upper bound within the tolerance of
+    # radius 0, i.e. p_hat + 2.33 / (2 sqrt(n)) <= Phi(0.05) ~ 0.52: a few thousand
+    # to a few tens of thousands of samples, depending on the draw; never n_max.
+    assert cert.prediction == ABSTAIN and cert.n_used <= 50_000
 
 
 def test_without_radii_close_to_fixed_n_and_never_above_exact():
