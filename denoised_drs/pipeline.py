@@ -246,8 +246,26 @@ class PipelineConfig:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> PipelineConfig:
-        """Read a JSON or YAML configuration file (by extension; JSON otherwise)."""
-        return cls.from_dict(read_config_file(path))
+        """Read a JSON or YAML configuration file (by extension; JSON otherwise).
+
+        Reads every configuration the scripts save (``OUT.config.json``): their own
+        keys (:data:`SCRIPT_KEYS`) are dropped; any other unknown key is refused, so a
+        typo in a hand-written file fails instead of being ignored.
+        """
+        return cls.from_dict(pipeline_values(read_config_file(path)))
+
+
+SCRIPT_KEYS = ("skip", "max")
+"""Keys the scripts save beside a configuration that choose the data, not the pipeline.
+
+A key that a script adds to ``OUT.config.json`` must be listed here to be readable
+by :meth:`PipelineConfig.from_file` (``dataset`` is a configuration field itself).
+"""
+
+
+def pipeline_values(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without the scripts' own keys (:data:`SCRIPT_KEYS`)."""
+    return {k: v for k, v in values.items() if k not in SCRIPT_KEYS}
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -594,4 +612,4 @@ class Pipeline:
         return records
 
 
-__all__ = ["ABSTAIN", "CertifyRecord", "Pipeline", "PipelineConfig", "PredictRecord"]
+__all__ = ["ABSTAIN", "IN_MEMORY", "SCRIPT_KEYS", "CertifyRecord", "Pipeline", "PipelineConfig", "PredictRecord"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from denoised_drs.cli import run_script
 from denoised_drs.cpu_memory import keep_freed_memory
@@ -49,8 +49,15 @@ DEFAULT_RUNS: list[tuple[str, str, dict[str, Any]]] = [
 DEFAULT_SETTINGS = {"n0": 50, "n": 500, "alpha": 0.001, "batch": 550, "skip": 10}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors end the script with one line (run_script), not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[1:]),
     )
@@ -71,6 +78,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--denoiser", help="none, a preset name, a denoiser checkpoint or a diffusers folder")
     model.add_argument("--denoiser-checkpoint", help="official OpenAI checkpoint for a preset")
     model.add_argument("--denoise", choices=("joint", "split"), help="DRS denoising mode")
+    clf = parser.add_argument_group(
+        "classifiers", "how classifier files are read and fed; defaults come from the model's "
+        "own configuration (timm's pretrained_cfg), else from the dataset's")
+    clf.add_argument("--arch", help="architecture of a checkpoint that records none: resnet50, "
+                     "cifar_resnet110, timm:<name>, ...")
+    clf.add_argument("--num-classes", type=int, help="number of classes (default: the dataset's)")
+    clf.add_argument("--classifier-size", type=int, metavar="S",
+                     help="the classifier's square input; the (denoised) image or sub-image is resized to it")
+    clf.add_argument("--interpolation", choices=("nearest", "bilinear", "bicubic"),
+                     help="how images are resized for the classifier")
+    clf.add_argument("--mean", type=float, nargs="+", metavar="M", help="per-channel normalisation mean")
+    clf.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel normalisation std")
+    data.add_argument("--image-size", type=int, metavar="S",
+                      help="ImageNet: short side resized to max(S, 256), centre-cropped to S (default 224)")
     cert = parser.add_argument_group("certification")
     cert.add_argument("--sigma", type=float)
     cert.add_argument("--sigma-r", type=float, help="the r branch's sigma (DRS without denoiser)")
@@ -90,7 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 PIPELINE_KEYS = ("mode", "classifier", "classifier_l", "classifier_r", "denoiser",
                  "denoiser_checkpoint", "denoise", "sigma", "sigma_r", "n0", "n", "alpha",
-                 "batch", "seed", "device", "autocast", "denoiser_chunk")
+                 "batch", "seed", "device", "autocast", "denoiser_chunk", "dataset", "arch",
+                 "num_classes", "classifier_size", "interpolation", "mean", "std", "image_size")
 
 
 def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,19 +120,18 @@ def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 RUN_KEYS = ("dataset", "skip", "max")
-"""Keys of a saved configuration that choose the data, not the pipeline."""
+"""Keys of a saved configuration that choose the data (dataset is a pipeline field too)."""
 
 
 def config_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline settings of ``--config``; its run keys fill data flags not given."""
-    from denoised_drs.pipeline import PipelineConfig, read_config_file
+    from denoised_drs.pipeline import PipelineConfig, pipeline_values, read_config_file
 
     values = read_config_file(args.config)
     for key in RUN_KEYS:
-        value = values.pop(key, None)
         if getattr(args, key) is None:
-            setattr(args, key, value)
-    return PipelineConfig.from_dict(values).to_dict()
+            setattr(args, key, values.get(key))
+    return PipelineConfig.from_dict(pipeline_values(values)).to_dict()
 
 
 def check_dataset_args(args: argparse.Namespace) -> None:
@@ -130,7 +151,7 @@ def run_one(args, settings: dict[str, Any], out: Path, state) -> None:
     if args.device is None and state.device.type != "cpu":
         settings = {**settings, "device": str(state.device)}
     pipe = Pipeline(**settings)
-    dataset = get_dataset(args.dataset, "test", args.data_dir)
+    dataset = get_dataset(args.dataset, "test", args.data_dir, pipe.config.image_size)
     if len(dataset) == 0:
         raise ValueError(f"the {args.dataset} test set holds no images")
     pipe.check_image_shape(tuple(dataset[0][0].shape))
