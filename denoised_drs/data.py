@@ -7,7 +7,8 @@
 * ``"cifar10"``: a torchvision-format folder (``cifar-10-batches-py``), default
   ``$CIFAR10_DIR`` or ``./data/cifar10``;
 * ``"imagenet"``: an ImageFolder with ``train/`` and ``val/``, default ``$IMAGENET_DIR``
-  (as in Cohen et al.'s code); val images are resized to 256 and centre-cropped to 224;
+  (as in Cohen et al.'s code); val images are resized to 256 and centre-cropped to 224
+  (``image_size`` S: short side resized to max(S, 256), centre-cropped to S);
 * ``"sample"``: 100 Fashion-MNIST test images bundled with the package.
 
 Nothing is downloaded: a missing folder raises FileNotFoundError saying what was
@@ -306,12 +307,19 @@ def cifar10(
 
 
 def imagenet(
-    split: str = "test", root: str | os.PathLike | None = None, augment: bool | None = None
+    split: str = "test",
+    root: str | os.PathLike | None = None,
+    augment: bool | None = None,
+    image_size: int = 224,
 ) -> Dataset:
     """ImageNet from a local ImageFolder (``train/``, ``val/``; split ``"test"`` reads ``val/``).
 
-    Val: resize 256, centre crop 224. Train: random resized crop 224 and horizontal flip.
+    Val: short side resized to max(image_size, 256), centre crop ``image_size`` (224:
+    Cohen et al.'s 256 -> 224; 256: Carlini et al.'s 256 -> 256). Train: random
+    resized crop ``image_size`` and horizontal flip.
     """
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
     from torchvision import datasets, transforms
 
     _check_split(split)
@@ -326,9 +334,9 @@ def imagenet(
         )
     augment = split == "train" if augment is None else augment
     if augment:
-        steps = [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip()]
+        steps = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
     else:
-        steps = [transforms.Resize(256), transforms.CenterCrop(224)]
+        steps = [transforms.Resize(max(image_size, 256)), transforms.CenterCrop(image_size)]
     return datasets.ImageFolder(
         str(Path(base) / sub), transform=transforms.Compose([*steps, transforms.ToTensor()])
     )
@@ -362,14 +370,26 @@ def data_source(name: str, root: str | os.PathLike | None = None) -> str:
     return "unset" if folder is None else str(Path(folder).resolve())
 
 
-def get_dataset(name: str, split: str = "test", root: str | os.PathLike | None = None) -> Dataset:
+def get_dataset(
+    name: str,
+    split: str = "test",
+    root: str | os.PathLike | None = None,
+    image_size: int | None = None,
+) -> Dataset:
     """Dataset ``name`` (see :data:`DATASETS`) and ``split`` (``"train"`` / ``"test"``).
 
     Items are ``(image, label)`` with ``image`` a float tensor (C, H, W) in [0, 1].
     ``"sample"`` serves its 100 test images for either split (smoke runs only);
-    ``root`` is then the path of the ``.npz`` file.
+    ``root`` is then the path of the ``.npz`` file. ``image_size`` (ImageNet only;
+    other datasets accept just their own size) is the side of the square images.
     """
     _check_split(split)
+    if name == "imagenet" and image_size is not None:
+        return imagenet(split, root, image_size=image_size)
+    if image_size is not None and name in IMAGE_SHAPES and image_size != IMAGE_SHAPES[name][-1]:
+        raise ValueError(
+            f"image_size applies to imagenet only; {name} images are {IMAGE_SHAPES[name][-1]} px"
+        )
     if name == "fashion-mnist":
         return fashion_mnist(split, root)
     if name == "cifar10":

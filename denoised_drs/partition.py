@@ -20,7 +20,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-InterpolationMode = Literal["nearest", "bilinear"]
+InterpolationMode = Literal["nearest", "bilinear", "bicubic"]
+INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear", "bicubic")
 
 
 def _check_image(x: torch.Tensor, what: str = "image batch") -> None:
@@ -92,13 +93,15 @@ def resize(
     """
     if x.dim() != 4:
         raise ValueError(f"resize expects a batch of shape (N, C, H, W), got {tuple(x.shape)}")
-    if mode not in ("nearest", "bilinear"):
-        raise ValueError(f"interpolation mode must be 'nearest' or 'bilinear', got {mode!r}")
+    if mode not in INTERPOLATIONS:
+        raise ValueError(f"interpolation mode must be one of {INTERPOLATIONS}, got {mode!r}")
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     if mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest")
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    # antialias=True matches torchvision's (PIL-like) resizing when shrinking
+    # (e.g. 256 -> 224); it changes nothing when enlarging.
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
 
 
 class Partition:

@@ -52,10 +52,15 @@ from denoised_drs.voters import (
 MODES = ("rs", "drs")
 DENOISE_MODES = ("joint", "split")
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-RESULT_RECORD_KEYS = ("dataset", "data_dir", "skip", "max", "content")
+RESULT_RECORD_KEYS = ("data_dir", "skip", "max", "content")
 """Keys that a configuration saved beside a result adds to the pipeline's (the data it
-certified and the content hashes, see denoised_drs.runner); ``from_file`` skips them."""
+certified and the content hashes, see denoised_drs.runner); ``from_file`` skips them.
+``dataset`` is a configuration field itself."""
 OPTIONAL_FIELDS = ("sigma_r", "denoiser", "denoiser_checkpoint", "device", "autocast", "denoiser_chunk")
+CLASSIFIER_FIELDS = (
+    "dataset", "arch", "num_classes", "classifier_size", "interpolation", "mean", "std", "image_size"
+)
+"""Optional fields that say how classifier files are read and fed (None: their defaults)."""
 
 
 def _as_paths(value: str | Sequence[str] | None) -> list[str]:
@@ -79,6 +84,18 @@ class PipelineConfig:
     the r branch its own noise level. ``autocast`` is None, "bf16" or "fp16".
     ``adaptive`` certifies by :mod:`denoised_drs.adaptive` with ``n`` as the maximum
     sample count, at the target ``radii`` (ascending; adaptive only) if given.
+
+    How classifier checkpoints are read and fed (None = the default in brackets):
+    ``arch`` names the architecture of a file that records none (``resnet50``,
+    ``cifar_resnet110``, ``timm:<name>``, ...); ``num_classes`` [the dataset's];
+    ``classifier_size`` S, the classifier's square input, to which the (denoised)
+    image or sub-image is resized [the model's: timm ``pretrained_cfg``, the file's
+    record, else the dataset's]; ``interpolation`` for that resize, ``nearest``,
+    ``bilinear`` or ``bicubic`` [the model's, else nearest]; ``mean`` / ``std`` the
+    per-channel normalisation [the model's, else the dataset's]; ``dataset`` the data's
+    name, whose classes, size and normalisation foreign files default to; and
+    ``image_size``, the side of the square images the data is prepared at (the
+    scripts crop ImageNet to it; :meth:`Pipeline.check_image_shape` checks it).
     """
 
     mode: str = "drs"
@@ -100,6 +117,14 @@ class PipelineConfig:
     denoiser_chunk: int | None = None
     adaptive: bool = False
     radii: list[float] | None = None
+    dataset: str | None = None
+    arch: str | None = None
+    num_classes: int | None = None
+    classifier_size: int | None = None
+    interpolation: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         self.classifier = _as_paths(self.classifier)
@@ -149,6 +174,7 @@ class PipelineConfig:
             raise ValueError(f"denoise must be one of {DENOISE_MODES}, got {self.denoise!r}")
         if self.autocast not in (None, *AUTOCAST):
             raise ValueError(f"autocast must be one of {sorted(AUTOCAST)} or None, got {self.autocast!r}")
+        self._validate_classifier_fields()
         if self.mode == "rs":
             if not self.classifier:
                 raise ValueError("mode 'rs' needs a classifier checkpoint")
@@ -159,6 +185,35 @@ class PipelineConfig:
                 raise ValueError("mode 'drs' needs classifier_l and classifier_r checkpoints")
             if self.denoiser is not None and self.sigma_r not in (None, self.sigma):
                 raise ValueError("with a denoiser both branches share one sigma")
+
+    def _validate_classifier_fields(self) -> None:
+        from denoised_drs.data import DATASETS
+        from denoised_drs.partition import INTERPOLATIONS
+
+        for name in ("num_classes", "classifier_size", "image_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if self.dataset is not None and self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.arch == "":
+            raise ValueError("arch is empty; name an architecture, e.g. resnet50 or timm:<name>")
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (list, tuple)) or not value or any(
+                isinstance(v, bool) or not isinstance(v, numbers.Real) or not abs(v) <= FLOAT32_MAX
+                for v in value
+            ):
+                raise ValueError(f"{name} must be a list of finite numbers (one per channel), got {value!r}")
+            setattr(self, name, [float(v) for v in value])
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"std must be positive, got {self.std}")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError(f"mean and std need as many values, got {len(self.mean)} and {len(self.std)}")
 
     def _check_types(self) -> None:
         # Values from JSON/YAML files arrive unchecked; a wrong type must fail here,
@@ -180,6 +235,12 @@ class PipelineConfig:
 
         for name in ("n0", "n", "batch", "seed", "denoiser_chunk"):
             check(name, numbers.Integral, "an integer")
+        for name in ("num_classes", "classifier_size", "image_size"):
+            if getattr(self, name) is not None:
+                check(name, numbers.Integral, "an integer")
+        for name in ("dataset", "arch", "interpolation"):
+            if getattr(self, name) is not None:
+                check(name, str, "a string")
         for name in ("sigma", "sigma_r", "alpha"):
             check(name, numbers.Real, "a number")
         for name in ("mode", "denoise", "denoiser", "denoiser_checkpoint", "device", "autocast"):
@@ -209,11 +270,16 @@ class PipelineConfig:
     def from_file(cls, path: str | os.PathLike) -> PipelineConfig:
         """Read a JSON or YAML configuration file (by extension; JSON otherwise).
 
-        A configuration saved beside a result is accepted: its :data:`RESULT_RECORD_KEYS`
-        are skipped; any other unknown key is refused.
+        Reads every configuration the scripts save (``OUT.config.json``): the keys they
+        add (:data:`RESULT_RECORD_KEYS`) are dropped; any other unknown key is refused,
+        so a typo in a hand-written file fails instead of being ignored.
         """
-        values = read_config_file(path)
-        return cls.from_dict({k: v for k, v in values.items() if k not in RESULT_RECORD_KEYS})
+        return cls.from_dict(pipeline_values(read_config_file(path)))
+
+
+def pipeline_values(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without the keys a result's saved configuration adds (:data:`RESULT_RECORD_KEYS`)."""
+    return {k: v for k, v in values.items() if k not in RESULT_RECORD_KEYS}
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -291,30 +357,69 @@ class PredictRecord:
     time: float
 
 
+IN_MEMORY = "<in-memory>"
+"""What a :class:`PipelineConfig` records in place of a model given as an ``nn.Module``."""
+MODEL_FIELDS = ("classifier", "classifier_l", "classifier_r", "denoiser")
+
+
+def _is_modules(value: Any) -> bool:
+    if isinstance(value, nn.Module):
+        return True
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, nn.Module) for v in value)
+
+
 class Pipeline:
     """Compose the stages of a certification run from a :class:`PipelineConfig`.
 
     Models are loaded once, at construction, onto ``config.device`` (default: CUDA
     when available, else CPU). Raises FileNotFoundError for a missing checkpoint
     and ValueError for an impossible setting, before any work is done.
+
+    ``classifier``, ``classifier_l``, ``classifier_r`` (an ``nn.Module`` or a list of
+    them, an ensemble) and ``denoiser`` may also be given as keyword arguments holding
+    models in memory. A classifier module maps images in [0, 1] to logits; it is
+    resized to ``classifier_size`` (DRS sub-images: to the full image's shape when
+    None) and normalised by ``mean`` / ``std`` when given; its number of classes is
+    ``num_classes`` or its own ``num_classes`` attribute. A denoiser module maps noisy
+    images in [0, 1] to denoised ones (e.g. a :class:`OneShotDenoiser` for the same
+    sigma); it is used as given (``autocast`` and ``denoiser_chunk`` do not apply).
+    The configuration records them as ``"<in-memory>"``, so such a pipeline cannot be
+    saved (:meth:`save_config` raises ValueError, and so does the resumable runner).
     """
 
     def __init__(self, config: PipelineConfig | None = None, **overrides: Any) -> None:
+        modules = {k: overrides.pop(k) for k in MODEL_FIELDS if _is_modules(overrides.get(k))}
+        overrides.update({k: IN_MEMORY for k in modules})
         if config is None:
             config = PipelineConfig.from_dict(overrides)
         elif overrides:
             config = PipelineConfig.from_dict({**config.to_dict(), **overrides})
         self.config = config
         self.device = _resolve_device(config.device)
+        self.modules = modules
         self.denoiser = self._load_denoiser()
         self.smoothed = self._build_smoothed()
+
+    @property
+    def in_memory(self) -> list[str]:
+        """The model fields given as in-memory modules (their configuration cannot reload)."""
+        return sorted(self.modules)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, **overrides: Any) -> Pipeline:
         return cls(PipelineConfig.from_file(path), **overrides)
 
     def save_config(self, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
-        """Write the configuration (plus ``extra``, e.g. the dataset) as JSON, atomically."""
+        """Write the configuration (plus ``extra``, e.g. the dataset) as JSON, atomically.
+
+        Raises ValueError for a pipeline built from in-memory models: a configuration
+        naming ``"<in-memory>"`` could neither be reloaded nor guard a resumed result.
+        """
+        if self.modules:
+            raise ValueError(
+                f"this pipeline's {', '.join(self.in_memory)} are in-memory models, so its "
+                "configuration cannot be saved; save them as checkpoint files and pass their paths"
+            )
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps({**self.config.to_dict(), **(extra or {})}, indent=2) + "\n")
@@ -322,8 +427,8 @@ class Pipeline:
 
     # -- construction ------------------------------------------------------------
 
-    def _classifier(self, paths: list[str], branch: str | None) -> tuple[nn.Module, int]:
-        """The (ensemble) classifier stored at ``paths`` and its number of classes."""
+    def _classifier(self, field_name: str, branch: str | None) -> tuple[nn.Module, int]:
+        """The (ensemble) classifier of ``field_name`` and its number of classes."""
         from denoised_drs.models import (
             EnsembleClassifier,
             load_classifier,
@@ -332,24 +437,73 @@ class Pipeline:
             read_classifier_spec,
         )
 
+        if field_name in self.modules:
+            return self._module_classifier(self.modules[field_name], branch)
+        config = self.config
+        paths = getattr(config, field_name)
         for path in paths:
+            if path == IN_MEMORY:
+                raise ValueError(f"{field_name} is {IN_MEMORY!r}: pass the nn.Module itself")
             if not Path(path).is_file():
                 raise FileNotFoundError(f"classifier checkpoint not found: {path}")
+        options = {
+            "arch": config.arch,
+            "dataset": config.dataset,
+            "num_classes": config.num_classes,
+            "interpolation": config.interpolation,
+        }
         checkpoints = [read_checkpoint(path) for path in paths]
-        classes = {read_classifier_spec(p, c).num_classes for p, c in zip(paths, checkpoints)}
+        classes = {read_classifier_spec(p, c, **options).num_classes for p, c in zip(paths, checkpoints)}
         if len(classes) != 1:
             raise ValueError(f"the classifiers {paths} disagree on the number of classes: {sorted(classes)}")
         members = [
-            load_classifier(p, branch=branch, device=self.device, checkpoint=c)
+            load_classifier(
+                p, branch=branch, device=self.device, checkpoint=c,
+                classifier_size=config.classifier_size, mean=config.mean, std=config.std, **options,
+            )
             for p, c in zip(paths, checkpoints)
         ]
         model = members[0] if len(members) == 1 else EnsembleClassifier(members)
+        return prepare_for_inference(model, self.device), classes.pop()
+
+    def _module_classifier(self, given: nn.Module | Sequence[nn.Module], branch: str | None) -> tuple[nn.Module, int]:
+        """In-memory classifier(s), resized and normalised as the configuration says."""
+        from denoised_drs.models import (
+            EnsembleClassifier,
+            NormalizedClassifier,
+            ResizedClassifier,
+            prepare_for_inference,
+        )
+
+        config = self.config
+        members = [given] if isinstance(given, nn.Module) else list(given)
+        classes = {config.num_classes or getattr(m, "num_classes", None) for m in members}
+        if None in classes:
+            raise ValueError("an in-memory classifier needs num_classes (or a num_classes attribute)")
+        if len(classes) != 1:
+            raise ValueError(f"the in-memory classifiers disagree on the number of classes: {sorted(classes)}")
+        size = None if config.classifier_size is None else (config.classifier_size,) * 2
+        wrapped = []
+        for member in members:
+            if config.mean is not None or config.std is not None:
+                channels = len(config.mean or config.std or ())
+                member = NormalizedClassifier(
+                    member, config.mean or [0.0] * channels, config.std or [1.0] * channels
+                )
+            wrapped.append(
+                ResizedClassifier(member, size, config.interpolation or "nearest", sub_image=branch is not None)
+            )
+        model = wrapped[0] if len(wrapped) == 1 else EnsembleClassifier(wrapped)
         return prepare_for_inference(model, self.device), classes.pop()
 
     def _load_denoiser(self) -> nn.Module | None:
         config = self.config
         if config.denoiser is None:
             return None
+        if "denoiser" in self.modules:
+            return self._module_denoiser(self.modules["denoiser"])
+        if config.denoiser == IN_MEMORY:
+            raise ValueError(f"denoiser is {IN_MEMORY!r}: pass the nn.Module itself")
         from denoised_drs.diffusion import OneShotDenoiser, load_denoiser_network
 
         loaded = load_denoiser_network(config.denoiser, config.denoiser_checkpoint)
@@ -363,18 +517,26 @@ class Pipeline:
             autocast_dtype=AUTOCAST.get(config.autocast) if config.autocast else None,
         )
 
+    def _module_denoiser(self, denoiser: nn.Module | Sequence[nn.Module]) -> nn.Module:
+        if not isinstance(denoiser, nn.Module):
+            raise ValueError("denoiser must be one nn.Module, not a list")
+        sigma = getattr(denoiser, "sigma", None)
+        if isinstance(sigma, float) and sigma != self.config.sigma:
+            raise ValueError(f"the in-memory denoiser was built for sigma={sigma}, the pipeline's is {self.config.sigma}")
+        return denoiser.to(self.device).eval()
+
     def _build_smoothed(self) -> SmoothedClassifier:
         config = self.config
         if config.mode == "rs":
-            classifier, num_classes = self._classifier(config.classifier, None)
+            classifier, num_classes = self._classifier("classifier", None)
             if self.denoiser is not None:
                 classifier = DenoisedClassifier(self.denoiser, classifier)
             return SmoothedClassifier(
                 BranchClassifiers([classifier]), Identity(), num_classes, (config.sigma,),
                 device=self.device,
             )
-        classifier_l, num_classes = self._classifier(config.classifier_l, "l")
-        classifier_r, num_classes_r = self._classifier(config.classifier_r, "r")
+        classifier_l, num_classes = self._classifier("classifier_l", "l")
+        classifier_r, num_classes_r = self._classifier("classifier_r", "r")
         if num_classes != num_classes_r:
             raise ValueError(f"the DRS branches disagree on the number of classes: {num_classes}, {num_classes_r}")
         sigma_r = config.sigma if config.sigma_r is None else config.sigma_r
@@ -396,11 +558,10 @@ class Pipeline:
         if len(shape) != 3:
             raise ValueError(f"images must have shape (C, H, W), got {tuple(shape)}")
         self.smoothed.partition.check_image_shape(shape)
-        expected = getattr(getattr(self.denoiser, "network", None), "input_shape", None)
-        if expected is not None and tuple(expected) != tuple(shape):
-            raise ValueError(
-                f"images of shape {tuple(shape)} do not fit the denoiser, built for {tuple(expected)}"
-            )
+        size = self.config.image_size
+        if size is not None and tuple(shape[-2:]) != (size, size):
+            raise ValueError(f"images of shape {tuple(shape)} are not of image_size {size}")
+        self._check_denoiser_shape(tuple(shape))
         probe = torch.zeros((1, *shape), device=self.device)
         parts = self.smoothed.partition.split(probe)
         fresh = probe if getattr(self.smoothed.voter, "needs_fresh_noise", False) else None
@@ -413,6 +574,23 @@ class Pipeline:
             ) from None
         batch = min(self.config.batch, max(self.config.n0, self.config.n))
         check_batch_fits(batch, per_sample, self.device)
+
+    def _check_denoiser_shape(self, shape: tuple[int, ...]) -> None:
+        """A UNet takes C-channel images whose sides are multiples of its downsampling factor.
+
+        The factor is 2^(levels - 1), levels = ``len(block_out_channels)`` of its
+        diffusers config; a denoiser without one is left to the probe.
+        """
+        unet_config = getattr(getattr(getattr(self.denoiser, "network", None), "unet", None), "config", None)
+        if unet_config is None:
+            return
+        factor = 2 ** (len(unet_config.block_out_channels) - 1)
+        channels = int(unet_config.in_channels)
+        if shape[0] != channels or shape[1] % factor or shape[2] % factor:
+            raise ValueError(
+                f"images of shape {shape} do not fit the denoiser: its UNet takes {channels}-channel "
+                f"images whose height and width are multiples of {factor}"
+            )
 
     def certify_one(self, image: torch.Tensor, label: int, idx: int) -> CertifyRecord:
         """Certify one image (adaptively if ``config.adaptive``); noise seeded by ``(config.seed, idx)``.
@@ -465,4 +643,4 @@ class Pipeline:
         return records
 
 
-__all__ = ["ABSTAIN", "CertifyRecord", "Pipeline", "PipelineConfig", "PredictRecord"]
+__all__ = ["ABSTAIN", "IN_MEMORY", "RESULT_RECORD_KEYS", "CertifyRecord", "Pipeline", "PipelineConfig", "PredictRecord"]

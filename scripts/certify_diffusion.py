@@ -72,6 +72,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--denoiser", help="none, a preset name, a denoiser checkpoint or a diffusers folder")
     model.add_argument("--denoiser-checkpoint", help="official OpenAI checkpoint for a preset")
     model.add_argument("--denoise", choices=("joint", "split"), help="DRS denoising mode")
+    clf = parser.add_argument_group(
+        "classifiers", "how classifier files are read and fed; defaults come from the model's "
+        "own configuration (timm's pretrained_cfg), else from the dataset's")
+    clf.add_argument("--arch", help="architecture of a checkpoint that records none: resnet50, "
+                     "cifar_resnet110, timm:<name>, ...")
+    clf.add_argument("--num-classes", type=int, help="number of classes (default: the dataset's)")
+    clf.add_argument("--classifier-size", type=int, metavar="S",
+                     help="the classifier's square input; the (denoised) image or sub-image is resized to it")
+    clf.add_argument("--interpolation", choices=("nearest", "bilinear", "bicubic"),
+                     help="how images are resized for the classifier")
+    clf.add_argument("--mean", type=float, nargs="+", metavar="M", help="per-channel normalisation mean")
+    clf.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel normalisation std")
+    data.add_argument("--image-size", type=int, metavar="S",
+                      help="ImageNet: short side resized to max(S, 256), centre-cropped to S (default 224)")
     cert = parser.add_argument_group("certification")
     cert.add_argument("--sigma", type=float)
     cert.add_argument("--sigma-r", type=float, help="the r branch's sigma (DRS without denoiser)")
@@ -98,7 +112,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 PIPELINE_KEYS = ("mode", "classifier", "classifier_l", "classifier_r", "denoiser",
                  "denoiser_checkpoint", "denoise", "sigma", "sigma_r", "n0", "n", "alpha",
-                 "batch", "seed", "device", "autocast", "denoiser_chunk", "adaptive", "radii")
+                 "batch", "seed", "device", "autocast", "denoiser_chunk", "adaptive", "radii",
+                 "dataset", "arch", "num_classes", "classifier_size", "interpolation", "mean", "std",
+                 "image_size")
 
 
 def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,15 +127,13 @@ RUN_KEYS = ("dataset", "data_dir", "skip", "max")
 
 def config_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline settings of ``--config``; its run keys fill data flags not given."""
-    from denoised_drs.pipeline import RESULT_RECORD_KEYS, PipelineConfig, read_config_file
+    from denoised_drs.pipeline import PipelineConfig, pipeline_values, read_config_file
 
     values = read_config_file(args.config)
     for key in RUN_KEYS:
         if getattr(args, key) is None:
             setattr(args, key, values.get(key))
-    return PipelineConfig.from_dict(
-        {k: v for k, v in values.items() if k not in RESULT_RECORD_KEYS}
-    ).to_dict()
+    return PipelineConfig.from_dict(pipeline_values(values)).to_dict()
 
 
 def check_dataset_args(args: argparse.Namespace) -> None:
@@ -139,7 +153,7 @@ def run_one(args, settings: dict[str, Any], out: Path, state) -> None:
     if args.device is None and state.device.type != "cpu":
         settings = {**settings, "device": str(state.device)}
     pipe = Pipeline(**settings)
-    dataset = get_dataset(args.dataset, "test", args.data_dir)
+    dataset = get_dataset(args.dataset, "test", args.data_dir, pipe.config.image_size)
     if len(dataset) == 0:
         raise ValueError(f"the {args.dataset} test set holds no images")
     pipe.check_image_shape(tuple(dataset[0][0].shape))

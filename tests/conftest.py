@@ -29,9 +29,9 @@ def write_classifier(path: Path, branch: str, seed: int) -> Path:
     return path
 
 
-def write_denoiser(path: Path, image_size: int = 28, seed: int = 0) -> Path:
+def write_denoiser(path: Path, image_size: int = 28, seed: int = 0, **flags) -> Path:
     torch.manual_seed(seed)
-    flags = {**TINY_DENOISER_FLAGS, "image_size": image_size}
+    flags = {**TINY_DENOISER_FLAGS, "image_size": image_size, **flags}
     save_denoiser_checkpoint(path, openai_unet(**flags), flags, "cosine", 1000)
     return path
 
@@ -45,5 +45,6 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
         "l": str(write_classifier(root / "l.pt", "l", 1)),
         "r": str(write_classifier(root / "r.pt", "r", 2)),
         "denoiser": str(write_denoiser(root / "denoiser.pt")),
-        "denoiser32": str(write_denoiser(root / "denoiser32.pt", image_size=32)),
+        # Downsamples by 8: takes 32-px images, not 28-px ones (28 is no multiple of 8).
+        "denoiser_deep": str(write_denoiser(root / "denoiser_deep.pt", image_size=32, channel_mult="1,1,1,1")),
     }

@@ -95,7 +95,7 @@ BAD_INPUTS = {
     "sigma <= 0": (["--sigma", "0"], "sigma"),
     "n0 > n": (["--N0", "500", "--N", "100"], "N0"),
     "alpha outside (0, 1)": (["--alpha", "1.5"], "alpha"),
-    "image size the denoiser cannot take": (["--denoiser", "DENOISER32"], "do not fit"),
+    "image size the denoiser cannot take": (["--denoiser", "DENOISER_DEEP"], "multiples of 8"),
     "unknown preset": (["--denoiser", "imagenet512"], "unknown denoiser"),
     "corrupt checkpoint": (["--classifier", "INPUTS/text.pt"], "cannot read"),
     "checkpoint is a directory": (["--classifier", "INPUTS"], "not found"),
@@ -116,7 +116,7 @@ def test_bad_input_gives_one_line_and_no_file(tiny_checkpoints, tmp_path, case):
     (inputs / "wrong_type.json").write_text('{"mode": "rs", "classifier": "c.pt", "n": "abc"}')
     (inputs / "broken.json").write_text('{"mode": "rs",\n')
     extra, message = BAD_INPUTS[case]
-    extra = [tiny_checkpoints["denoiser32"] if a == "DENOISER32" else a.replace("INPUTS", str(inputs))
+    extra = [tiny_checkpoints["denoiser_deep"] if a == "DENOISER_DEEP" else a.replace("INPUTS", str(inputs))
              for a in extra]
     args = ["--dataset", "sample", "--mode", "rs", "--classifier", tiny_checkpoints["full"], "--N0", "10",
             "--N", "20", "--max", "3", "--device", "cpu", "--outfile", str(tmp_path / "out.tsv")]

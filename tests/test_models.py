@@ -202,7 +202,7 @@ def test_sub_image_classifier_shapes():
     with pytest.raises(ValueError, match="even width"):
         SubImageClassifier(Recorder(), (4, 5))
     with pytest.raises(ValueError, match="interpolation"):
-        SubImageClassifier(Recorder(), (4, 6), mode="bicubic")
+        SubImageClassifier(Recorder(), (4, 6), mode="area")
 
 
 class _Constant(nn.Module):

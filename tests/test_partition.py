@@ -79,7 +79,7 @@ def test_resize_to_full_size():
     assert full[0, 0, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert resize(half, (2, 8), "bilinear").shape == (1, 1, 2, 8)
     with pytest.raises(ValueError, match="interpolation mode"):
-        resize(half, (2, 8), "bicubic")
+        resize(half, (2, 8), "area")
     with pytest.raises(ValueError, match="N, C, H, W"):
         resize(half[0], (2, 8))
 

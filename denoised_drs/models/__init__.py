@@ -23,6 +23,7 @@ from .loading import (
     read_classifier_spec,
     save_classifier,
     strip_wrapper_prefixes,
+    timm_defaults,
 )
 from .registry import build_classifier, create_model, list_models, register_model
 from .small_cnn import SmallCNN
@@ -31,6 +32,7 @@ from .wrappers import (
     EnsembleClassifier,
     Normalize,
     NormalizedClassifier,
+    ResizedClassifier,
     SubImageClassifier,
     normalization_for,
 )
@@ -44,6 +46,7 @@ __all__ = [
     "EnsembleClassifier",
     "Normalize",
     "NormalizedClassifier",
+    "ResizedClassifier",
     "SmallCNN",
     "SubImageClassifier",
     "atomic_save",
@@ -65,4 +68,5 @@ __all__ = [
     "register_model",
     "save_classifier",
     "strip_wrapper_prefixes",
+    "timm_defaults",
 ]

@@ -29,11 +29,13 @@ import torch
 from torch import nn
 
 from denoised_drs.checkpoint_file import load_weights_only, with_content_hash
+from denoised_drs.partition import INTERPOLATIONS
 
-from .registry import create_model
+from .registry import TIMM_PREFIX, create_model
 from .wrappers import (
     EnsembleClassifier,
     NormalizedClassifier,
+    ResizedClassifier,
     SubImageClassifier,
     normalization_for,
 )
@@ -78,13 +80,18 @@ class ClassifierSpec:
     def __post_init__(self) -> None:
         if self.branch not in BRANCHES:
             raise ValueError(f"branch must be one of {BRANCHES}, got {self.branch!r}")
-        if self.interpolation not in ("nearest", "bilinear"):
+        if self.interpolation not in INTERPOLATIONS:
             raise ValueError(
-                f"interpolation must be 'nearest' or 'bilinear', got {self.interpolation!r}"
+                f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
             )
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
+        if not len(self.mean) == len(self.std) == self.in_channels:
+            raise ValueError(
+                f"mean and std need one value per input channel ({self.in_channels}), "
+                f"got mean={list(self.mean)} std={list(self.std)}"
+            )
 
     @classmethod
     def for_dataset(cls, arch: str, dataset: str, **kwargs: Any) -> ClassifierSpec:
@@ -236,16 +243,43 @@ def read_classifier_spec(
         if version > CHECKPOINT_VERSION:
             raise ValueError(f"{path} has checkpoint version {version}; this library reads <= 1")
         return ClassifierSpec.from_dict({**obj, **overrides})
-    arch = overrides.pop("arch", None) or obj.get("arch")
+    recorded, arch = obj.get("arch"), overrides.pop("arch", None)
+    if isinstance(recorded, str) and arch is not None and arch != recorded:
+        raise ValueError(f"{path} records architecture {recorded!r}, but arch {arch!r} was given")
+    arch = arch or recorded
     if not isinstance(arch, str):
         raise ValueError(
             f"{path} is not a classifier checkpoint this library can rebuild: it records no "
-            "architecture (API users: load_classifier(..., arch=NAME) for a plain state dict)"
+            "architecture; name it with --arch (API: arch=NAME), e.g. resnet50 or timm:<name>"
         )
     dataset = overrides.pop("dataset", None) or (
         "cifar10" if arch.startswith("cifar_resnet") else "imagenet"
     )
-    return ClassifierSpec.for_dataset(arch, dataset, **overrides)
+    return ClassifierSpec.for_dataset(arch, dataset, **{**timm_defaults(arch), **overrides})
+
+
+def timm_defaults(arch: str) -> dict[str, Any]:
+    """The preprocessing a ``timm:<name>`` model was trained with (its ``pretrained_cfg``).
+
+    Returns ``mean``, ``std``, ``input_size`` and ``interpolation`` (those timm names;
+    an interpolation this library lacks is left out), or ``{}`` for other
+    architectures. ViT and BEiT, for example, use mean = std = 0.5, not ImageNet's.
+    """
+    if not arch.startswith(TIMM_PREFIX):
+        return {}
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch[len(TIMM_PREFIX) :])
+    if cfg is None:
+        return {}
+    values: dict[str, Any] = {}
+    if cfg.mean is not None and cfg.std is not None:
+        values["mean"], values["std"] = tuple(cfg.mean), tuple(cfg.std)
+    if cfg.input_size is not None:
+        values["input_size"] = tuple(cfg.input_size[-2:])
+    if cfg.interpolation in INTERPOLATIONS:
+        values["interpolation"] = cfg.interpolation
+    return values
 
 
 def load_classifier(
@@ -258,6 +292,9 @@ def load_classifier(
     interpolation: str | None = None,
     device: torch.device | str = "cpu",
     checkpoint: Mapping[str, Any] | None = None,
+    classifier_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> nn.Module:
     """Build and load the base classifier stored at ``path``, in eval mode.
 
@@ -269,8 +306,19 @@ def load_classifier(
     to use any full-size classifier as a DRS branch). Foreign checkpoints need
     ``arch`` (unless the file records it) and ``dataset`` (see :func:`read_classifier_spec`).
     ``checkpoint``, if given, is the file's content already read by :func:`read_checkpoint`.
+
+    ``arch`` applies to a file that records no architecture (a file recording another
+    one is refused). ``classifier_size`` S makes the classifier's input S x S, and
+    ``mean`` / ``std`` its normalisation. A foreign checkpoint's defaults come from
+    the model's own configuration (timm's ``pretrained_cfg``: mean, std, input size,
+    interpolation), then from ``dataset``. When ``classifier_size`` is given, or a
+    foreign timm file's ``pretrained_cfg`` names the input size, the returned
+    classifier takes any image or sub-image and resizes it to that size by
+    ``interpolation`` (:class:`ResizedClassifier`); otherwise a full classifier takes
+    its images as they are and a branch its sub-images of exactly half its input width.
     """
     obj = read_checkpoint(path) if checkpoint is None else checkpoint
+    size = None if classifier_size is None else (int(classifier_size), int(classifier_size))
     spec = read_classifier_spec(
         path,
         obj,
@@ -279,13 +327,20 @@ def load_classifier(
         num_classes=num_classes,
         branch=branch,
         interpolation=interpolation,
+        input_size=size,
+        mean=None if mean is None else tuple(mean),
+        std=None if std is None else tuple(std),
     )
-    full = spec.build_full()
     try:
+        full = spec.build_full()
         load_weights(full.model, extract_state_dict(obj), spec.arch)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    return spec.wrap(full).to(device).eval()
+    named_size = not is_own_checkpoint(obj) and spec.arch.startswith(TIMM_PREFIX)
+    if size is None and not named_size:
+        return spec.wrap(full).to(device).eval()
+    resized = ResizedClassifier(full, spec.input_size, spec.interpolation)  # type: ignore[arg-type]
+    return resized.to(device).eval()
 
 
 def load_ensemble(paths: Sequence[str | os.PathLike], **kwargs: Any) -> EnsembleClassifier:

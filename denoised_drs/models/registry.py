@@ -64,14 +64,31 @@ def _resnet50(num_classes: int, in_channels: int, input_size: tuple[int, int]) -
     return model
 
 
-def _timm_model(name: str, num_classes: int, in_channels: int) -> nn.Module:
+def _timm_model(
+    name: str, num_classes: int, in_channels: int, input_size: tuple[int, int]
+) -> nn.Module:
+    """timm's ``name`` (never pretrained), built for ``input_size`` where that matters.
+
+    Models with a fixed input size (ViT, BEiT: the position embedding) are built with
+    ``img_size=input_size`` when it differs from their ``pretrained_cfg``; models that
+    take any size (convolutional networks) have no such argument and ignore it.
+    """
     try:
         import timm
+        from timm.models import get_pretrained_cfg
     except ImportError as err:  # optional dependency
         raise ImportError(f"model {TIMM_PREFIX}{name} needs the 'timm' package") from err
     if not timm.is_model(name):
         raise ValueError(f"timm has no model named {name!r}")
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+    options = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels}
+    cfg = get_pretrained_cfg(name)
+    native = tuple(cfg.input_size[-2:]) if cfg is not None and cfg.input_size else None
+    if native is not None and tuple(input_size) != native:
+        try:
+            return timm.create_model(name, img_size=tuple(input_size), **options)
+        except TypeError:  # this architecture has no img_size argument: any size fits
+            pass
+    return timm.create_model(name, **options)
 
 
 def create_model(
@@ -88,7 +105,7 @@ def create_model(
             f"num_classes and in_channels must be positive, got {num_classes}, {in_channels}"
         )
     if arch.startswith(TIMM_PREFIX):
-        return _timm_model(arch[len(TIMM_PREFIX) :], num_classes, in_channels)
+        return _timm_model(arch[len(TIMM_PREFIX) :], num_classes, in_channels, tuple(input_size))
     try:
         builder = _REGISTRY[arch]
     except KeyError:

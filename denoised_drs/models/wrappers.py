@@ -4,6 +4,9 @@
   first layer, so callers (and the smoothing noise) work in [0, 1] pixel space.
 * :class:`SubImageClassifier`: lets a full-size classifier classify a compact DRS
   sub-image ``(N, C, H, W/2)`` by resizing it back to ``(H, W)`` first.
+* :class:`ResizedClassifier`: lets a classifier of a fixed square input size take any
+  image or sub-image, resized to that size first (e.g. a 32-px denoised CIFAR-10
+  image upsampled bicubically for a 224-px ViT);
 * :class:`EnsembleClassifier`: averages the logits of several classifiers
   (Horvath et al. 2022).
 
@@ -18,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..partition import InterpolationMode, resize
+from ..partition import INTERPOLATIONS, InterpolationMode, resize
 
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
@@ -92,8 +95,8 @@ class SubImageClassifier(nn.Module):
         mode: InterpolationMode = "nearest",
     ) -> None:
         super().__init__()
-        if mode not in ("nearest", "bilinear"):
-            raise ValueError(f"interpolation mode must be 'nearest' or 'bilinear', got {mode!r}")
+        if mode not in INTERPOLATIONS:
+            raise ValueError(f"interpolation mode must be one of {INTERPOLATIONS}, got {mode!r}")
         height, width = (int(s) for s in full_size)
         if height <= 0 or width <= 0 or width % 2:
             raise ValueError(f"full_size must be positive with an even width, got {full_size}")
@@ -109,6 +112,44 @@ class SubImageClassifier(nn.Module):
                 f"for full size {self.full_size}, got {tuple(x.shape)}"
             )
         return self.classifier(resize(x, self.full_size, self.mode))
+
+
+class ResizedClassifier(nn.Module):
+    """Resize any input ``(N, C, h, w)`` to ``size`` by ``mode``, then classify it.
+
+    ``size`` None keeps full images as they are and gives a compact DRS sub-image
+    ``(h, w)`` its full shape ``(h, 2 w)`` (``sub_image=True``). The output depends on
+    the given input alone, so a DRS branch built from it stays a function of its
+    own sub-image (the independent certificate's requirement).
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        size: tuple[int, int] | None,
+        mode: InterpolationMode = "nearest",
+        sub_image: bool = False,
+    ) -> None:
+        super().__init__()
+        if mode not in INTERPOLATIONS:
+            raise ValueError(f"interpolation mode must be one of {INTERPOLATIONS}, got {mode!r}")
+        if size is not None:
+            size = (int(size[0]), int(size[1]))
+            if min(size) <= 0:
+                raise ValueError(f"size must be positive, got {size}")
+        self.classifier = classifier
+        self.size = size
+        self.mode = mode
+        self.sub_image = bool(sub_image)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"expected a batch of images (N, C, H, W), got {tuple(x.shape)}")
+        size = self.size
+        if size is None:
+            height, width = x.shape[-2:]
+            size = (height, 2 * width) if self.sub_image else (height, width)
+        return self.classifier(resize(x, size, self.mode))
 
 
 class EnsembleClassifier(nn.Module):

@@ -1,0 +1,244 @@
+"""The GPU suite: denoised-smoothing throughput of the paper-scale models, in one JSON.
+
+    python benchmarks/gpu_suite.py --out results/gpu_suite.json            # one H100/H200, < 8 min
+    python benchmarks/gpu_suite.py --tiny --out /tmp/gpu_suite_tiny.json   # CPU, small models, seconds
+
+For each preset (the 50M CIFAR-10 UNet at 32 px, the 552M ImageNet UNet at 256 px)
+and precision (fp32, bf16, bf16 with ``torch.compile``) it measures noisy samples per
+second and peak GPU memory of denoised RS, DRS with joint denoising and DRS with
+split denoising (two denoiser calls per sample), and the ratios between them; then
+certifies two random images per preset (DRS joint, bf16) as a smoke test.
+
+Weights are random, built from the key manifests of the official checkpoints
+(``--manifests``, default ``../shared/reference``) and loaded through the same
+strict official-layout path as the real files, so sizes and speed are the real
+ones; nothing is downloaded. ``--tiny`` runs the same code with small UNets (built
+from their flags, no manifest needed) and small classifiers on the CPU, so that a
+test can keep this script working.
+
+Expected certification time: images x (N0 + N) / samples_per_s seconds (see
+docs/reproduce.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from denoised_drs.cli import check_output_file, run_script  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One denoiser + classifier pairing to measure."""
+
+    name: str
+    denoiser: str  # a denoised_drs.diffusion preset
+    manifest: str | None  # key manifest of the official checkpoint (None: from the flags)
+    image_size: int
+    classifier: str  # a registry architecture
+    classifier_size: int
+    num_classes: int
+    batch: int  # noisy samples per forward pass
+
+
+FULL = (
+    Preset("cifar10-50M", "cifar10-uncond-50M", "cifar10_uncond_50M_500K.keys.json", 32,
+           "cifar_resnet110", 32, 10, 500),
+    Preset("imagenet-552M", "imagenet256-uncond", "256x256_diffusion_uncond.keys.json", 256,
+           "resnet50", 224, 1000, 16),
+)
+TINY = (
+    Preset("cifar10-50M", "improved-small", None, 32, "cifar_resnet20", 32, 10, 4),
+    Preset("imagenet-552M", "guided-small", None, 32, "cifar_resnet20", 48, 10, 4),
+)
+PRECISIONS = ("fp32", "bf16", "bf16+compile")
+MODES = {"rs": {"mode": "rs"}, "drs_joint": {"mode": "drs", "denoise": "joint"},
+         "drs_split": {"mode": "drs", "denoise": "split"}}
+SIGMA = 0.25
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="the JSON to write")
+    parser.add_argument("--tiny", action="store_true", help="small random models on the CPU")
+    parser.add_argument("--manifests", default=str(REPO.parent / "shared" / "reference"),
+                        help="folder of the *.keys.json manifests (full size only)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="timed seconds per measurement (default 5, --tiny 0: one batch)")
+    parser.add_argument("--device", default=None, help="default: cuda (full size), cpu (--tiny)")
+    args = parser.parse_args(argv)
+    if args.seconds is None:
+        args.seconds = 0.0 if args.tiny else 5.0
+    if not (math.isfinite(args.seconds) and args.seconds >= 0):
+        raise ValueError(f"--seconds must be a non-negative number, got {args.seconds}")
+    args.device = args.device or ("cpu" if args.tiny else "cuda")
+    return args
+
+
+def random_state_dict(shapes: dict[str, list[int]], seed: int) -> dict[str, torch.Tensor]:
+    """Random tensors (std 0.02) of the given shapes, reproducibly: speed is all we measure."""
+    generator = torch.Generator().manual_seed(seed)
+    return {key: torch.randn(shape, generator=generator) * 0.02 for key, shape in shapes.items()}
+
+
+def build_network(preset: Preset, manifests: Path | None) -> nn.Module:
+    """The preset's UNet with random weights, loaded strictly in the official layout."""
+    from denoised_drs.diffusion.presets import get_preset
+
+    spec = get_preset(preset.denoiser)
+    if preset.manifest is None:
+        shapes = spec.build_network().openai_state_dict_shapes()
+    else:
+        path = Path(manifests) / preset.manifest
+        if not path.is_file():
+            raise FileNotFoundError(f"key manifest not found: {path} (pass --manifests DIR)")
+        shapes = json.loads(path.read_text())["state_dict"]
+    return spec.build_network(random_state_dict(shapes, seed=0))
+
+
+def build_denoiser(preset: Preset, network: nn.Module, precision: str, device: torch.device,
+                   compile_backend: str) -> nn.Module:
+    from denoised_drs.diffusion import OneShotDenoiser
+    from denoised_drs.diffusion.presets import get_preset
+
+    spec = get_preset(preset.denoiser)
+    if precision == "bf16+compile":
+        network = torch.compile(network, backend=compile_backend)
+    # One chunk size for every mode: split's 2B images run as two B-image calls, so a
+    # compiled network sees a single shape.
+    return OneShotDenoiser(
+        network, spec.alphas_cumprod(), SIGMA, timestep_scale=spec.timestep_scale,
+        chunk_size=preset.batch, autocast_dtype=None if precision == "fp32" else torch.bfloat16,
+    ).to(device)
+
+
+def build_classifier(preset: Preset) -> nn.Module:
+    from denoised_drs.models import build_classifier as build
+
+    torch.manual_seed(1)
+    normalization = "cifar10" if preset.num_classes == 10 else "imagenet"
+    return build(preset.classifier, preset.num_classes, 3, normalization,
+                 (preset.classifier_size, preset.classifier_size)).eval()
+
+
+def make_pipeline(preset: Preset, denoiser: nn.Module, classifier: nn.Module, mode: str,
+                  device: torch.device, **settings: Any):
+    from denoised_drs.pipeline import Pipeline
+
+    models = ({"classifier": classifier} if MODES[mode]["mode"] == "rs"
+              else {"classifier_l": classifier, "classifier_r": classifier})
+    return Pipeline(**MODES[mode], **models, denoiser=denoiser, sigma=SIGMA,
+                    num_classes=preset.num_classes, classifier_size=preset.classifier_size,
+                    interpolation="bicubic", batch=preset.batch, device=str(device), **settings)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(pipe, image: torch.Tensor, batch: int, seconds: float, device: torch.device) -> dict[str, Any]:
+    """Noisy samples per second of the pipeline's sampling engine, after one warm-up batch."""
+    smoothed = pipe.smoothed
+    smoothed.sample_counts(image, batch, batch, seed=0)  # warm-up (and compilation)
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    samples, start = 0, time.perf_counter()
+    while True:
+        smoothed.sample_counts(image, batch, batch, seed=1, start=samples)
+        samples += batch
+        synchronize(device)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            break
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"samples_per_s": samples / elapsed, "samples": samples, "seconds": elapsed,
+            "peak_memory_gib": peak}
+
+
+def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    rate = {mode: results[mode]["samples_per_s"] for mode in MODES}
+    return {"drs_joint/rs": rate["drs_joint"] / rate["rs"], "drs_split/rs": rate["drs_split"] / rate["rs"],
+            "drs_split/drs_joint": rate["drs_split"] / rate["drs_joint"]}
+
+
+def smoke_test(preset: Preset, denoiser: nn.Module, classifier: nn.Module, device: torch.device) -> dict[str, Any]:
+    """Certify two random images (DRS joint): the whole path runs and gives sane records."""
+    pipe = make_pipeline(preset, denoiser, classifier, "drs_joint", device,
+                         n0=preset.batch, n=2 * preset.batch)
+    generator = torch.Generator().manual_seed(2)
+    images = torch.rand(2, 3, preset.image_size, preset.image_size, generator=generator)
+    pipe.check_image_shape(images.shape[1:])
+    records = pipe.certify(images, [0, 1])
+    ok = all(r.n_used == 2 * preset.batch and r.nonfinite == 0 and r.radius >= 0 for r in records)
+    return {"ok": ok, "records": [{"predict": r.predict, "radius": r.radius, "radius_paper": r.radius_paper,
+                                   "time": r.time, "nonfinite": r.nonfinite, "n_used": r.n_used}
+                                  for r in records]}
+
+
+def run_preset(preset: Preset, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    start = time.perf_counter()
+    network = build_network(preset, None if args.tiny else Path(args.manifests)).to(device).eval()
+    classifier = build_classifier(preset)
+    image = torch.rand(3, preset.image_size, preset.image_size, generator=torch.Generator().manual_seed(3))
+    backend = "eager" if args.tiny else "inductor"
+    out: dict[str, Any] = {
+        "denoiser": preset.denoiser, "parameters": sum(p.numel() for p in network.parameters()),
+        "image_size": preset.image_size, "classifier": preset.classifier,
+        "classifier_size": preset.classifier_size, "batch": preset.batch,
+        "compile_backend": backend, "precisions": {},
+    }
+    for precision in PRECISIONS:
+        denoiser = build_denoiser(preset, network, precision, device, backend)
+        results = {mode: measure(make_pipeline(preset, denoiser, classifier, mode, device), image,
+                                 preset.batch, args.seconds, device) for mode in MODES}
+        out["precisions"][precision] = {**results, "ratios": ratios(results)}
+        print(f"{preset.name} {precision}: " + ", ".join(
+            f"{mode} {r['samples_per_s']:.1f}/s" for mode, r in results.items()), flush=True)
+    out["smoke"] = smoke_test(preset, build_denoiser(preset, network, "bf16", device, backend), classifier, device)
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_output_file(args.out)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("CUDA is not available here; run with --tiny (CPU) or on a GPU machine")
+    start = time.perf_counter()
+    report: dict[str, Any] = {
+        "tiny": args.tiny, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "sigma": SIGMA, "seconds_per_measurement": args.seconds,
+        "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
+        "presets": {},
+    }
+    for preset in TINY if args.tiny else FULL:
+        report["presets"][preset.name] = run_preset(preset, args, device)
+    report["total_seconds"] = time.perf_counter() - start
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out} ({report['total_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_script(main, __file__)

@@ -1,0 +1,24 @@
+"""benchmarks/gpu_suite.py --tiny: the GPU suite's code runs on the CPU and writes its JSON."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
+
+
+def test_tiny_suite_writes_every_measurement(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_suite", SCRIPT)
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    out = tmp_path / "suite.json"
+    assert suite.main(["--tiny", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["tiny"] and set(report["presets"]) == {"cifar10-50M", "imagenet-552M"}
+    for preset in report["presets"].values():
+        assert set(preset["precisions"]) == {"fp32", "bf16", "bf16+compile"}
+        for results in preset["precisions"].values():
+            for mode in ("rs", "drs_joint", "drs_split"):
+                assert results[mode]["samples_per_s"] > 0 and results[mode]["samples"] >= preset["batch"]
+            assert set(results["ratios"]) == {"drs_joint/rs", "drs_split/rs", "drs_split/drs_joint"}
+        assert preset["smoke"]["ok"] and len(preset["smoke"]["records"]) == 2
