@@ -370,6 +370,16 @@ def data_source(name: str, root: str | os.PathLike | None = None) -> str:
     return "unset" if folder is None else str(Path(folder).resolve())
 
 
+def check_image_size(name: str, image_size: int | None) -> None:
+    """Refuse an ``image_size`` that dataset ``name`` cannot be prepared at (ImageNet: any size)."""
+    if name == "imagenet" or image_size is None:
+        return
+    if name in IMAGE_SHAPES and image_size != IMAGE_SHAPES[name][-1]:
+        raise ValueError(
+            f"image_size applies to imagenet only; {name} images are {IMAGE_SHAPES[name][-1]} px"
+        )
+
+
 def get_dataset(
     name: str,
     split: str = "test",
@@ -384,12 +394,9 @@ def get_dataset(
     other datasets accept just their own size) is the side of the square images.
     """
     _check_split(split)
+    check_image_size(name, image_size)
     if name == "imagenet" and image_size is not None:
         return imagenet(split, root, image_size=image_size)
-    if image_size is not None and name in IMAGE_SHAPES and image_size != IMAGE_SHAPES[name][-1]:
-        raise ValueError(
-            f"image_size applies to imagenet only; {name} images are {IMAGE_SHAPES[name][-1]} px"
-        )
     if name == "fashion-mnist":
         return fashion_mnist(split, root)
     if name == "cifar10":

@@ -137,11 +137,12 @@ def config_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_dataset_args(args: argparse.Namespace) -> None:
-    from denoised_drs.data import DATASETS
+    from denoised_drs.data import DATASETS, check_image_size
 
     args.dataset = args.dataset or "sample"
     if args.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {args.dataset!r}; choose one of {list(DATASETS)}")
+    check_image_size(args.dataset, args.image_size)
 
 
 def run_one(args, settings: dict[str, Any], out: Path, state) -> None:

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
@@ -10,6 +11,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
 def test_tiny_suite_writes_every_measurement(tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_suite", SCRIPT)
     suite = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = suite  # dataclasses look their module up there
     spec.loader.exec_module(suite)
     out = tmp_path / "suite.json"
     assert suite.main(["--tiny", "--out", str(out)]) == 0

@@ -138,7 +138,7 @@ def test_labels_outside_the_classes_are_refused(tiny_checkpoints, sample):
 
 
 def test_a_saved_result_configuration_is_read_back(tiny_checkpoints, tmp_path):
-    pipe = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], sigma=0.25, **FAST)
+    pipe = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], sigma=0.25, dataset="sample", **FAST)
     saved = tmp_path / "out.tsv.config.json"
     pipe.save_config(saved, {"dataset": "sample", "data_dir": None, "skip": 2, "max": 9,
                              "content": {"classifier": []}})
