@@ -117,16 +117,57 @@ def test_train_mode_propagates_gradients():
     assert x_noisy.grad is not None and x_noisy.grad.abs().sum() > 0
 
 
-def test_bfloat16_autocast_runs_close_to_float32(improved_denoiser):
+def test_bfloat16_autocast_runs_close_to_float32():
+    path = reference_path("improved_small_reference.pt")
+    denoiser = OneShotDenoiser.from_preset("improved-small", 0.25, path)
     x_noisy = torch.rand(2, 3, 32, 32)
-    reference_out = improved_denoiser(x_noisy)
-    improved_denoiser.autocast_dtype = torch.bfloat16
-    try:
-        out = improved_denoiser(x_noisy)
-    finally:
-        improved_denoiser.autocast_dtype = None
+    reference_out = denoiser(x_noisy)
+    # Same arithmetic as float32 weights under autocast, without a cast on every call.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        x_t = math.sqrt(denoiser.abar) * (2 * x_noisy - 1)
+        eps_autocast = denoiser.network(x_t, float(denoiser.timestep * denoiser.timestep_scale))
+    denoiser.autocast_dtype = torch.bfloat16
+    assert denoiser.network.unet.conv_in.weight.dtype == torch.bfloat16
+    assert denoiser.network.unet.conv_norm_out.weight.dtype == torch.float32
+    out = denoiser(x_noisy)
     assert out.dtype == torch.float32
     assert (out - reference_out).abs().mean() < 0.05
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        eps_held = denoiser.network(x_t, float(denoiser.timestep * denoiser.timestep_scale))
+    assert torch.equal(eps_held, eps_autocast)
+    denoiser.autocast_dtype = None
+    assert denoiser.network.unet.conv_in.weight.dtype == torch.float32
+
+
+def test_fp16_autocast_is_refused_on_a_cpu():
+    from denoised_drs.diffusion import check_autocast_device
+
+    check_autocast_device(torch.float16, "cuda")
+    check_autocast_device(torch.bfloat16, "cpu")
+    with pytest.raises(ValueError, match="fp16 autocast on a CPU"):
+        check_autocast_device(torch.float16, "cpu")
+    with pytest.raises(ValueError, match="autocast dtype"):
+        check_autocast_device(torch.float64, "cpu")
+    network = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731
+    abar = get_preset("guided-small").alphas_cumprod()
+    denoiser = OneShotDenoiser(network, abar, 0.25, autocast_dtype=torch.float16)
+    with pytest.raises(ValueError, match="fp16 autocast on a CPU"):
+        denoiser(torch.rand(1, 3, 8, 8))
+
+
+def test_denoiser_takes_any_multiple_of_the_downsampling_factor():
+    """224 px through a 256-px model, in miniature: 48 px through a 32-px model (x4)."""
+    preset = get_preset("guided-small")  # channel_mult 1,2,2: heights and widths x4
+    torch.manual_seed(7)
+    denoiser = OneShotDenoiser(preset.build_network(), preset.alphas_cumprod(), 0.25)
+    assert denoiser.size_multiple == 4
+    denoiser.check_image_shape((3, 48, 48))
+    out = denoiser(torch.rand(2, 3, 48, 48))
+    assert out.shape == (2, 3, 48, 48) and out.min() >= 0 and out.max() <= 1
+    with pytest.raises(ValueError, match="multiples of 4"):
+        denoiser.check_image_shape((3, 50, 48))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        denoiser(torch.rand(1, 3, 50, 48))
 
 
 def test_bad_inputs(improved_denoiser):

@@ -101,7 +101,7 @@ def test_heads_follow_openai_rules():
     )
     for module in per_channel.unet.modules():
         if isinstance(module, Attention):
-            assert module.heads == module.to_q.in_features // 16
+            assert module.heads == module.to_qkv.in_features // 16
             assert module.scale == pytest.approx(16**-0.5)
 
 
@@ -149,3 +149,81 @@ def test_shape_mismatch_is_reported(small_reference):
         ValueError, match=r"shape mismatch.*'out.2.bias': \(3,\) in the file, \(6,\)"
     ):
         openai_unet(state_dict, **ref["flags"])
+
+
+def _miniature(**flags):
+    """A small random OpenAI UNet built for 32 px with three levels (downsampling 4),
+    as the 256-px ImageNet model is in miniature: 48 px here plays 224 px there."""
+    torch.manual_seed(5)
+    model = openai_unet(
+        image_size=32,
+        num_channels=32,
+        num_res_blocks=1,
+        channel_mult="1,2,2",
+        attention_resolutions="16,8",
+        num_head_channels=16,
+        learn_sigma=True,
+        **flags,
+    )
+    for param in model.parameters():  # OpenAI zero-initialises some layers: randomise all
+        param.data.normal_(0, 0.1).add_(1.0 if param.ndim == 1 and param.numel() > 0 else 0.0)
+    return model
+
+
+def _plain_diffusers_copy(model):
+    """The same weights in an unmodified diffusers UNet2DModel: diffusers' own attention
+    processor with separate q, k, v, its ResnetBlock2D and GroupNorm, default layout."""
+    from diffusers import UNet2DModel
+    from diffusers.models.attention_processor import Attention
+
+    plain = UNet2DModel.from_config(model.unet.config).eval()
+    plain.load_state_dict(model.unet.state_dict(), strict=True)
+    for name, module in plain.named_modules():
+        if isinstance(module, Attention):
+            fast = model.unet.get_submodule(name)
+            module.heads, module.scale = fast.heads, fast.scale
+    return plain
+
+
+@pytest.mark.parametrize("size", [(32, 32), (48, 48), (48, 32)])
+def test_fast_modules_compute_what_diffusers_computes_at_any_size(size):
+    model = _miniature()
+    plain = _plain_diffusers_copy(model)
+    torch.manual_seed(6)
+    x = torch.randn(2, 3, *size)
+    t = torch.tensor([10.0, 700.5])
+    with torch.no_grad():
+        expected = plain(x, t).sample
+        output = model(x, t)
+    assert output.shape == (2, 6, *size) and output.is_contiguous()
+    assert (output - expected).abs().max() < 1e-4
+    with torch.enable_grad():  # the autograd path (no in-place ops) agrees too
+        assert (model(x, t) - expected).abs().max() < 1e-4
+
+
+def test_any_multiple_of_the_downsampling_factor_is_accepted():
+    model = _miniature()
+    assert model.size_multiple == 4 and model.input_shape == (3, 32, 32)
+    model.check_image_shape((3, 48, 36))
+    for shape, problem in [((3, 46, 48), "multiples of 4"), ((3, 48, 2), "multiples of 4"),
+                           ((1, 48, 48), "3 channels")]:
+        with pytest.raises(ValueError, match=problem):
+            model.check_image_shape(shape)
+        with pytest.raises(ValueError, match=problem), torch.no_grad():
+            model(torch.zeros(1, *shape), 5.0)
+
+
+def test_state_dict_keeps_the_separate_qkv_layout():
+    """Fused inside, diffusers' to_q / to_k / to_v outside: checkpoints saved before the
+    fusion load, and what is saved now loads into an unfused diffusers model."""
+    model = _miniature()
+    state = model.state_dict()
+    assert not any("to_qkv" in key for key in state)
+    assert any(key.endswith("to_k.weight") for key in state)
+    fresh = _miniature(dropout=0.0)
+    for param in fresh.parameters():
+        param.data.zero_()
+    fresh.load_state_dict(state, strict=True)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(fresh(x, 3.0), model(x, 3.0))

@@ -10,7 +10,7 @@
 diffusers itself is imported only when a network is built.
 """
 
-from .denoiser import OneShotDenoiser
+from .denoiser import OneShotDenoiser, check_autocast_device
 from .loading import DenoiserNetwork, load_denoiser_network, load_state_dict_file
 from .presets import PRESETS, DenoiserPreset, get_preset
 from .schedule import alphas_cumprod, beta_schedule, max_supported_sigma, sigma_to_timestep
@@ -26,6 +26,7 @@ __all__ = [
     "StateDictMismatchError",
     "alphas_cumprod",
     "beta_schedule",
+    "check_autocast_device",
     "get_preset",
     "load_denoiser_network",
     "load_state_dict_file",
