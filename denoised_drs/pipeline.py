@@ -561,7 +561,11 @@ class Pipeline:
         size = self.config.image_size
         if size is not None and tuple(shape[-2:]) != (size, size):
             raise ValueError(f"images of shape {tuple(shape)} are not of image_size {size}")
-        self._check_denoiser_shape(tuple(shape))
+        # The denoiser says what it takes (a UNet: its channels, sides that are
+        # multiples of its downsampling factor); an in-memory module is left to the probe.
+        check_denoiser = getattr(self.denoiser, "check_image_shape", None)
+        if check_denoiser is not None:
+            check_denoiser(tuple(shape))
         probe = torch.zeros((1, *shape), device=self.device)
         parts = self.smoothed.partition.split(probe)
         fresh = probe if getattr(self.smoothed.voter, "needs_fresh_noise", False) else None
@@ -574,23 +578,6 @@ class Pipeline:
             ) from None
         batch = min(self.config.batch, max(self.config.n0, self.config.n))
         check_batch_fits(batch, per_sample, self.device)
-
-    def _check_denoiser_shape(self, shape: tuple[int, ...]) -> None:
-        """A UNet takes C-channel images whose sides are multiples of its downsampling factor.
-
-        The factor is 2^(levels - 1), levels = ``len(block_out_channels)`` of its
-        diffusers config; a denoiser without one is left to the probe.
-        """
-        unet_config = getattr(getattr(getattr(self.denoiser, "network", None), "unet", None), "config", None)
-        if unet_config is None:
-            return
-        factor = 2 ** (len(unet_config.block_out_channels) - 1)
-        channels = int(unet_config.in_channels)
-        if shape[0] != channels or shape[1] % factor or shape[2] % factor:
-            raise ValueError(
-                f"images of shape {shape} do not fit the denoiser: its UNet takes {channels}-channel "
-                f"images whose height and width are multiples of {factor}"
-            )
 
     def certify_one(self, image: torch.Tensor, label: int, idx: int) -> CertifyRecord:
         """Certify one image (adaptively if ``config.adaptive``); noise seeded by ``(config.seed, idx)``.
