@@ -38,7 +38,7 @@ from torch import nn
 
 from denoised_drs.adaptive import check_radii
 from denoised_drs.batch_memory import check_batch_fits, peak_bytes_per_sample
-from denoised_drs.cli import first_line
+from denoised_drs.errors import first_line
 from denoised_drs.noise import FLOAT32_MAX
 from denoised_drs.partition import Checkerboard, Identity
 from denoised_drs.smoothing import ABSTAIN, Certificate, SmoothedClassifier
