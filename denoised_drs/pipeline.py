@@ -41,7 +41,8 @@ from denoised_drs.batch_memory import check_batch_fits, peak_bytes_per_sample
 from denoised_drs.errors import first_line
 from denoised_drs.noise import FLOAT32_MAX
 from denoised_drs.partition import Checkerboard, Identity
-from denoised_drs.smoothing import ABSTAIN, Certificate, SmoothedClassifier
+from denoised_drs.results import CertifyRecord
+from denoised_drs.smoothing import ABSTAIN, SmoothedClassifier
 from denoised_drs.voters import (
     BranchClassifiers,
     DenoisedClassifier,
@@ -315,39 +316,6 @@ def _resolve_device(name: str | None) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
     return device
-
-
-@dataclass(frozen=True)
-class CertifyRecord:
-    """One row of a certification result (Cohen's columns plus the details behind them)."""
-
-    idx: int
-    label: int
-    predict: int
-    radius: float
-    correct: int
-    time: float
-    p_lower: tuple[float, ...]
-    counts_top: tuple[int, ...]
-    radius_paper: float | None = None
-    nonfinite: int = 0
-    n_used: int = 0
-
-    @classmethod
-    def from_certificate(cls, idx: int, label: int, cert: Certificate, seconds: float) -> CertifyRecord:
-        return cls(
-            idx=idx,
-            label=label,
-            predict=cert.prediction,
-            radius=cert.radius,
-            correct=int(cert.prediction == label),
-            time=seconds,
-            p_lower=cert.p_lower,
-            counts_top=cert.counts_top,
-            radius_paper=cert.radius_paper,
-            nonfinite=cert.nonfinite,
-            n_used=cert.n_used,
-        )
 
 
 @dataclass(frozen=True)
