@@ -38,6 +38,7 @@ from torch import nn
 
 from denoised_drs.adaptive import check_radii
 from denoised_drs.batch_memory import check_batch_fits, peak_bytes_per_sample
+from denoised_drs.certify import CertificateKind
 from denoised_drs.errors import first_line
 from denoised_drs.noise import FLOAT32_MAX
 from denoised_drs.partition import Checkerboard, Identity
@@ -248,13 +249,16 @@ class PipelineConfig:
             check(name, str, "a string")
 
     @property
-    def certificate(self) -> str:
-        """The sound certificate of this configuration: rs, independent or coupled."""
+    def certificate(self) -> CertificateKind:
+        """The sound certificate of this configuration: rs, independent or coupled.
+
+        A ``str`` Enum, so it also compares equal to its value (``== "coupled"``).
+        """
         if self.mode == "rs":
-            return "rs"
+            return CertificateKind.RS
         if self.denoiser is not None and self.denoise == "joint":
-            return "coupled"
-        return "independent"
+            return CertificateKind.COUPLED
+        return CertificateKind.INDEPENDENT
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
