@@ -38,7 +38,8 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from denoised_drs.cli import check_output_file, run_script  # noqa: E402
+from denoised_drs.cli import run_script  # noqa: E402
+from denoised_drs.errors import check_output_file  # noqa: E402
 
 
 @dataclass(frozen=True)

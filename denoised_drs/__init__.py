@@ -13,7 +13,7 @@ On a CPU (Linux, glibc), ``denoised_drs.keep_freed_memory()`` once at start-up
 makes certification up to 2x faster (the scripts call it; see
 :mod:`denoised_drs.cpu_memory`).
 
-``Pipeline`` and ``PipelineConfig`` are imported on first use, so that importing
+``Pipeline``, ``PipelineConfig`` and ``CertifyRecord`` are imported on first use, so that importing
 the package (e.g. for ``denoised_drs.analysis``) does not load the model code.
 """
 
@@ -27,10 +27,15 @@ from denoised_drs.smoothing import Certificate, DualSmooth, Smooth, SmoothedClas
 
 __version__ = "0.1.0"
 
-_LAZY = {"Pipeline": "denoised_drs.pipeline", "PipelineConfig": "denoised_drs.pipeline"}
+_LAZY = {
+    "CertifyRecord": "denoised_drs.results",
+    "Pipeline": "denoised_drs.pipeline",
+    "PipelineConfig": "denoised_drs.pipeline",
+}
 
 __all__ = [
     "Certificate",
+    "CertifyRecord",
     "DualSmooth",
     "Pipeline",
     "PipelineConfig",

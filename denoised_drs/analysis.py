@@ -37,13 +37,12 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import norm
 
+from denoised_drs.results import BASE_COLUMNS, N_USED_COLUMN, PAPER_RADIUS_COLUMN
+
 if TYPE_CHECKING:  # matplotlib is imported lazily, only by the plotting functions
     from matplotlib.figure import Figure
 
-REQUIRED_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
-PAPER_RADIUS_COLUMN = "radius_paper"
 PAPER_RADIUS_SUFFIX = " (paper radius, not certified)"
-N_USED_COLUMN = "n_used"
 DEFAULT_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 # Python's str(timedelta), which Cohen's certify.py writes: "0:00:01.234567" or
@@ -93,10 +92,9 @@ class Results:
         keep = self.idx % step == 0
         if not keep.any():
             raise ValueError(f"{self.path}: no image index is a multiple of {step}")
-        columns = ("idx", "label", "predict", "radius", "correct", "time")
         return replace(
             self,
-            **{name: getattr(self, name)[keep] for name in columns},
+            **{name: getattr(self, name)[keep] for name in BASE_COLUMNS},
             extra={name: values[keep] for name, values in self.extra.items()},
         )
 
@@ -149,17 +147,17 @@ def load_results(path: str | os.PathLike) -> Results:
 
     numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
     if not numbered:
-        raise ValueError(f"{path}: empty file, expected a header {' '.join(REQUIRED_COLUMNS)}")
+        raise ValueError(f"{path}: empty file, expected a header {' '.join(BASE_COLUMNS)}")
     header_line, header = numbered[0][0], numbered[0][1].strip().split("\t")
     header = [name.strip() for name in header]
-    if tuple(header[: len(REQUIRED_COLUMNS)]) != REQUIRED_COLUMNS:
+    if tuple(header[: len(BASE_COLUMNS)]) != BASE_COLUMNS:
         raise ValueError(
             f"{path}:{header_line}: header must start with the tab-separated columns "
-            f"{' '.join(REQUIRED_COLUMNS)}, got {' '.join(header)!r}"
+            f"{' '.join(BASE_COLUMNS)}, got {' '.join(header)!r}"
         )
     if len(set(header)) != len(header):
         raise ValueError(f"{path}:{header_line}: duplicate column names in {' '.join(header)!r}")
-    extra_names = header[len(REQUIRED_COLUMNS) :]
+    extra_names = header[len(BASE_COLUMNS) :]
 
     columns: dict[str, list] = {name: [] for name in header}
     parsers = {
@@ -696,10 +694,8 @@ def radius_bounds_figure(
 __all__ = [
     "BOUND_FAMILIES",
     "DEFAULT_RADII",
-    "PAPER_RADIUS_COLUMN",
     "PAPER_RADIUS_SUFFIX",
     "REFERENCE_DIMENSIONS",
-    "REQUIRED_COLUMNS",
     "CertifiedTable",
     "Results",
     "Run",

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from denoised_drs.cli import first_line
+from denoised_drs.errors import first_line
 
 HASH_KEY = "state_dict_sha256"
 """Key of a checkpoint dict holding the hex sha256 of its ``state_dict`` tensors."""

@@ -38,10 +38,12 @@ from torch import nn
 
 from denoised_drs.adaptive import check_radii
 from denoised_drs.batch_memory import check_batch_fits, peak_bytes_per_sample
-from denoised_drs.cli import first_line
+from denoised_drs.certify import CertificateKind
+from denoised_drs.errors import first_line
 from denoised_drs.noise import FLOAT32_MAX
 from denoised_drs.partition import Checkerboard, Identity
-from denoised_drs.smoothing import ABSTAIN, Certificate, SmoothedClassifier
+from denoised_drs.results import CertifyRecord
+from denoised_drs.smoothing import ABSTAIN, SmoothedClassifier
 from denoised_drs.voters import (
     BranchClassifiers,
     DenoisedClassifier,
@@ -247,13 +249,16 @@ class PipelineConfig:
             check(name, str, "a string")
 
     @property
-    def certificate(self) -> str:
-        """The sound certificate of this configuration: rs, independent or coupled."""
+    def certificate(self) -> CertificateKind:
+        """The sound certificate of this configuration: rs, independent or coupled.
+
+        A ``str`` Enum, so it also compares equal to its value (``== "coupled"``).
+        """
         if self.mode == "rs":
-            return "rs"
+            return CertificateKind.RS
         if self.denoiser is not None and self.denoise == "joint":
-            return "coupled"
-        return "independent"
+            return CertificateKind.COUPLED
+        return CertificateKind.INDEPENDENT
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -315,39 +320,6 @@ def _resolve_device(name: str | None) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
     return device
-
-
-@dataclass(frozen=True)
-class CertifyRecord:
-    """One row of a certification result (Cohen's columns plus the details behind them)."""
-
-    idx: int
-    label: int
-    predict: int
-    radius: float
-    correct: int
-    time: float
-    p_lower: tuple[float, ...]
-    counts_top: tuple[int, ...]
-    radius_paper: float | None = None
-    nonfinite: int = 0
-    n_used: int = 0
-
-    @classmethod
-    def from_certificate(cls, idx: int, label: int, cert: Certificate, seconds: float) -> CertifyRecord:
-        return cls(
-            idx=idx,
-            label=label,
-            predict=cert.prediction,
-            radius=cert.radius,
-            correct=int(cert.prediction == label),
-            time=seconds,
-            p_lower=cert.p_lower,
-            counts_top=cert.counts_top,
-            radius_paper=cert.radius_paper,
-            nonfinite=cert.nonfinite,
-            n_used=cert.n_used,
-        )
 
 
 @dataclass(frozen=True)

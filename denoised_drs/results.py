@@ -1,5 +1,9 @@
 """Result files: Cohen's TSV format, written row by row, resumable, merged atomically.
 
+This module is the one home of the result schema: the columns, the record behind a
+row (:class:`CertifyRecord`), the writer, and the column names that
+:mod:`denoised_drs.analysis` reads.
+
 A run writes one *part* file per process (``OUT.part<rank>``), one row per image,
 flushed as soon as the image is certified, so a killed run loses at most the image
 in flight. Resuming reads every part and the final file to find the images already
@@ -20,23 +24,66 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from denoised_drs.pipeline import CertifyRecord
+from denoised_drs.certify import CertificateKind
+
+if TYPE_CHECKING:  # only read, never built here: results.py stays free of the model code
+    from denoised_drs.smoothing import Certificate
 
 BASE_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
-TRAILING_COLUMNS = ("nonfinite", "n_used")
+"""Cohen's columns, which every result file starts with (and analysis requires)."""
+RS_COLUMNS = ("pA", "count")
+DRS_COLUMNS = ("pA_l", "pA_r", "count_l", "count_r")
+PAPER_RADIUS_COLUMN = "radius_paper"
+"""The DRS paper's radius for joint denoising: NOT certified, tabulated apart."""
+N_USED_COLUMN = "n_used"
+TRAILING_COLUMNS = ("nonfinite", N_USED_COLUMN)
 
 
-def columns_for(certificate: str) -> tuple[str, ...]:
-    """The header of a result file for certificate kind rs / independent / coupled."""
-    if certificate == "rs":
-        return (*BASE_COLUMNS, "pA", "count", *TRAILING_COLUMNS)
-    extra = ("pA_l", "pA_r", "count_l", "count_r")
-    if certificate == "coupled":
-        extra += ("radius_paper",)
-    return (*BASE_COLUMNS, *extra, *TRAILING_COLUMNS)
+@dataclass(frozen=True)
+class CertifyRecord:
+    """One row of a certification result (Cohen's columns plus the details behind them)."""
+
+    idx: int
+    label: int
+    predict: int
+    radius: float
+    correct: int
+    time: float
+    p_lower: tuple[float, ...]
+    counts_top: tuple[int, ...]
+    radius_paper: float | None = None
+    nonfinite: int = 0
+    n_used: int = 0
+
+    @classmethod
+    def from_certificate(cls, idx: int, label: int, cert: Certificate, seconds: float) -> CertifyRecord:
+        return cls(
+            idx=idx,
+            label=label,
+            predict=cert.prediction,
+            radius=cert.radius,
+            correct=int(cert.prediction == label),
+            time=seconds,
+            p_lower=cert.p_lower,
+            counts_top=cert.counts_top,
+            radius_paper=cert.radius_paper,
+            nonfinite=cert.nonfinite,
+            n_used=cert.n_used,
+        )
+
+
+def columns_for(certificate: CertificateKind | str) -> tuple[str, ...]:
+    """The header of a result file for a certificate kind (rs / independent / coupled)."""
+    kind = CertificateKind(certificate)
+    if kind is CertificateKind.RS:
+        return (*BASE_COLUMNS, *RS_COLUMNS, *TRAILING_COLUMNS)
+    paper = (PAPER_RADIUS_COLUMN,) if kind is CertificateKind.COUPLED else ()
+    return (*BASE_COLUMNS, *DRS_COLUMNS, *paper, *TRAILING_COLUMNS)
 
 
 def floor_decimals(value: float, decimals: int = 6) -> str:
@@ -46,7 +93,8 @@ def floor_decimals(value: float, decimals: int = 6) -> str:
     return str(Decimal(value).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_FLOOR))
 
 
-def format_row(record: CertifyRecord, certificate: str) -> str:
+def format_row(record: CertifyRecord, certificate: CertificateKind | str) -> str:
+    """``record`` as one line of the file whose header is ``columns_for(certificate)``."""
     cells = [
         str(record.idx),
         str(record.label),
@@ -57,7 +105,7 @@ def format_row(record: CertifyRecord, certificate: str) -> str:
         *(floor_decimals(p, 8) for p in record.p_lower),
         *(str(c) for c in record.counts_top),
     ]
-    if certificate == "coupled":
+    if CertificateKind(certificate) is CertificateKind.COUPLED:
         cells.append(floor_decimals(record.radius_paper or 0.0))
     cells += [str(record.nonfinite), str(record.n_used)]
     return "\t".join(cells)

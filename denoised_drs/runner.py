@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from denoised_drs import content, results
-from denoised_drs.cli import check_output_file
+from denoised_drs.errors import check_output_file
 from denoised_drs.pipeline import Pipeline, PipelineConfig
 
 _RESULT_NEUTRAL = ("batch", "denoiser_chunk", "device")

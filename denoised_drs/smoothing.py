@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -189,6 +190,9 @@ class SmoothedClassifier:
         device: where noise is drawn and votes are counted; defaults to the device
             of the voter's first parameter (CPU if it has none).
     """
+
+    ABSTAIN: ClassVar[int] = ABSTAIN
+    """The prediction of an abstain (the module's ``ABSTAIN``), named as in Cohen's ``Smooth``."""
 
     def __init__(
         self,

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from denoised_drs import analysis
-from denoised_drs.cli import check_distinct_outputs, check_output_file, run_script
+from denoised_drs.cli import run_script
+from denoised_drs.errors import check_distinct_outputs, check_output_file
 
 PROG = "analyze.py"
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from denoised_drs.cli import ArgumentParser, first_line, run_script
+from denoised_drs.cli import ArgumentParser, run_script
 from denoised_drs.cpu_memory import keep_freed_memory
+from denoised_drs.errors import first_line
 from denoised_drs.training import DRS_BRANCHES, PRESETS, STRATEGIES, TARGETS, TrainConfig, train
 
 

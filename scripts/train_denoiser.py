@@ -24,7 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from denoised_drs.cli import ArgumentParser, check_distinct_outputs, check_output_file, run_script
+from denoised_drs.cli import ArgumentParser, run_script
 from denoised_drs.cpu_memory import keep_freed_memory
 from denoised_drs.data import get_dataset
 from denoised_drs.diffusion import alphas_cumprod, beta_schedule, openai_unet
@@ -34,6 +34,7 @@ from denoised_drs.diffusion.training import (
     save_denoiser_checkpoint,
     timestep_band,
 )
+from denoised_drs.errors import check_distinct_outputs, check_output_file
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -19,6 +19,7 @@ from denoised_drs.certify import (
     rs_abstains,
     rs_radius,
 )
+from denoised_drs.results import BASE_COLUMNS, columns_for
 
 
 @pytest.mark.parametrize("n", [1, 10, 100_000])
@@ -130,15 +131,33 @@ def test_radius_properties(p_l, p_r, sigma, sigma_r):
     assert drs_radius(min(p_l + 1e-4, 1 - 1e-12), p_r, sigma, sigma_r) >= drs_radius(p_l, p_r, sigma, sigma_r)
     # Two independent branches beat the better single branch at the harmonic sigma.
     harmonic = 1 / np.sqrt(sigma**-2 + sigma_r**-2)
-    assert drs_radius(p_l, p_r, sigma, sigma_r) == pytest.approx(
-        harmonic * (norm.ppf(p_l) + norm.ppf(p_r))
-    )
+    general = drs_radius(p_l, p_r, sigma, sigma_r)
+    assert general > max(rs_radius(p_l, harmonic), rs_radius(p_r, harmonic))
+    # Swapping the branches changes nothing; scaling both sigmas scales the radius.
+    assert drs_radius(p_r, p_l, sigma_r, sigma) == pytest.approx(general)
+    assert drs_radius(p_l, p_r, 2 * sigma, 2 * sigma_r) == pytest.approx(2 * general)
 
 
-def test_certificate_kind_names():
-    assert CertificateKind("coupled") is CertificateKind.COUPLED
+@pytest.mark.parametrize(
+    "kind, radius, detail_columns",
+    [
+        (CertificateKind.RS, lambda p, s: rs_radius(p[0], s), ("pA", "count")),
+        (CertificateKind.INDEPENDENT, lambda p, s: drs_radius(p[0], p[1], s),
+         ("pA_l", "pA_r", "count_l", "count_r")),
+        (CertificateKind.COUPLED, lambda p, s: coupled_radius(p[0], p[1], s),
+         ("pA_l", "pA_r", "count_l", "count_r", "radius_paper")),
+    ],
+)
+def test_each_certificate_kind_has_its_radius_and_result_columns(kind, radius, detail_columns):
+    # The configuration and the result files name kinds by value; each kind must
+    # apply its own radius and write one bound and count per branch it certifies.
+    branches = 1 if kind is CertificateKind.RS else 2
+    p_lower = (0.9, 0.8)[:branches]
+    abstain, certified = certified_radius(kind.value, p_lower, [0.25] * branches)
+    assert not abstain and certified == pytest.approx(radius(p_lower, 0.25))
+    assert columns_for(kind.value) == (*BASE_COLUMNS, *detail_columns, "nonfinite", "n_used")
     with pytest.raises(ValueError):
-        CertificateKind("paper")
+        columns_for("paper")
 
 
 # Computed with mpmath at 50 digits: bisection on the regularised incomplete beta.

@@ -97,8 +97,17 @@ def test_fill_missing_depends_on_own_part_only_and_matches_noise_level():
     # Every pixel, observed or filled, carries noise of standard deviation sigma.
     std = (filled - 0.5).std(dim=0)
     assert torch.allclose(std, torch.full_like(std, sigma), rtol=0.06)
-    # The other sub-image cannot influence the result: it is not even an input, and
-    # changing what sits at its positions of `fresh` only moves the top-up noise.
+    # The other sub-image cannot influence the result: it is not even an input. What
+    # sits at its positions of `fresh` only moves the top-up noise, by
+    # sigma * sqrt(1 - 1/k) per unit (k = 2, 3 or 4 neighbours); fresh's entries at
+    # the own positions are not used at all.
+    own, other = board.split(torch.ones_like(clean))
+    moved = board.fill_missing(0, noisy_l, sigma, fresh + board.merge([0 * own, other])) - filled
+    assert torch.equal(board.split(moved)[0], torch.zeros_like(noisy_l))
+    top_up = board.split(moved)[1]
+    assert top_up.min() >= sigma * 0.5**0.5 - 1e-6 and top_up.max() <= sigma * 0.75**0.5 + 1e-6
+    assert torch.equal(board.fill_missing(0, noisy_l, sigma, fresh + board.merge([own, 0 * other])), filled)
+    # The same holds with the roles of the two sub-images swapped.
     again = board.fill_missing(1, noisy_r, sigma, fresh)
     assert torch.equal(board.split(again)[1], noisy_r)
     with pytest.raises(ValueError, match="full image shape"):

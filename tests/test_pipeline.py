@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from denoised_drs.certify import CertificateKind
 from denoised_drs.data import load_sample
 from denoised_drs.pipeline import Pipeline, PipelineConfig
 
@@ -30,10 +31,23 @@ def test_rs_and_drs_records(tiny_checkpoints, sample):
     drs = Pipeline(mode="drs", classifier_l=tiny_checkpoints["l"], classifier_r=tiny_checkpoints["r"],
                    sigma=0.18, sigma_r=0.3, **FAST)
     assert drs.config.certificate == "independent"
-    record = drs.certify_one(images[0], labels[0], 0)
+    assert drs.smoothed.kind is drs.config.certificate is CertificateKind.INDEPENDENT
+    # The same index gives the same certificate; another index other noise. The noisy
+    # sub-images the voter sees are recorded, since a tiny model's counts may coincide.
+    seen = []
+    hook = drs.smoothed.voter.register_forward_hook(lambda module, args, out: seen.append(args[0][0].clone()))
+
+    def certify_and_record_noise(idx):
+        seen.clear()
+        return drs.certify_one(images[0], labels[0], idx), torch.cat(seen)
+
+    record, noisy = certify_and_record_noise(0)
     assert len(record.p_lower) == 2 and sum(record.counts_top) <= 80
-    # The same index gives the same certificate; another index other noise.
-    assert drs.certify_one(images[0], labels[0], 0).counts_top == record.counts_top
+    again, noisy_again = certify_and_record_noise(0)
+    assert again.counts_top == record.counts_top and torch.equal(noisy_again, noisy)
+    _, noisy_other = certify_and_record_noise(1)
+    hook.remove()
+    assert noisy_other.shape == noisy.shape and not torch.equal(noisy_other, noisy)
     assert len(drs.predict(images[:2])) == 2
 
 
@@ -43,14 +57,17 @@ def test_denoised_modes_pick_their_certificates(tiny_checkpoints, sample):
               "denoiser": tiny_checkpoints["denoiser"], "sigma": 0.25, **FAST}
     joint = Pipeline(**common, denoise="joint")
     assert joint.config.certificate == "coupled"
+    assert joint.smoothed.kind is joint.config.certificate is CertificateKind.COUPLED
     record = joint.certify_one(images[1], labels[1], 1)
     assert record.radius_paper is not None and record.radius_paper >= record.radius
     split = Pipeline(**common, denoise="split")
     assert split.config.certificate == "independent"
+    assert split.smoothed.kind is split.config.certificate is CertificateKind.INDEPENDENT
     assert split.certify_one(images[1], labels[1], 1).radius_paper is None
     denoised_rs = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], denoiser=tiny_checkpoints["denoiser"],
                            sigma=0.5, **FAST)
     assert denoised_rs.config.certificate == "rs"
+    assert denoised_rs.smoothed.kind is denoised_rs.config.certificate is CertificateKind.RS
     denoised_rs.check_image_shape((1, 28, 28))
     with pytest.raises(ValueError, match="do not fit"):
         denoised_rs.check_image_shape((1, 32, 32))

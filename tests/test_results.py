@@ -1,9 +1,26 @@
+import ast
 from decimal import Decimal
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from denoised_drs.results import PartWriter, existing_parts, floor_decimals, merge, part_path
+from denoised_drs import results
+from denoised_drs.analysis import load_results
+from denoised_drs.certify import CertificateKind
+from denoised_drs.results import (
+    BASE_COLUMNS,
+    N_USED_COLUMN,
+    CertifyRecord,
+    PartWriter,
+    columns_for,
+    existing_parts,
+    floor_decimals,
+    format_row,
+    merge,
+    part_path,
+)
 
 
 def test_a_product_that_rounds_up_is_still_floored():
@@ -41,3 +58,39 @@ def test_parts_are_found_by_exact_name_not_as_a_pattern(tmp_path):
         "a*.tsv", "a*.tsv.part1.bak", "a*.tsv.parted", "ab.tsv.part0", "ab.tsv.part1",
         "r1.tsv.part0", "r1.tsv.part1", "r[1].tsv"]
     assert existing_parts(tmp_path / "missing" / "x.tsv") == []
+
+
+@pytest.mark.parametrize("kind", list(CertificateKind))
+def test_the_reader_reads_every_column_the_writer_writes(tmp_path, kind):
+    branches = 1 if kind is CertificateKind.RS else 2
+    records = [
+        CertifyRecord(idx=i, label=1, predict=predict, radius=0.1234567 * (predict != -1),
+                      correct=int(predict == 1), time=0.5, p_lower=(0.875,) * branches,
+                      counts_top=(7,) * branches, radius_paper=0.25 if kind is CertificateKind.COUPLED else None,
+                      nonfinite=i, n_used=40)
+        for i, predict in enumerate((1, -1, 2))
+    ]
+    out = tmp_path / "r.tsv"
+    header = columns_for(kind)
+    out.write_text("\n".join(["\t".join(header), *(format_row(r, kind) for r in records)]) + "\n")
+    loaded = load_results(out)
+    assert list(loaded.predict) == [1, -1, 2] and list(loaded.correct) == [1, 0, 0]
+    assert list(loaded.radius) == [0.123456, 0.0, 0.123456]  # floored, never rounded up
+    assert set(loaded.extra) == set(header[len(BASE_COLUMNS):])
+    assert list(loaded.extra[N_USED_COLUMN]) == [40, 40, 40]
+    assert list(loaded.extra["nonfinite"]) == [0, 1, 2]
+    if kind is CertificateKind.COUPLED:
+        assert list(loaded.radius_paper) == [0.25] * 3
+    else:
+        assert loaded.radius_paper is None
+
+
+def test_the_record_has_one_home():
+    # results.py holds the schema and must not need the pipeline (and its models).
+    import denoised_drs
+    from denoised_drs import pipeline
+
+    tree = ast.parse(Path(results.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "denoised_drs.pipeline" not in imported
+    assert pipeline.CertifyRecord is denoised_drs.CertifyRecord is CertifyRecord

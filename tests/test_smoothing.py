@@ -299,6 +299,11 @@ def test_non_finite_logits_vote_for_no_class_and_count_against_the_top_class():
     assert cert.p_lower[0] == clopper_pearson_lower(counts[0, 1], 400, 0.01)
 
 
+def test_abstain_has_cohens_name():
+    # Code written against Cohen's core.py compares predictions with Smooth.ABSTAIN.
+    assert Smooth.ABSTAIN == DualSmooth.ABSTAIN == SmoothedClassifier.ABSTAIN == ABSTAIN == -1
+
+
 def test_all_non_finite_logits_abstain_instead_of_certifying_the_nan():
     x = random_image(5)
     # argmax picks the NaN (or the +inf), so this was certified as class 1 (or 0).
@@ -307,7 +312,7 @@ def test_all_non_finite_logits_abstain_instead_of_certifying_the_nan():
         cert = smooth.certify(x, 20, 200, 0.01, 64)
         assert cert.abstained and cert.radius == 0.0
         assert cert.counts_top == (0,) and cert.nonfinite == 220
-        assert smooth.predict(x, 200, 0.01, 64) == ABSTAIN
+        assert smooth.predict(x, 200, 0.01, 64) == ABSTAIN == smooth.ABSTAIN
     # One branch non-finite, the other always right: z_l = -inf, so DRS abstains.
     dual = DualSmooth(Logits([float("inf"), 0.0]), Logits([1.0, 0.0]), 2, 0.25)
     cert = dual.certify(x, 20, 200, 0.01, 64)

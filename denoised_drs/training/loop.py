@@ -26,8 +26,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..checkpoint_file import load_weights_only, with_content_hash
-from ..cli import check_distinct_outputs, check_output_file, first_line
 from ..data import get_dataset
+from ..errors import check_distinct_outputs, check_output_file, first_line
 from ..models import (
     ClassifierSpec,
     SubImageClassifier,
