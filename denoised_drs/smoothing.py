@@ -57,6 +57,7 @@ from denoised_drs.certify import (
     clopper_pearson_lower,
     drs_radius,
 )
+from denoised_drs.errors import first_line
 from denoised_drs.noise import NoiseStream, derive_seed
 from denoised_drs.partition import Checkerboard, Identity, Partition
 from denoised_drs.voters import NONFINITE_VOTE, BranchClassifiers
@@ -306,7 +307,15 @@ class SmoothedClassifier:
                     )
                 ]
                 fresh_noise = fresh.take(start + first, start + last) if fresh is not None else None
-                votes = self.voter(noisy_parts, fresh_noise)
+                try:
+                    votes = self.voter(noisy_parts, fresh_noise)
+                except torch.OutOfMemoryError:
+                    raise
+                except RuntimeError as error:
+                    # A shape or dtype the networks cannot take is bad input, not a bug.
+                    raise ValueError(
+                        f"images of shape {tuple(x.shape)} do not fit the models: {first_line(error)}"
+                    ) from error
                 _check_votes(votes, last - first, self.num_branches)
                 if choices is not None:
                     votes = votes.gather(1, choices[first:last, None])

@@ -51,6 +51,9 @@ class BranchClassifiers(nn.Module):
         super().__init__()
         if not classifiers:
             raise ValueError("need at least one classifier")
+        for classifier in classifiers:
+            if not isinstance(classifier, nn.Module):
+                raise TypeError(f"classifiers must be torch.nn.Module objects, got {type(classifier).__name__}")
         self.classifiers = nn.ModuleList(classifiers)
         self.certificate = (
             CertificateKind.RS if len(classifiers) == 1 else CertificateKind.INDEPENDENT

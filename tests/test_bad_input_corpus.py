@@ -48,7 +48,6 @@ class Case:
     argv: list[str] = field(default_factory=list)
     setup: tuple[str, ...] = ()  # files copied into the run's folder first (fault cases)
     call: object = None  # API cases: a function of the fixture paths
-    pending: str = ""  # another item's fix this case waits for
 
 
 # -- script cases --------------------------------------------------------------
@@ -351,18 +350,7 @@ def api_cases() -> list[Case]:
         "clopper_pearson alpha 0": lambda p: certify.clopper_pearson_lower(5, 10, 0.0),
         "clopper_pearson k 'x'": lambda p: certify.clopper_pearson_lower("x", 10, 0.01),
     }
-    pending = {
-        "Smooth(None)": "the engine's input checks (smoothing.py)",
-        "certify a numpy image": "the engine's input checks (smoothing.py)",
-        "certify a list image": "the engine's input checks (smoothing.py)",
-        "certify wrong channels": "the engine's input checks (smoothing.py)",
-        "certify NaN pixel": "item 2 (non-finite pixels refused)",
-        "certify 0..255 image": "item 5 (inputs outside [0, 1] refused)",
-        "rs_radius nan": "item 2 (radii refuse NaN probabilities)",
-        "rs_radius p 1.5": "item 2 (radii refuse out-of-range probabilities)",
-        "coupled_radius nan": "item 2 (radii refuse NaN probabilities)",
-    }
-    return [Case(f"API {name}", call=call, pending=pending.get(name, "")) for name, call in calls.items()]
+    return [Case(f"API {name}", call=call) for name, call in calls.items()]
 
 
 def all_cases() -> list[Case]:
@@ -553,8 +541,7 @@ def test_the_corpus_is_large_enough():
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, marks=pytest.mark.xfail(strict=False, reason=f"pending merge of {c.pending}"))
-     if c.pending else c for c in CASES],
+    CASES,
     ids=lambda c: c.name,
 )
 def test_bad_input_ends_cleanly(case, corpus_paths, tmp_path):
