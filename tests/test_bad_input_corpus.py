@@ -108,7 +108,8 @@ def certify_cases() -> list[Case]:
         Case("certify classifier with flipped bytes", "certify_diffusion", [*CERTIFY, "--classifier", "{FLIPPED}"]),
         Case("certify denoiser with flipped bytes", "certify_diffusion",
              [*CERTIFY, "--denoiser", "{FLIPPED_DEN}"]),
-        Case("certify denoiser for 32x32 images", "certify_diffusion", [*CERTIFY, "--denoiser", "{DEN32}"]),
+        Case("certify denoiser whose UNet cannot take 28 px", "certify_diffusion",
+             [*CERTIFY, "--denoiser", "{DEEP}"]),
         Case("certify unknown denoiser preset", "certify_diffusion", [*CERTIFY, "--denoiser", "imagenet512"]),
         Case("certify preset without checkpoint", "certify_diffusion",
              [*CERTIFY, "--denoiser", "cifar10-uncond-50M"]),
@@ -397,10 +398,11 @@ def build_inputs(root: Path) -> dict[str, str]:
     flags = {"image_size": 28, "in_channels": 1, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2",
              "attention_resolutions": "", "num_head_channels": 32, "learn_sigma": False,
              "use_scale_shift_norm": True, "dropout": 0.0}
-    for name, size in (("DEN", 28), ("DEN32", 32)):
+    # DEEP downsamples by 8: 28-px images are no multiple of that.
+    for name, changes in (("DEN", {}), ("DEEP", {"image_size": 32, "channel_mult": "1,1,1,1"})):
         torch.manual_seed(0)
-        save_denoiser_checkpoint(inputs / f"{name.lower()}.pt", openai_unet(**{**flags, "image_size": size}),
-                                 {**flags, "image_size": size}, "cosine", 1000)
+        save_denoiser_checkpoint(inputs / f"{name.lower()}.pt", openai_unet(**{**flags, **changes}),
+                                 {**flags, **changes}, "cosine", 1000)
         paths[name] = str(inputs / f"{name.lower()}.pt")
     for name, source in (("FLIPPED", "FULL"), ("FLIPPED_DEN", "DEN")):
         shutil.copy(paths[source], inputs / f"{name.lower()}.pt")

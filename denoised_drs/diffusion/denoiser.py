@@ -148,7 +148,9 @@ class OneShotDenoiser(nn.Module):
         if dtype != self._weights_dtype:
             # Only after a conversion is there anything to undo when dtype is None.
             target = dtype or torch.float32
-            for module in self.network.modules():
+            # A plain callable network has no weights to hold in another dtype.
+            modules = self.network.modules() if isinstance(self.network, nn.Module) else ()
+            for module in modules:
                 if isinstance(module, _AUTOCAST_LAYERS):
                     module.to(target)
             self._weights_dtype = dtype
