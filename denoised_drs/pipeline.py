@@ -368,6 +368,11 @@ class Pipeline:
             config = PipelineConfig.from_dict({**config.to_dict(), **overrides})
         self.config = config
         self.device = _resolve_device(config.device)
+        if config.autocast is not None:
+            from denoised_drs.diffusion import check_autocast_device
+
+            # Refused up front: fp16 on a CPU runs about 50x slower than float32.
+            check_autocast_device(AUTOCAST[config.autocast], self.device)
         self.modules = modules
         self.denoiser = self._load_denoiser()
         self.smoothed = self._build_smoothed()

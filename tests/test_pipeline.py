@@ -185,3 +185,9 @@ def test_images_outside_unit_range_are_refused(tiny_checkpoints, sample):
     nan[1, 0, 5, 5] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
         rs.certify(nan, labels)
+
+
+def test_fp16_autocast_on_a_cpu_is_refused_before_any_model_loads(tiny_checkpoints):
+    with pytest.raises(ValueError, match="fp16 autocast on a CPU"):
+        Pipeline(mode="rs", classifier=tiny_checkpoints["full"], sigma=0.25,
+                 denoiser=tiny_checkpoints["denoiser"], autocast="fp16", device="cpu")
