@@ -1,15 +1,23 @@
 """Fixed-N against adaptive certification on Fashion-MNIST with the bundled checkpoints.
 
-For each mode, on the test images with index a multiple of --skip below --max:
-fixed N, and adaptive (denoised_drs.adaptive) with n_max = factor * N for each
---factors value, with the target --radii and without radii. Reports, side by side,
-certified accuracy at each radius, ACR (with radii the radius is the largest target
-certified, so ACR is quantised there), mean samples per image (n_used) and wall time;
-writes JSON and a Markdown table.
+For each mode, on the test images with index a multiple of --skip below --max: fixed N
+for each --fixed value, and adaptive (denoised_drs.adaptive) for each --n-max value,
+with the target --radii and without radii. Reports, side by side, certified accuracy at
+each radius, ACR (with radii the radius is the largest target certified, so ACR is
+quantised there), mean samples per image (n_used) and wall time; writes JSON and a
+Markdown table. Runs go cheapest first (fixed N = 100,000 last).
 
-    python benchmarks/bench_adaptive.py --modes rs_gaussian drs_gaussian --N 10000 \
-        --json outputs/bench_adaptive.json --markdown outputs/bench_adaptive.md
-    python benchmarks/bench_adaptive.py --modes rs_gaussian --max 100 --N 1000   # quick look
+With --json, rows already in that file for the same settings are kept and not run
+again, and the file is rewritten after every row: an interrupted benchmark resumes.
+Each row carries the date it was measured; wall times of rows measured in different
+sessions are comparable only if the machine was equally loaded.
+
+    python benchmarks/bench_adaptive.py --modes rs_gaussian drs_gaussian \
+        --fixed 10000 100000 --n-max 10000 100000 \
+        --json results/bench_adaptive/fmnist500.json --markdown results/bench_adaptive/fmnist500.md
+    python benchmarks/bench_adaptive.py --modes denoised_rs drs_joint drs_split --skip 100 \
+        --fixed 10000 --n-max 10000 --json results/bench_adaptive/denoised100.json
+    python benchmarks/bench_adaptive.py --modes rs_gaussian --max 100 --fixed 1000 --n-max 1000  # quick look
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from denoised_drs import analysis
 from denoised_drs.cli import run_script
@@ -48,9 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", help="Fashion-MNIST folder (default: the Debian package's)")
     parser.add_argument("--skip", type=int, default=20, help="every skip-th test image (default 20)")
     parser.add_argument("--max", type=int, help="only indices below max (default: all 10,000)")
-    parser.add_argument("--N", dest="n", type=int, default=10_000, help="fixed N (default 10000)")
-    parser.add_argument("--factors", nargs="+", type=int, default=[1, 10],
-                        help="adaptive n_max = factor * N (default 1 10)")
+    parser.add_argument("--fixed", nargs="+", type=int, default=[10_000, 100_000],
+                        help="fixed N values (default 10000 100000)")
+    parser.add_argument("--n-max", nargs="+", type=int, default=[10_000, 100_000],
+                        help="adaptive n_max values (default 10000 100000)")
     parser.add_argument("--N0", dest="n0", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=0.001)
     parser.add_argument("--radii", nargs="+", type=float, default=[0.25, 0.5, 0.75])
@@ -59,24 +69,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", help="write the results here (JSON)")
     parser.add_argument("--markdown", help="write the table here (Markdown)")
     args = parser.parse_args(argv)
-    if args.n < 1 or args.n0 < 1 or any(f < 1 for f in args.factors):
-        raise ValueError("--N, --N0 and --factors must be positive")
+    if args.n0 < 1 or min(args.fixed) < 1 or min(args.n_max) < 1:
+        raise ValueError("--fixed, --n-max and --N0 must be positive")
     return args
 
 
 def contenders(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
-    """(label, pipeline overrides): fixed N, then adaptive with and without radii per factor."""
-    runs = [(f"fixed N={args.n}", {"n": args.n})]
-    for factor in args.factors:
-        n_max = factor * args.n
-        runs.append((f"adaptive n_max={n_max}, radii", {"n": n_max, "adaptive": True, "radii": args.radii}))
-        runs.append((f"adaptive n_max={n_max}, no radii", {"n": n_max, "adaptive": True}))
-    return runs
+    """(label, pipeline overrides), cheapest first: fixed N up to the largest n_max, then
+    adaptive with and without radii per n_max, then the larger fixed N."""
+    fixed = [(n, f"fixed N={n}", {"n": n}) for n in args.fixed]
+    adaptive = []
+    for n_max in args.n_max:
+        adaptive.append((n_max, f"adaptive n_max={n_max}, radii",
+                         {"n": n_max, "adaptive": True, "radii": args.radii}))
+        adaptive.append((n_max, f"adaptive n_max={n_max}, no radii", {"n": n_max, "adaptive": True}))
+    # An adaptive run costs at most its n_max, usually far less: it goes before a fixed
+    # run of the same size.
+    runs = sorted(fixed + adaptive, key=lambda run: (run[0], run[1].startswith("fixed")))
+    return [(label, overrides) for _, label, overrides in runs]
 
 
-def measure(pipe: Pipeline, dataset, indices: list[int], radii: list[float]) -> dict[str, Any]:
+def measure(pipe: Pipeline, dataset, indices: list[int], radii: list[float], label: str) -> dict[str, Any]:
     start = time.perf_counter()
-    records = [pipe.certify_one(dataset[i][0], int(dataset[i][1]), i) for i in indices]
+    records = [pipe.certify_one(dataset[i][0], int(dataset[i][1]), i)
+               for i in tqdm(indices, desc=label, unit="img")]
     seconds = time.perf_counter() - start
     correct = np.array([r.correct for r in records])
     radius = np.array([r.radius for r in records])
@@ -100,27 +116,54 @@ def to_markdown(rows: list[dict[str, Any]], radii: list[float]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def settings_key(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a stored row must share to be reused."""
+    return {"skip": args.skip, "max": args.max, "n0": args.n0, "alpha": args.alpha,
+            "radii": args.radii}
+
+
+def load_rows(path: str | None, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Rows of an earlier run of the same settings in ``path`` (none if absent)."""
+    if not path or not Path(path).exists():
+        return []
+    stored = json.loads(Path(path).read_text())
+    if {k: stored["settings"].get(k) for k in settings_key(args)} != settings_key(args):
+        raise ValueError(f"{path} holds rows of other settings; name another --json")
+    return stored["rows"]
+
+
+def write_outputs(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.json + ".tmp")
+        tmp.write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
+        tmp.replace(args.json)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(to_markdown(rows, args.radii))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dataset = get_dataset("fashion-mnist", "test", args.data_dir)
     indices = select_indices(len(dataset), args.skip, args.max)
-    rows = []
+    rows = load_rows(args.json, args)
+    done = {(row["mode"], row["run"]) for row in rows}
     for mode in args.modes:
         for label, overrides in contenders(args):
+            if (mode, label) in done:
+                continue
             settings = {**MODES[mode], "n0": args.n0, "alpha": args.alpha, "batch": args.batch,
                         "device": args.device, **overrides}
-            row = {"mode": mode, "run": label, **measure(Pipeline(**settings), dataset, indices, args.radii)}
+            row = {"mode": mode, "run": label, **measure(Pipeline(**settings), dataset, indices, args.radii,
+                                                          f"{mode}, {label}"),
+                   "measured": time.strftime("%Y-%m-%d %H:%M")}
             rows.append(row)
+            write_outputs(args, rows)
             print(to_markdown([row], args.radii).splitlines()[-1], flush=True)
-    markdown = to_markdown(rows, args.radii)
     print(f"\n{len(indices)} images (every {args.skip}th), N0={args.n0}, alpha={args.alpha}\n")
-    print(markdown)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(markdown)
+    print(to_markdown(rows, args.radii))
+    write_outputs(args, rows)
     return 0
 
 
