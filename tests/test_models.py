@@ -246,3 +246,21 @@ def test_load_ensemble_of_checkpoints(tmp_path):
     x = torch.rand(3, 1, 28, 28)
     ensemble = load_ensemble(paths)
     assert torch.allclose(ensemble(x), (fulls[0](x) + fulls[1](x)) / 2, atol=1e-6)
+
+
+def test_create_model_reads_weights_from_checkpoint_path(tmp_path):
+    torch.manual_seed(0)
+    spec = ClassifierSpec.for_dataset("small_cnn", "fashion-mnist")
+    full = create_model(spec.arch, **spec.model_options()).eval()
+    save_classifier(tmp_path / "ours.pt", full, spec)
+    torch.save({"arch": "small_cnn", "state_dict": full.model.state_dict()}, tmp_path / "cohen.pt")
+    x = torch.rand(2, 1, 28, 28)
+    for name in ("ours.pt", "cohen.pt"):
+        loaded = create_model(
+            "small_cnn", num_classes=10, in_chans=1, input_size=(28, 28),
+            normalization="fashion-mnist", checkpoint_path=tmp_path / name,
+        ).eval()
+        assert torch.equal(loaded(x), full(x))
+    with pytest.raises(ValueError, match=r"ours\.pt: the weights do not fit architecture 'small_cnn'"):
+        create_model("small_cnn", num_classes=7, in_chans=1, input_size=(28, 28),
+                     checkpoint_path=tmp_path / "ours.pt")

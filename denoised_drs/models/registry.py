@@ -116,7 +116,7 @@ def create_model(
         raise TypeError(f"arch must be a model name (str), got {type(name).__name__}")
     if num_classes < 1 or in_chans < 1:
         raise ValueError(
-            f"num_classes and in_channels must be positive, got {num_classes}, {in_chans}"
+            f"num_classes and in_chans must be positive, got {num_classes}, {in_chans}"
         )
     network = _bare_network(name, num_classes, in_chans, tuple(input_size))
     if checkpoint_path is not None:
