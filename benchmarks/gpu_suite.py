@@ -128,12 +128,12 @@ def build_denoiser(preset: Preset, network: nn.Module, precision: str, device: t
 
 
 def build_classifier(preset: Preset) -> nn.Module:
-    from denoised_drs.models import build_classifier as build
+    from denoised_drs.models import create_model
 
     torch.manual_seed(1)
     normalization = "cifar10" if preset.num_classes == 10 else "imagenet"
-    return build(preset.classifier, preset.num_classes, 3, normalization,
-                 (preset.classifier_size, preset.classifier_size)).eval()
+    return create_model(preset.classifier, num_classes=preset.num_classes, normalization=normalization,
+                        input_size=(preset.classifier_size, preset.classifier_size)).eval()
 
 
 def make_pipeline(preset: Preset, denoiser: nn.Module, classifier: nn.Module, mode: str,

@@ -12,7 +12,8 @@
 * ``"sample"``: 100 Fashion-MNIST test images bundled with the package.
 
 Nothing is downloaded: a missing folder raises FileNotFoundError saying what was
-looked for and how to get it.
+looked for and how to get it. :data:`DATASET_INFO` holds each dataset's class count,
+image shape and normalisation constants, the one table the rest of the package reads.
 """
 
 from __future__ import annotations
@@ -21,38 +22,59 @@ import gzip
 import os
 import zipfile
 import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-DATASETS = ("cifar10", "imagenet", "fashion-mnist", "sample")
 SPLITS = ("train", "test")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SAMPLE_PATH = Path(__file__).parent / "sample" / "fashion_mnist_test_sample.npz"
 SAMPLE_EVERY = 100
 """The bundled sample holds Fashion-MNIST test images 0, 100, 200, ..., 9900."""
 
-NUM_CLASSES = {"cifar10": 10, "imagenet": 1000, "fashion-mnist": 10, "sample": 10}
-IMAGE_SHAPES = {
-    "cifar10": (3, 32, 32),
-    "imagenet": (3, 224, 224),
-    "fashion-mnist": (1, 28, 28),
-    "sample": (1, 28, 28),
-}
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """The facts about a dataset that models and training need, in one place.
+
+    ``image_shape`` is (C, H, W) as :func:`get_dataset` serves the images (ImageNet at
+    its default size); ``mean`` / ``std`` are the per-channel normalisation constants
+    of its classifiers (the CIFAR-10 and ImageNet values are Cohen et al.'s).
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def channels(self) -> int:
+        return self.image_shape[0]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W)."""
+        return self.image_shape[1], self.image_shape[2]
+
+
+_FASHION_MNIST_STATS = ((0.2860,), (0.3530,))
+DATASET_INFO: Mapping[str, DatasetInfo] = MappingProxyType({
+    info.name: info
+    for info in (
+        DatasetInfo("cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+        DatasetInfo("imagenet", 1000, (3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        DatasetInfo("fashion-mnist", 10, (1, 28, 28), *_FASHION_MNIST_STATS),
+        # The bundled sample is 100 Fashion-MNIST test images.
+        DatasetInfo("sample", 10, (1, 28, 28), *_FASHION_MNIST_STATS),
+    )
+})
+DATASETS = tuple(DATASET_INFO)
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/): code -> big-endian numpy dtype.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -133,7 +155,7 @@ def load_fashion_mnist_arrays(
             f"labels {labels.shape}"
         )
     try:
-        return images, _checked_labels(labels, NUM_CLASSES["fashion-mnist"])
+        return images, _checked_labels(labels, DATASET_INFO["fashion-mnist"].num_classes)
     except ValueError as error:
         raise ValueError(f"{label_file}: {error}") from None
 
@@ -270,7 +292,7 @@ def load_sample(path: str | os.PathLike | None = None) -> ImageArrayDataset:
             f"{path} is not a sample file (an .npz with images, labels and indices): {detail}"
         ) from None
     try:
-        return ImageArrayDataset(images, labels, indices, NUM_CLASSES["sample"])
+        return ImageArrayDataset(images, labels, indices, DATASET_INFO["sample"].num_classes)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
 
@@ -374,9 +396,10 @@ def check_image_size(name: str, image_size: int | None) -> None:
     """Refuse an ``image_size`` that dataset ``name`` cannot be prepared at (ImageNet: any size)."""
     if name == "imagenet" or image_size is None:
         return
-    if name in IMAGE_SHAPES and image_size != IMAGE_SHAPES[name][-1]:
+    if name in DATASET_INFO and image_size != DATASET_INFO[name].image_shape[-1]:
         raise ValueError(
-            f"image_size applies to imagenet only; {name} images are {IMAGE_SHAPES[name][-1]} px"
+            "image_size applies to imagenet only; "
+            f"{name} images are {DATASET_INFO[name].image_shape[-1]} px"
         )
 
 

@@ -9,7 +9,7 @@ Examples::
     accelerate launch scripts/train_base.py --dataset cifar10 --target drs --branch both \
         --sigma 0.18 --init models/cifar10/noise_0.25/checkpoint.pth.tar --out runs/drs.pt
 
-Every preset value (see ``denoised_drs.training.PRESETS``) can be overridden by a flag.
+Every recipe value (see ``denoised_drs.training.TRAINING_RECIPES``) can be overridden by a flag.
 Bad input gives a one-line message on stderr and exit code 2.
 """
 
@@ -21,7 +21,14 @@ import sys
 from denoised_drs.cli import ArgumentParser, run_script
 from denoised_drs.cpu_memory import keep_freed_memory
 from denoised_drs.errors import first_line
-from denoised_drs.training import DRS_BRANCHES, PRESETS, STRATEGIES, TARGETS, TrainConfig, train
+from denoised_drs.training import (
+    DRS_BRANCHES,
+    STRATEGIES,
+    TARGETS,
+    TRAINING_RECIPES,
+    TrainConfig,
+    train,
+)
 
 
 def _milestones(text: str) -> tuple[int, ...]:
@@ -34,7 +41,7 @@ def _milestones(text: str) -> tuple[int, ...]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--dataset", default="fashion-mnist", choices=sorted(PRESETS))
+    add("--dataset", default="fashion-mnist", choices=sorted(TRAINING_RECIPES))
     add("--data-dir", help="dataset folder (default: the dataset's standard location)")
     add("--out", required=True, help="checkpoint path; with --branch both, _l/_r are inserted")
     add("--arch", help="model name: small_cnn, cifar_resnet20/56/110, resnet50, timm:<name>")
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         settings["progress"] = not settings.pop("no_progress")
         for flag in ("resume", "overwrite", "keep_state", "cpu"):
             settings[flag] = settings[flag] or None
-        config = TrainConfig.from_preset(dataset, out, **settings)
+        config = TrainConfig.from_recipe(dataset, out, **settings)
         paths = train(config)
     except (ValueError, OSError, ImportError) as err:
         print(f"train_base.py: error: {first_line(err)}", file=sys.stderr)

@@ -7,7 +7,7 @@ import torch
 
 from denoised_drs.diffusion import openai_unet
 from denoised_drs.diffusion.training import save_denoiser_checkpoint
-from denoised_drs.models import ClassifierSpec, save_classifier
+from denoised_drs.models import ClassifierSpec, create_model, save_classifier
 
 TINY_DENOISER_FLAGS = {
     "image_size": 28,
@@ -25,7 +25,7 @@ TINY_DENOISER_FLAGS = {
 def write_classifier(path: Path, branch: str, seed: int) -> Path:
     torch.manual_seed(seed)
     spec = ClassifierSpec.for_dataset("small_cnn", "fashion-mnist", branch=branch, sigma=0.25)
-    save_classifier(path, spec.build_full().eval(), spec)
+    save_classifier(path, create_model(spec.arch, **spec.model_options()).eval(), spec)
     return path
 
 

@@ -321,11 +321,11 @@ def api_cases() -> list[Case]:
             mode="rs", classifier=p["FULL"], n0=10, n=20, device="cpu").certify([image], [1, 2]),
         "Pipeline check_image_shape 2-d": lambda p: Pipeline(
             mode="rs", classifier=p["FULL"], device="cpu").check_image_shape((28, 28)),
-        "create_model unknown": lambda p: create_model("xx", 10),
-        "create_model 0 classes": lambda p: create_model("small_cnn", 0),
-        "create_model classes '10'": lambda p: create_model("small_cnn", "10"),
-        "create_model arch None": lambda p: create_model(None, 10),
-        "create_model input_size 5": lambda p: create_model("small_cnn", 10, 1, 5),
+        "create_model unknown": lambda p: create_model("xx", num_classes=10),
+        "create_model 0 classes": lambda p: create_model("small_cnn", num_classes=0),
+        "create_model classes '10'": lambda p: create_model("small_cnn", num_classes="10"),
+        "create_model arch None": lambda p: create_model(None, num_classes=10),
+        "create_model input_size 5": lambda p: create_model("small_cnn", num_classes=10, in_chans=1, input_size=5),
         "load_classifier 123": lambda p: load_classifier(123),
         "load_classifier missing": lambda p: load_classifier(p["INPUTS"] + "/none.pt"),
         "load_classifier directory": lambda p: load_classifier(p["INPUTS"]),
@@ -380,7 +380,7 @@ def build_inputs(root: Path) -> dict[str, str]:
     """Every input file the cases name, and the earlier results fault cases copy."""
     from denoised_drs.diffusion import openai_unet
     from denoised_drs.diffusion.training import save_denoiser_checkpoint
-    from denoised_drs.models import ClassifierSpec, save_classifier
+    from denoised_drs.models import ClassifierSpec, create_model, save_classifier
 
     inputs, faults = root / "inputs", root / "faults"
     inputs.mkdir()
@@ -391,7 +391,7 @@ def build_inputs(root: Path) -> dict[str, str]:
     for name, branch, seed in (("FULL", "full", 0), ("L", "l", 1), ("R", "r", 2), ("FULL2", "full", 3)):
         torch.manual_seed(seed)
         spec = ClassifierSpec.for_dataset("small_cnn", "fashion-mnist", branch=branch, sigma=0.25)
-        save_classifier(inputs / f"{name.lower()}.pt", spec.build_full().eval(), spec)
+        save_classifier(inputs / f"{name.lower()}.pt", create_model(spec.arch, **spec.model_options()).eval(), spec)
         paths[name] = str(inputs / f"{name.lower()}.pt")
     torch.save(torch.load(paths["FULL"], weights_only=True)["state_dict"], inputs / "plain.pt")
     paths["PLAIN"] = str(inputs / "plain.pt")

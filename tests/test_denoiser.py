@@ -28,13 +28,13 @@ def reference(request):
 @pytest.fixture(scope="module")
 def improved_denoiser():
     path = reference_path("improved_small_reference.pt")
-    return OneShotDenoiser.from_preset("improved-small", 0.25, path)
+    return OneShotDenoiser.from_pretrained("improved-small", sigma=0.25, checkpoint_path=path)
 
 
 def test_reference_pred_xstart(reference):
     """From a reference file loaded through the preset, exactly as a user would."""
     kind, path, data = reference
-    denoiser = OneShotDenoiser.from_preset(PRESET_OF[kind], 0.5, path)
+    denoiser = OneShotDenoiser.from_pretrained(PRESET_OF[kind], sigma=0.5, checkpoint_path=path)
     np.testing.assert_array_equal(denoiser.alphas_cumprod, data["alphas_cumprod"].numpy())
     x0 = denoiser.predict_xstart(data["x_t"], data["t"])
     assert (x0 - data["pred_xstart_clipped"]).abs().max() < 1e-4
@@ -119,7 +119,7 @@ def test_train_mode_propagates_gradients():
 
 def test_bfloat16_autocast_runs_close_to_float32():
     path = reference_path("improved_small_reference.pt")
-    denoiser = OneShotDenoiser.from_preset("improved-small", 0.25, path)
+    denoiser = OneShotDenoiser.from_pretrained("improved-small", sigma=0.25, checkpoint_path=path)
     x_noisy = torch.rand(2, 3, 32, 32)
     reference_out = denoiser(x_noisy)
     # Same arithmetic as float32 weights under autocast, without a cast on every call.
@@ -256,7 +256,7 @@ def test_diffusers_directory_loads_offline_and_denoises(tmp_path, layout):
     assert loaded.prediction_type == "epsilon" and loaded.timestep_scale == 1.0
 
     sigma = 0.25
-    denoiser = OneShotDenoiser.from_preset(tmp_path, sigma, chunk_size=2)
+    denoiser = OneShotDenoiser.from_pretrained(tmp_path, sigma=sigma, chunk_size=2)
     x_noisy = torch.rand(3, 3, 16, 16) + sigma * torch.randn(3, 3, 16, 16)
     out = denoiser(x_noisy)
     assert out.shape == x_noisy.shape and out.min() >= 0 and out.max() <= 1
@@ -276,3 +276,98 @@ def test_diffusers_directory_takes_no_checkpoint(tmp_path):
     scheduler.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="holds its own weights"):
         load_denoiser_network(tmp_path, tmp_path / "weights.pt")
+
+
+def test_from_pretrained_equals_the_loader_and_constructor(tmp_path):
+    """A tiny saved denoiser of ours: from_pretrained gives what the loader + constructor give."""
+    from denoised_drs.diffusion import openai_unet
+    from denoised_drs.diffusion.training import save_denoiser_checkpoint
+
+    flags = {"image_size": 16, "in_channels": 1, "num_channels": 32, "num_res_blocks": 1,
+             "channel_mult": "1,2", "attention_resolutions": "", "num_head_channels": 32,
+             "learn_sigma": False, "use_scale_shift_norm": True, "dropout": 0.0}
+    torch.manual_seed(5)
+    path = tmp_path / "tiny.pt"
+    save_denoiser_checkpoint(path, openai_unet(**flags), flags, "cosine", 1000)
+    loaded = load_denoiser_network(path)
+    by_hand = OneShotDenoiser(
+        loaded.network, loaded.alphas_cumprod, 0.25,
+        timestep_scale=loaded.timestep_scale, prediction_type=loaded.prediction_type, chunk_size=2,
+    )
+    pretrained = OneShotDenoiser.from_pretrained(path, sigma=0.25, chunk_size=2)
+    assert pretrained.timestep == by_hand.timestep and pretrained.chunk_size == 2
+    np.testing.assert_array_equal(pretrained.alphas_cumprod, by_hand.alphas_cumprod)
+    x_noisy = torch.rand(3, 1, 16, 16) + 0.25 * torch.randn(3, 1, 16, 16)
+    assert torch.equal(pretrained(x_noisy), by_hand(x_noisy))
+
+
+def _linear_network(x_t, timesteps):
+    # Deterministic and cheap; depends on both arguments.
+    return 0.5 * x_t + 1e-3 * timesteps.view(-1, 1, 1, 1)
+
+
+def test_scheduler_gives_the_same_denoiser_as_its_alphas_cumprod():
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    torch.manual_seed(6)
+    x_noisy = torch.rand(4, 3, 8, 8) + 0.3 * torch.randn(4, 3, 8, 8)
+    for scheduler in (
+        DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2"),
+        DDIMScheduler(num_train_timesteps=500),
+    ):
+        from_scheduler = OneShotDenoiser(_linear_network, scheduler, 0.3)
+        from_array = OneShotDenoiser(_linear_network, scheduler.alphas_cumprod, 0.3)
+        assert from_scheduler.prediction_type == from_array.prediction_type == "epsilon"
+        assert from_scheduler.timestep == from_array.timestep
+        np.testing.assert_array_equal(from_scheduler.alphas_cumprod, from_array.alphas_cumprod)
+        assert torch.equal(from_scheduler(x_noisy), from_array(x_noisy))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_scheduler_prediction_types_match_diffusers_own_x0(prediction_type):
+    """Our x0 estimate equals the ``pred_original_sample`` of diffusers' DDPMScheduler.step."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    denoiser = OneShotDenoiser(_linear_network, scheduler, 0.25)
+    assert denoiser.prediction_type == prediction_type
+    torch.manual_seed(7)
+    x_t = torch.randn(2, 3, 8, 8)
+    t = denoiser.timestep
+    ours = denoiser.predict_xstart(x_t, t)
+    output = _linear_network(x_t, torch.full((2,), float(t)))
+    theirs = scheduler.step(output, t, x_t, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(ours, theirs.pred_original_sample, rtol=0, atol=1e-5)
+
+
+def test_v_and_sample_oracles_through_a_scheduler_recover_the_clean_image():
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(8)
+    sigma = 0.3
+    x = torch.rand(3, 3, 8, 8) * 0.8 + 0.1
+    x_noisy = x + sigma * torch.randn_like(x)
+    for prediction_type in ("sample", "v_prediction"):
+        scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+        abar_all = scheduler.alphas_cumprod.double().numpy()
+        abar = abar_all[sigma_to_timestep(abar_all, sigma)]
+        x0 = 2 * x - 1
+
+        def oracle(x_t, timesteps, kind=prediction_type, abar=abar, x0=x0):
+            if kind == "sample":
+                return x0
+            eps = (x_t - math.sqrt(abar) * x0) / math.sqrt(1 - abar)
+            return math.sqrt(abar) * eps - math.sqrt(1 - abar) * x0
+
+        denoised = OneShotDenoiser(oracle, scheduler, sigma)(x_noisy)
+        assert torch.allclose(denoised, x, atol=1e-5)
+
+
+def test_prediction_type_contradicting_the_scheduler_is_refused():
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=100, prediction_type="v_prediction")
+    agreeing = OneShotDenoiser(_linear_network, scheduler, 0.25, prediction_type="v_prediction")
+    assert agreeing.prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match="contradicts the scheduler's 'v_prediction'"):
+        OneShotDenoiser(_linear_network, scheduler, 0.25, prediction_type="epsilon")

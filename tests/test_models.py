@@ -6,13 +6,12 @@ import pytest
 import torch
 from torch import nn
 
+from denoised_drs.data import DATASET_INFO
 from denoised_drs.models import (
-    NORMALIZATION,
     ClassifierSpec,
     EnsembleClassifier,
     NormalizedClassifier,
     SubImageClassifier,
-    build_classifier,
     create_model,
     load_classifier,
     load_ensemble,
@@ -20,6 +19,8 @@ from denoised_drs.models import (
     strip_wrapper_prefixes,
 )
 from denoised_drs.partition import resize
+
+CIFAR10, FMNIST = DATASET_INFO["cifar10"], DATASET_INFO["fashion-mnist"]
 
 
 @pytest.mark.parametrize(
@@ -33,12 +34,13 @@ from denoised_drs.partition import resize
 )
 def test_registry_builds_with_given_channels_and_classes(arch, channels, size):
     torch.manual_seed(0)
-    model = create_model(arch, num_classes=7, in_channels=channels, input_size=(size, size)).eval()
+    model = create_model(arch, num_classes=7, in_chans=channels, input_size=(size, size)).eval()
     assert model(torch.rand(2, channels, size, size)).shape == (2, 7)
 
 
 def test_small_cnn_is_small():
-    params = sum(p.numel() for p in create_model("small_cnn", 10, 1, (28, 28)).parameters())
+    model = create_model("small_cnn", num_classes=10, in_chans=1, input_size=(28, 28))
+    params = sum(p.numel() for p in model.parameters())
     assert 100_000 <= params <= 300_000
 
 
@@ -46,8 +48,8 @@ def test_cifar_resnet_depths_follow_6n_plus_2():
     def blocks(model):
         return sum(len(getattr(model, f"layer{i}")) for i in (1, 2, 3))
 
-    assert blocks(create_model("cifar_resnet56", 10)) == 27
-    assert blocks(create_model("cifar_resnet110", 10)) == 54
+    assert blocks(create_model("cifar_resnet56", num_classes=10)) == 27
+    assert blocks(create_model("cifar_resnet110", num_classes=10)) == 54
     with pytest.raises(ValueError, match="6n \\+ 2"):
         from denoised_drs.models import CifarResNet
 
@@ -62,22 +64,26 @@ def test_resnet50_is_torchvision_without_weights():
 
 def test_unknown_architecture_message():
     with pytest.raises(ValueError, match="unknown architecture 'resnet9000'.*timm:<name>"):
-        create_model("resnet9000", 10)
+        create_model("resnet9000", num_classes=10)
     with pytest.raises(ValueError, match="timm has no model"):
-        create_model("timm:not_a_real_model_xyz", 10)
+        create_model("timm:not_a_real_model_xyz", num_classes=10)
 
 
 def test_normalisation_is_the_first_layer():
     torch.manual_seed(0)
-    classifier = build_classifier("cifar_resnet20", 10, 3, "cifar10").eval()
+    classifier = create_model("cifar_resnet20", num_classes=10, normalization="cifar10").eval()
     x = torch.rand(2, 3, 32, 32)
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATION["cifar10"])
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (CIFAR10.mean, CIFAR10.std))
     assert torch.allclose(classifier(x), classifier.model((x - mean) / std), atol=1e-6)
-    fmnist = build_classifier("small_cnn", 10, 1, "fashion-mnist", (28, 28))
+    fmnist = create_model(
+        "small_cnn", num_classes=10, in_chans=1, input_size=(28, 28), normalization="fashion-mnist"
+    )
     assert fmnist.normalize.mean.item() == pytest.approx(0.2860)
     assert fmnist.normalize.std.item() == pytest.approx(0.3530)
     with pytest.raises(ValueError, match="channel"):
-        build_classifier("small_cnn", 10, 1, "cifar10", (28, 28))
+        create_model(
+            "small_cnn", num_classes=10, in_chans=1, input_size=(28, 28), normalization="cifar10"
+        )
 
 
 class _CohenNormalizeLayer(nn.Module):
@@ -85,7 +91,7 @@ class _CohenNormalizeLayer(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.means = torch.tensor(NORMALIZATION["cifar10"][0])
+        self.means = torch.tensor(CIFAR10.mean)
 
     def forward(self, x):
         return x
@@ -94,7 +100,7 @@ class _CohenNormalizeLayer(nn.Module):
 @pytest.mark.parametrize("layout", ["sequential_of_dataparallel", "dataparallel_of_sequential"])
 def test_loads_cohen_style_checkpoint(tmp_path, layout):
     torch.manual_seed(0)
-    network = create_model("cifar_resnet20", 10).eval()
+    network = create_model("cifar_resnet20", num_classes=10).eval()
     prefix = "1.module." if layout == "sequential_of_dataparallel" else "module.1."
     state = {prefix + k: v for k, v in network.state_dict().items()}
     if layout == "dataparallel_of_sequential":
@@ -106,12 +112,12 @@ def test_loads_cohen_style_checkpoint(tmp_path, layout):
     classifier = load_classifier(path)
     assert isinstance(classifier, NormalizedClassifier) and not classifier.training
     x = torch.rand(3, 3, 32, 32)
-    reference = NormalizedClassifier(network, *NORMALIZATION["cifar10"]).eval()
+    reference = NormalizedClassifier(network, CIFAR10.mean, CIFAR10.std).eval()
     assert torch.allclose(classifier(x), reference(x), atol=1e-6)
 
 
 def test_key_mismatch_names_the_architecture_and_first_keys(tmp_path):
-    network = create_model("cifar_resnet20", 10)
+    network = create_model("cifar_resnet20", num_classes=10)
     path = tmp_path / "cohen.pth.tar"
     torch.save({"arch": "cifar_resnet56", "state_dict": network.state_dict()}, path)
     with pytest.raises(ValueError) as info:
@@ -123,7 +129,7 @@ def test_key_mismatch_names_the_architecture_and_first_keys(tmp_path):
 
     wrong_classes = tmp_path / "wrong_classes.pth.tar"
     torch.save(
-        {"arch": "cifar_resnet20", "state_dict": create_model("cifar_resnet20", 100).state_dict()},
+        {"arch": "cifar_resnet20", "state_dict": create_model("cifar_resnet20", num_classes=100).state_dict()},
         wrong_classes,
     )
     with pytest.raises(ValueError, match="shape mismatch.*fc.weight"):
@@ -132,7 +138,7 @@ def test_key_mismatch_names_the_architecture_and_first_keys(tmp_path):
 
 def test_foreign_checkpoint_without_arch_asks_for_it(tmp_path):
     path = tmp_path / "plain.pt"
-    torch.save(create_model("small_cnn", 10, 1, (28, 28)).state_dict(), path)
+    torch.save(create_model("small_cnn", num_classes=10, in_chans=1, input_size=(28, 28)).state_dict(), path)
     with pytest.raises(ValueError, match=r"records no architecture.*arch=NAME"):
         load_classifier(path)
 
@@ -141,13 +147,13 @@ def test_plain_state_dict_with_module_prefix_and_safetensors(tmp_path):
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    network = create_model("small_cnn", 10, 1, (28, 28)).eval()
+    network = create_model("small_cnn", num_classes=10, in_chans=1, input_size=(28, 28)).eval()
     plain = tmp_path / "plain.pt"
     torch.save({"module." + k: v for k, v in network.state_dict().items()}, plain)
     safe = tmp_path / "plain.safetensors"
     save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(safe))
     x = torch.rand(2, 1, 28, 28)
-    expected = NormalizedClassifier(network, *NORMALIZATION["fashion-mnist"]).eval()(x)
+    expected = NormalizedClassifier(network, FMNIST.mean, FMNIST.std).eval()(x)
     for path in (plain, safe):
         classifier = load_classifier(path, arch="small_cnn", dataset="fashion-mnist")
         assert torch.allclose(classifier(x), expected, atol=1e-6)
@@ -165,7 +171,7 @@ def test_refuses_pickled_objects(tmp_path):
 def test_own_checkpoint_round_trip_full_and_branch(tmp_path):
     torch.manual_seed(0)
     spec = ClassifierSpec.for_dataset("small_cnn", "fashion-mnist", branch="l", sigma=0.18)
-    full = spec.build_full().eval()
+    full = create_model(spec.arch, **spec.model_options()).eval()
     path = tmp_path / "branch_l.pt"
     save_classifier(path, full, spec, {"strategy": "gaussian"})
     branch = load_classifier(path)
@@ -233,10 +239,28 @@ def test_ensemble_averages_logits():
 def test_load_ensemble_of_checkpoints(tmp_path):
     torch.manual_seed(0)
     spec = ClassifierSpec.for_dataset("small_cnn", "fashion-mnist")
-    fulls = [spec.build_full().eval() for _ in range(2)]
+    fulls = [create_model(spec.arch, **spec.model_options()).eval() for _ in range(2)]
     paths = [tmp_path / f"m{i}.pt" for i in range(2)]
     for full, path in zip(fulls, paths):
         save_classifier(path, full, spec)
     x = torch.rand(3, 1, 28, 28)
     ensemble = load_ensemble(paths)
     assert torch.allclose(ensemble(x), (fulls[0](x) + fulls[1](x)) / 2, atol=1e-6)
+
+
+def test_create_model_reads_weights_from_checkpoint_path(tmp_path):
+    torch.manual_seed(0)
+    spec = ClassifierSpec.for_dataset("small_cnn", "fashion-mnist")
+    full = create_model(spec.arch, **spec.model_options()).eval()
+    save_classifier(tmp_path / "ours.pt", full, spec)
+    torch.save({"arch": "small_cnn", "state_dict": full.model.state_dict()}, tmp_path / "cohen.pt")
+    x = torch.rand(2, 1, 28, 28)
+    for name in ("ours.pt", "cohen.pt"):
+        loaded = create_model(
+            "small_cnn", num_classes=10, in_chans=1, input_size=(28, 28),
+            normalization="fashion-mnist", checkpoint_path=tmp_path / name,
+        ).eval()
+        assert torch.equal(loaded(x), full(x))
+    with pytest.raises(ValueError, match=r"ours\.pt: the weights do not fit architecture 'small_cnn'"):
+        create_model("small_cnn", num_classes=7, in_chans=1, input_size=(28, 28),
+                     checkpoint_path=tmp_path / "ours.pt")

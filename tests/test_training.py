@@ -144,7 +144,7 @@ def test_branch_input_is_the_checkerboard_half():
 
 
 def test_config_presets_paths_and_validation(tmp_path):
-    cifar = TrainConfig.from_preset("cifar10", str(tmp_path / "m.pt"), target="drs")
+    cifar = TrainConfig.from_recipe("cifar10", str(tmp_path / "m.pt"), target="drs")
     assert (cifar.epochs, cifar.lr, cifar.milestones, cifar.optimizer) == (
         40,
         1e-3,
@@ -156,10 +156,10 @@ def test_config_presets_paths_and_validation(tmp_path):
     assert [cifar.lr_at(e) for e in (0, 24, 25, 34, 35)] == pytest.approx(
         [1e-3, 1e-3, 1e-4, 1e-4, 1e-5]
     )
-    imagenet = TrainConfig.from_preset("imagenet", "x.pt", epochs=3)
+    imagenet = TrainConfig.from_recipe("imagenet", "x.pt", epochs=3)
     assert (imagenet.epochs, imagenet.lr, imagenet.milestones) == (3, 1e-5, (5, 10))
     assert (
-        TrainConfig.from_preset("sample", "m_{branch}.pt", target="drs", branch="r")
+        TrainConfig.from_recipe("sample", "m_{branch}.pt", target="drs", branch="r")
         .out_path("r")
         .name
         == "m_r.pt"
@@ -172,13 +172,13 @@ def test_config_presets_paths_and_validation(tmp_path):
         (dict(strategy="mixup"), "strategy"),
     ):
         with pytest.raises(ValueError, match=message):
-            TrainConfig.from_preset("sample", "m.pt", **bad)
+            TrainConfig.from_recipe("sample", "m.pt", **bad)
 
 
 def _quick(tmp_path, **overrides) -> TrainConfig:
     settings = dict(epochs=1, batch=32, max_train=64, max_test=32, progress=False, cpu=True)
     settings.update(overrides)
-    return TrainConfig.from_preset("sample", str(tmp_path / "model.pt"), **settings)
+    return TrainConfig.from_recipe("sample", str(tmp_path / "model.pt"), **settings)
 
 
 def test_rs_training_writes_a_checkpoint_that_certifies(tmp_path):

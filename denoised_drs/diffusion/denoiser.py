@@ -8,7 +8,10 @@ diffusion state ``x_t`` at the timestep ``t`` whose noise level matches
 timestep at least as noisy). One call of the noise-prediction network then gives the
 estimate of the clean image
 
-    x0_hat = clip(sqrt(1 / abar_t) x_t - sqrt(1 / abar_t - 1) eps_hat, -1, 1).
+    x0_hat = clip(sqrt(1 / abar_t) x_t - sqrt(1 / abar_t - 1) eps_hat, -1, 1)
+
+(or the like for networks predicting x0 or v). abar_t and what the network predicts
+come from the caller or from a diffusers scheduler (``DDPMScheduler``, ...).
 
 The denoiser adds no noise of its own and knows nothing about certificates: the caller
 adds the noise (once, with the sigma of its certificate) and decides what the output
@@ -20,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +32,9 @@ from torch import nn
 
 from .loading import load_denoiser_network
 from .schedule import sigma_to_timestep
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
@@ -62,12 +68,17 @@ class OneShotDenoiser(nn.Module):
         network: called as ``network(x_t, timesteps) -> (N, C_out, H, W)``; its first C
             output channels (C = input channels) are the prediction, further channels
             (learned variance) are dropped.
-        alphas_cumprod: abar_t for t = 0 .. T-1 (OpenAI indexing).
+        schedule: abar_t for t = 0 .. T-1 (OpenAI indexing), or a diffusers scheduler
+            (``DDPMScheduler``, ``DDIMScheduler``, ...) that then supplies both abar_t
+            (its ``alphas_cumprod``) and the prediction type (its
+            ``config.prediction_type``). Only those two are read from a scheduler: the
+            estimate is always clipped to [-1, 1], whatever its ``clip_sample`` says.
         sigma: the pixel-space noise std the inputs carry (images in [0, 1]).
         timestep_scale: the network is called with ``t * timestep_scale`` as a float
             (``1000 / T`` for improved-diffusion's rescaled timesteps).
         prediction_type: what the network predicts: "epsilon" (the OpenAI models),
-            "sample" (x0) or "v_prediction".
+            "sample" (x0) or "v_prediction". None means the scheduler's, or "epsilon"
+            for an array of abar_t; one that contradicts the scheduler is refused.
         chunk_size: at most this many images per network call (bounds peak memory);
             None sends the whole batch at once. Results do not depend on it.
         autocast_dtype: None computes in float32; torch.bfloat16 / torch.float16 run the
@@ -87,15 +98,16 @@ class OneShotDenoiser(nn.Module):
     def __init__(
         self,
         network: nn.Module,
-        alphas_cumprod: ArrayLike,
+        schedule: ArrayLike | SchedulerMixin,
         sigma: float,
         *,
         timestep_scale: float = 1.0,
-        prediction_type: str = "epsilon",
+        prediction_type: str | None = None,
         chunk_size: int | None = None,
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        alphas_cumprod, prediction_type = _schedule_and_prediction(schedule, prediction_type)
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(
                 f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
@@ -105,7 +117,7 @@ class OneShotDenoiser(nn.Module):
         if not (math.isfinite(timestep_scale) and timestep_scale > 0):
             raise ValueError(f"timestep_scale must be positive, got {timestep_scale}")
         self.network = network
-        self.alphas_cumprod = np.asarray(alphas_cumprod, dtype=np.float64)
+        self.alphas_cumprod = alphas_cumprod
         self.timestep = sigma_to_timestep(self.alphas_cumprod, sigma)
         self.sigma = float(sigma)
         self.timestep_scale = float(timestep_scale)
@@ -116,19 +128,21 @@ class OneShotDenoiser(nn.Module):
         self.eval()
 
     @classmethod
-    def from_preset(
+    def from_pretrained(
         cls,
-        denoiser: str | os.PathLike,
+        path_or_preset: str | os.PathLike,
+        *,
         sigma: float,
         checkpoint_path: str | os.PathLike | None = None,
         **options: Any,
     ) -> OneShotDenoiser:
-        """Build from a preset name + checkpoint file, or from a diffusers directory.
+        """The denoiser of a preset name + ``checkpoint_path``, a diffusers directory or
+        one of our denoiser checkpoints, for inputs carrying noise ``sigma``.
 
         ``options`` are ``chunk_size`` and ``autocast_dtype``. See
         :func:`~denoised_drs.diffusion.loading.load_denoiser_network`.
         """
-        loaded = load_denoiser_network(denoiser, checkpoint_path)
+        loaded = load_denoiser_network(path_or_preset, checkpoint_path)
         return cls(
             loaded.network,
             loaded.alphas_cumprod,
@@ -252,6 +266,23 @@ class OneShotDenoiser(nn.Module):
         else:
             x0 = prediction
         return x0.clamp(-1, 1)
+
+
+def _schedule_and_prediction(
+    schedule: ArrayLike | SchedulerMixin, prediction_type: str | None
+) -> tuple[np.ndarray, str]:
+    """abar_t in float64 and the prediction type, from an array or a diffusers scheduler."""
+    scheduler_abar = getattr(schedule, "alphas_cumprod", None)
+    if scheduler_abar is None:
+        return np.asarray(schedule, dtype=np.float64), prediction_type or "epsilon"
+    # A diffusers scheduler holds abar_t as a float32 tensor; float64 holds it exactly.
+    alphas_cumprod = torch.as_tensor(scheduler_abar).double().numpy()
+    own = str(schedule.config.prediction_type)
+    if prediction_type is not None and prediction_type != own:
+        raise ValueError(
+            f"prediction_type {prediction_type!r} contradicts the scheduler's {own!r}"
+        )
+    return alphas_cumprod, own
 
 
 def _check_images(x: torch.Tensor) -> None:

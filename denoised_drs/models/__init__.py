@@ -25,10 +25,9 @@ from .loading import (
     strip_wrapper_prefixes,
     timm_defaults,
 )
-from .registry import build_classifier, create_model, list_models, register_model
+from .registry import create_model, list_models, register_model
 from .small_cnn import SmallCNN
 from .wrappers import (
-    NORMALIZATION,
     EnsembleClassifier,
     Normalize,
     NormalizedClassifier,
@@ -40,7 +39,6 @@ from .wrappers import (
 __all__ = [
     "BRANCHES",
     "CHECKPOINT_FORMAT",
-    "NORMALIZATION",
     "CifarResNet",
     "ClassifierSpec",
     "EnsembleClassifier",
@@ -51,7 +49,6 @@ __all__ = [
     "SubImageClassifier",
     "atomic_save",
     "atomic_write_text",
-    "build_classifier",
     "classifier_checkpoint",
     "create_model",
     "extract_state_dict",

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from denoised_drs.checkpoint_file import load_weights_only, with_content_hash
+from denoised_drs.data import DATASET_INFO
 from denoised_drs.partition import INTERPOLATIONS
 
 from .registry import TIMM_PREFIX, create_model
@@ -37,20 +38,12 @@ from .wrappers import (
     NormalizedClassifier,
     ResizedClassifier,
     SubImageClassifier,
-    normalization_for,
 )
 
 CHECKPOINT_FORMAT = "denoised_drs.classifier"
 CHECKPOINT_VERSION = 1
 BRANCHES = ("full", "l", "r")
 
-# Defaults for foreign checkpoints that carry no metadata: dataset -> (classes, H, W).
-_DATASET_SHAPES = {
-    "cifar10": (10, 32, 32),
-    "imagenet": (1000, 224, 224),
-    "fashion-mnist": (10, 28, 28),
-    "sample": (10, 28, 28),
-}
 # Names a normalisation layer's buffers have had in the public smoothing code bases.
 _NORMALIZE_BUFFER_NAMES = {"mean", "std", "means", "sds", "mu", "sigma"}
 
@@ -95,21 +88,20 @@ class ClassifierSpec:
 
     @classmethod
     def for_dataset(cls, arch: str, dataset: str, **kwargs: Any) -> ClassifierSpec:
-        """The spec of ``arch`` for a known dataset (classes, size, normalisation filled in)."""
-        if dataset not in _DATASET_SHAPES:
+        """The spec of ``arch`` for a known dataset (classes, size, normalisation filled in
+        from :data:`~denoised_drs.data.DATASET_INFO`)."""
+        if dataset not in DATASET_INFO:
             raise ValueError(
-                f"unknown dataset {dataset!r}; choose one of {sorted(_DATASET_SHAPES)}"
+                f"unknown dataset {dataset!r}; choose one of {sorted(DATASET_INFO)}"
             )
-        num_classes, height, width = _DATASET_SHAPES[dataset]
-        in_channels = 1 if dataset in ("fashion-mnist", "sample") else 3
-        mean, std = normalization_for(dataset, in_channels)
+        info = DATASET_INFO[dataset]
         values = dict(
             arch=arch,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            input_size=(height, width),
-            mean=mean,
-            std=std,
+            num_classes=info.num_classes,
+            in_channels=info.channels,
+            input_size=info.image_size,
+            mean=info.mean,
+            std=info.std,
             normalization=dataset,
             dataset=dataset,
         )
@@ -127,10 +119,15 @@ class ClassifierSpec:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
-    def build_full(self) -> NormalizedClassifier:
-        """The freshly initialised full-image classifier (normalisation + network)."""
-        network = create_model(self.arch, self.num_classes, self.in_channels, self.input_size)
-        return NormalizedClassifier(network, self.mean, self.std)
+    def model_options(self) -> dict[str, Any]:
+        """The :func:`create_model` keywords of this spec's full-image classifier
+        (normalisation + network): ``create_model(spec.arch, **spec.model_options())``."""
+        return {
+            "num_classes": self.num_classes,
+            "in_chans": self.in_channels,
+            "input_size": self.input_size,
+            "normalization": (self.mean, self.std),
+        }
 
     def wrap(self, full: nn.Module) -> nn.Module:
         """``full`` as this spec's branch: itself for ``"full"``, else a sub-image classifier."""
@@ -332,7 +329,7 @@ def load_classifier(
         std=None if std is None else tuple(std),
     )
     try:
-        full = spec.build_full()
+        full = create_model(spec.arch, **spec.model_options())
         load_weights(full.model, extract_state_dict(obj), spec.arch)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None

@@ -3,12 +3,14 @@
 Names: ``cifar_resnet20``, ``cifar_resnet56``, ``cifar_resnet110`` (Cohen et al.),
 ``resnet50`` (torchvision, ``weights=None``), ``small_cnn`` (28x28 grey images) and
 ``timm:<name>`` for any timm model (``pretrained=False``). Every builder takes
-``num_classes``, ``in_channels`` and ``input_size = (H, W)``.
+``num_classes``, ``in_channels`` and ``input_size = (H, W)``; :func:`create_model` is
+the one way the package builds a classifier by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -92,36 +94,58 @@ def _timm_model(
 
 
 def create_model(
-    arch: str,
+    name: str,
+    *,
     num_classes: int,
-    in_channels: int = 3,
+    in_chans: int = 3,
     input_size: tuple[int, int] = (32, 32),
+    normalization: str | tuple[Sequence[float], Sequence[float]] | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
 ) -> nn.Module:
-    """A freshly initialised bare network (no normalisation layer) named ``arch``."""
-    if not isinstance(arch, str):
-        raise TypeError(f"arch must be a model name (str), got {type(arch).__name__}")
-    if num_classes < 1 or in_channels < 1:
+    """The network ``name``, freshly initialised or with the weights of ``checkpoint_path``.
+
+    Without ``normalization`` this is the bare network. With it (a dataset name of
+    :data:`~denoised_drs.data.DATASET_INFO`, ``"none"`` for the identity, or a
+    ``(mean, std)`` pair) it is a :class:`NormalizedClassifier` taking images in
+    [0, 1], whose ``model`` is the bare network. ``checkpoint_path`` names a file
+    holding the bare network's weights in any layout :mod:`.loading` reads (our
+    checkpoints, Cohen-style files, plain state dicts); weights that do not fit
+    ``name`` raise ValueError naming the file and the first misfitting keys.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"arch must be a model name (str), got {type(name).__name__}")
+    if num_classes < 1 or in_chans < 1:
         raise ValueError(
-            f"num_classes and in_channels must be positive, got {num_classes}, {in_channels}"
+            f"num_classes and in_chans must be positive, got {num_classes}, {in_chans}"
         )
-    if arch.startswith(TIMM_PREFIX):
-        return _timm_model(arch[len(TIMM_PREFIX) :], num_classes, in_channels, tuple(input_size))
+    network = _bare_network(name, num_classes, in_chans, tuple(input_size))
+    if checkpoint_path is not None:
+        # Imported here: .loading builds its classifiers through this module.
+        from .loading import extract_state_dict, load_weights, read_checkpoint
+
+        checkpoint = read_checkpoint(checkpoint_path)
+        try:
+            load_weights(network, extract_state_dict(checkpoint), name)
+        except ValueError as err:
+            raise ValueError(f"{checkpoint_path}: {err}") from None
+    if normalization is None:
+        return network
+    if isinstance(normalization, str):
+        mean, std = normalization_for(normalization, in_chans)
+    else:
+        mean, std = normalization
+    return NormalizedClassifier(network, mean, std)
+
+
+def _bare_network(
+    name: str, num_classes: int, in_chans: int, input_size: tuple[int, int]
+) -> nn.Module:
+    if name.startswith(TIMM_PREFIX):
+        return _timm_model(name[len(TIMM_PREFIX) :], num_classes, in_chans, input_size)
     try:
-        builder = _REGISTRY[arch]
+        builder = _REGISTRY[name]
     except KeyError:
         raise ValueError(
-            f"unknown architecture {arch!r}; choose one of {list_models()} or 'timm:<name>'"
+            f"unknown architecture {name!r}; choose one of {list_models()} or 'timm:<name>'"
         ) from None
-    return builder(num_classes, in_channels, tuple(input_size))
-
-
-def build_classifier(
-    arch: str,
-    num_classes: int,
-    in_channels: int = 3,
-    normalization: str = "cifar10",
-    input_size: tuple[int, int] = (32, 32),
-) -> NormalizedClassifier:
-    """``create_model`` with the dataset's normalisation layer first (input in [0, 1])."""
-    mean, std = normalization_for(normalization, in_channels)
-    return NormalizedClassifier(create_model(arch, num_classes, in_channels, input_size), mean, std)
+    return builder(num_classes, in_chans, input_size)

@@ -21,28 +21,23 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..data import DATASET_INFO
 from ..partition import INTERPOLATIONS, InterpolationMode, resize
-
-NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "fashion-mnist": ((0.2860,), (0.3530,)),
-}
-"""Per-channel (mean, std) per dataset; the CIFAR-10 and ImageNet values are Cohen et al.'s."""
-NORMALIZATION["sample"] = NORMALIZATION["fashion-mnist"]
 
 
 def normalization_for(name: str, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) for a dataset name, or the identity (0, 1) for ``"none"``."""
+    """(mean, std) for a dataset name (:data:`~denoised_drs.data.DATASET_INFO`), or the
+    identity (0, 1) for ``"none"``."""
     if name == "none":
         return (0.0,) * in_channels, (1.0,) * in_channels
     try:
-        mean, std = NORMALIZATION[name]
+        info = DATASET_INFO[name]
     except KeyError:
         raise ValueError(
             f"no normalisation constants for {name!r}; choose one of "
-            f"{sorted([*NORMALIZATION, 'none'])}"
+            f"{sorted([*DATASET_INFO, 'none'])}"
         ) from None
+    mean, std = info.mean, info.std
     if len(mean) != in_channels:
         raise ValueError(
             f"{name!r} normalisation has {len(mean)} channel(s), the model expects {in_channels}"

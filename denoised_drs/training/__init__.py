@@ -5,7 +5,7 @@ and/or ``r`` for DRS, each on its own noisy checkerboard sub-image resized back 
 full size) with the Gaussian, consistency or SmoothAdv objective.
 """
 
-from .config import DRS_BRANCHES, PRESETS, TARGETS, TrainConfig, branch_input
+from .config import DRS_BRANCHES, TARGETS, TRAINING_RECIPES, TrainConfig, branch_input
 from .loop import LOG_COLUMNS, evaluate, train, train_branch
 from .strategies import (
     STRATEGIES,
@@ -24,9 +24,9 @@ from .strategies import (
 __all__ = [
     "DRS_BRANCHES",
     "LOG_COLUMNS",
-    "PRESETS",
     "STRATEGIES",
     "TARGETS",
+    "TRAINING_RECIPES",
     "Consistency",
     "ConsistencyTerms",
     "Gaussian",

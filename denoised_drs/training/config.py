@@ -1,4 +1,4 @@
-"""Training settings, paper presets and the input each smoothing target trains on."""
+"""Training settings, the papers' training recipes and the input each smoothing target trains on."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _fill_branch(template: str, branch: str) -> Path:
         raise ValueError(f"{template!r}: only {{branch}} can be filled in (got {error})") from None
 DRS_BRANCHES = ("l", "r", "both")
 
-PRESETS: dict[str, dict[str, Any]] = {
+TRAINING_RECIPES: dict[str, dict[str, Any]] = {
     # Xia et al. (2024): DRS fine-tuning of Cohen's ResNet-110 with Adam.
     "cifar10": dict(arch="cifar_resnet110", epochs=40, lr=1e-3, milestones=(25, 35), batch=256),
     # Xia et al. (2024): DRS fine-tuning of a torchvision ResNet-50 with Adam.
@@ -35,9 +35,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Smoke runs on the 100 bundled images.
     "sample": dict(arch="small_cnn", epochs=2, lr=1e-3, milestones=(), batch=32),
 }
-"""Per-dataset defaults; every value can be overridden. The CIFAR-10 and ImageNet
-presets are the paper's fine-tuning schedules, meant to start from a pretrained
-model (``init``)."""
+"""Per-dataset training recipes: defaults, every value can be overridden. The CIFAR-10
+and ImageNet recipes are the paper's fine-tuning schedules, meant to start from a
+pretrained model (``init``)."""
 
 
 @dataclass
@@ -80,11 +80,11 @@ class TrainConfig:
     progress: bool = True
 
     @classmethod
-    def from_preset(cls, dataset: str, out: str, **overrides: Any) -> TrainConfig:
-        """The dataset's :data:`PRESETS` entry with ``overrides`` (``None`` values ignored)."""
-        if dataset not in PRESETS:
+    def from_recipe(cls, dataset: str, out: str, **overrides: Any) -> TrainConfig:
+        """The dataset's :data:`TRAINING_RECIPES` entry with ``overrides`` (``None`` values ignored)."""
+        if dataset not in TRAINING_RECIPES:
             raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
-        values = {**PRESETS[dataset], **{k: v for k, v in overrides.items() if v is not None}}
+        values = {**TRAINING_RECIPES[dataset], **{k: v for k, v in overrides.items() if v is not None}}
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:

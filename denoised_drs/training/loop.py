@@ -33,6 +33,7 @@ from ..models import (
     SubImageClassifier,
     atomic_save,
     atomic_write_text,
+    create_model,
     extract_state_dict,
     is_own_checkpoint,
     load_weights,
@@ -89,7 +90,7 @@ def build_spec(config: TrainConfig, branch: str) -> ClassifierSpec:
 
 def initial_classifier(config: TrainConfig, spec: ClassifierSpec) -> nn.Module:
     """The model to train: fresh, or the full-size network of ``config.init``, wrapped for the branch."""
-    full = spec.build_full()
+    full = create_model(spec.arch, **spec.model_options())
     if config.init is not None:
         try:
             load_weights(full.model, extract_state_dict(read_checkpoint(config.init)), spec.arch)
