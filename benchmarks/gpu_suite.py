@@ -10,14 +10,19 @@ split denoising (two denoiser calls per sample), and the ratios between them; th
 certifies two random images per preset (DRS joint, bf16) as a smoke test.
 
 Weights are random, built from the key manifests of the official checkpoints
-(``--manifests``, default ``../shared/reference``) and loaded through the same
+(``--manifests``, default ``tests/data``, which carries them) and loaded through the same
 strict official-layout path as the real files, so sizes and speed are the real
 ones; nothing is downloaded. ``--tiny`` runs the same code with small UNets (built
 from their flags, no manifest needed) and small classifiers on the CPU, so that a
 test can keep this script working.
 
-Expected certification time: images x (N0 + N) / samples_per_s seconds (see
-docs/reproduce.md).
+From the bf16 rates it then computes ``expected_gpu_hours`` for every command of
+docs/reproduce.md, by that document's formula: images x (N0 + N) / R / 3600 per sigma,
+R being the measured noisy samples per second of the row's preset and mode. R counts
+noisy samples, not denoiser calls, so DRS split's two denoiser calls per sample are
+already in its (lower) R and take no extra factor. The classifiers measured are
+ResNet-110 and ResNet-50; Carlini's ViT-B/16 and BEiT-L cost more, so those rows are
+lower bounds. With ``--tiny`` the hours only exercise the arithmetic (CPU, small models).
 """
 
 from __future__ import annotations
@@ -72,11 +77,39 @@ MODES = {"rs": {"mode": "rs"}, "drs_joint": {"mode": "drs", "denoise": "joint"},
 SIGMA = 0.25
 
 
+@dataclass(frozen=True)
+class ReproduceRow:
+    """One loop of docs/reproduce.md: a command per sigma, each certifying ``images``."""
+
+    preset: str  # a Preset name: whose measured rate applies
+    mode: str  # a MODES key
+    images: int
+    sigmas: tuple[float, ...]
+    note: str = ""
+
+
+# The commands' shared settings: --N0 100 --N 100000 --autocast bf16 (no compile).
+REPRODUCE_N0, REPRODUCE_N, REPRODUCE_PRECISION = 100, 100_000, "bf16"
+CIFAR10_IMAGES = len(range(0, 10_000, 5))  # --skip 5 over the 10,000 test images
+IMAGENET_IMAGES = len(range(0, 50_000, 100))  # --skip 100 over the 50,000 val images
+CARLINI = "ViT-B/16 / BEiT-L classifier costs more than the measured ResNet: a lower bound"
+REPRODUCE_ROWS = {
+    "DRS joint, CIFAR-10": ReproduceRow("cifar10-50M", "drs_joint", CIFAR10_IMAGES, (0.18, 0.36)),
+    "DRS joint, ImageNet": ReproduceRow("imagenet-552M", "drs_joint", IMAGENET_IMAGES, (0.25, 0.50)),
+    "DRS split, CIFAR-10": ReproduceRow("cifar10-50M", "drs_split", CIFAR10_IMAGES, (0.18, 0.36)),
+    "DRS split, ImageNet": ReproduceRow("imagenet-552M", "drs_split", IMAGENET_IMAGES, (0.25, 0.50)),
+    "denoised RS, CIFAR-10": ReproduceRow("cifar10-50M", "rs", CIFAR10_IMAGES, (0.25, 0.50)),
+    "denoised RS, ImageNet": ReproduceRow("imagenet-552M", "rs", IMAGENET_IMAGES, (0.25, 0.50)),
+    "Carlini CIFAR-10": ReproduceRow("cifar10-50M", "rs", CIFAR10_IMAGES, (0.25, 0.50, 1.00), CARLINI),
+    "Carlini ImageNet": ReproduceRow("imagenet-552M", "rs", IMAGENET_IMAGES, (0.25, 0.50, 1.00), CARLINI),
+}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the JSON to write")
     parser.add_argument("--tiny", action="store_true", help="small random models on the CPU")
-    parser.add_argument("--manifests", default=str(REPO.parent / "shared" / "reference"),
+    parser.add_argument("--manifests", default=str(REPO / "tests" / "data"),
                         help="folder of the *.keys.json manifests (full size only)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="timed seconds per measurement (default 5, --tiny 0: one batch)")
@@ -192,6 +225,31 @@ def smoke_test(preset: Preset, denoiser: nn.Module, classifier: nn.Module, devic
                                   for r in records]}
 
 
+def expected_gpu_hours(presets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per docs/reproduce.md row: GPU hours = images x (N0 + N) / R / 3600 per sigma,
+    R the measured bf16 samples/s of the row's preset and mode; ``hours`` sums the sigmas."""
+    rows = {}
+    for name, row in REPRODUCE_ROWS.items():
+        rate = presets[row.preset]["precisions"][REPRODUCE_PRECISION][row.mode]["samples_per_s"]
+        per_sigma = row.images * (REPRODUCE_N0 + REPRODUCE_N) / rate / 3600
+        rows[name] = {"preset": row.preset, "mode": row.mode, "precision": REPRODUCE_PRECISION,
+                      "images": row.images, "n0": REPRODUCE_N0, "n": REPRODUCE_N,
+                      "sigmas": list(row.sigmas), "samples_per_s": rate,
+                      "hours_per_sigma": per_sigma, "hours": per_sigma * len(row.sigmas),
+                      "note": row.note}
+    return rows
+
+
+def print_hours(rows: dict[str, dict[str, Any]]) -> None:
+    """The table of docs/reproduce.md, filled in."""
+    print("| row | preset, mode | R (samples/s, bf16) | GPU hours per sigma | all sigmas |")
+    print("|---|---|---|---|---|")
+    for name, row in rows.items():
+        sigmas = ", ".join(f"{s:g}" for s in row["sigmas"])
+        print(f"| {name} | {row['preset']}, {row['mode']} | {row['samples_per_s']:.1f} | "
+              f"{row['hours_per_sigma']:.2f} | {row['hours']:.2f} ({sigmas}) |")
+
+
 def run_preset(preset: Preset, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     start = time.perf_counter()
     network = build_network(preset, None if args.tiny else Path(args.manifests)).to(device).eval()
@@ -231,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     for preset in TINY if args.tiny else FULL:
         report["presets"][preset.name] = run_preset(preset, args, device)
+    report["expected_gpu_hours"] = expected_gpu_hours(report["presets"])
+    print_hours(report["expected_gpu_hours"])
     report["total_seconds"] = time.perf_counter() - start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,14 @@
-"""scripts/certify_diffusion.py end to end: processes, resuming, bad input."""
+"""scripts/certify_diffusion.py end to end: processes, resuming, bad input.
 
+Bad input runs in this process, through ``run_script`` as the command line does
+(exit status and stderr included); one case also runs as a real process, for the
+exit path itself.
+"""
+
+import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -15,6 +22,8 @@ import numpy as np
 import pytest
 from conftest import write_classifier
 
+from denoised_drs.cli import run_script
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "scripts" / "certify_diffusion.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
@@ -23,6 +32,25 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 def run(args, launcher=(sys.executable,), **kwargs):
     return subprocess.run([*launcher, SCRIPT, *args], capture_output=True, text=True, env=ENV,
                           cwd=REPO, timeout=300, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def certify_main():
+    spec = importlib.util.spec_from_file_location("certify_diffusion_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def run_in_process(certify_main, args) -> subprocess.CompletedProcess:
+    """``run(args)``'s result, the script run in this process through run_script."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            run_script(lambda: certify_main(args), SCRIPT)
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
+    return subprocess.CompletedProcess(args, code, "", err.getvalue())
 
 
 def rows_without_time(path: Path) -> list[list[str]]:
@@ -60,11 +88,11 @@ def test_two_processes_equal_one_process(tiny_checkpoints, tmp_path):
     assert rows_without_time(tmp_path / "again.tsv") == expected
 
 
-def test_killed_run_resumes_to_the_same_result(tiny_checkpoints, tmp_path):
+def test_killed_run_resumes_to_the_same_result(certify_main, tiny_checkpoints, tmp_path):
     args = ["--dataset", "sample", "--max", "40", "--skip", "2", "--mode", "rs",
             "--classifier", tiny_checkpoints["full"], "--sigma", "0.5", "--N0", "10", "--N", "3000",
             "--batch", "500", "--device", "cpu"]
-    reference = run([*args, "--outfile", str(tmp_path / "ref.tsv")])
+    reference = run_in_process(certify_main, [*args, "--outfile", str(tmp_path / "ref.tsv")])
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "killed.tsv"
     process = subprocess.Popen([sys.executable, SCRIPT, *args, "--outfile", str(out)], env=ENV, cwd=REPO,
@@ -78,12 +106,12 @@ def test_killed_run_resumes_to_the_same_result(tiny_checkpoints, tmp_path):
     assert not out.exists()  # the final file appears only complete
     done = part.read_text().count("\n") - 1
     assert 0 < done < 20
-    resumed = run([*args, "--outfile", str(out)])
+    resumed = run_in_process(certify_main, [*args, "--outfile", str(out)])
     assert resumed.returncode == 0, resumed.stderr
     assert rows_without_time(out) == rows_without_time(tmp_path / "ref.tsv")
     # Resuming under another configuration is refused, and the result stays intact.
     before = out.read_text()
-    again = run([*args[:-4], "--sigma", "0.25", "--device", "cpu", "--outfile", str(out)])
+    again = run_in_process(certify_main, [*args[:-4], "--sigma", "0.25", "--device", "cpu", "--outfile", str(out)])
     assert again.returncode == 2 and "another configuration" in again.stderr
     assert out.read_text() == before
 
@@ -109,7 +137,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_gives_one_line_and_no_file(tiny_checkpoints, tmp_path, case):
+def test_bad_input_gives_one_line_and_no_file(certify_main, tiny_checkpoints, tmp_path, case):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     (inputs / "text.pt").write_text("not a checkpoint\n")
@@ -120,7 +148,7 @@ def test_bad_input_gives_one_line_and_no_file(tiny_checkpoints, tmp_path, case):
              for a in extra]
     args = ["--dataset", "sample", "--mode", "rs", "--classifier", tiny_checkpoints["full"], "--N0", "10",
             "--N", "20", "--max", "3", "--device", "cpu", "--outfile", str(tmp_path / "out.tsv")]
-    result = run([*args, *extra])
+    result = run_in_process(certify_main, [*args, *extra])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
@@ -129,27 +157,31 @@ def test_bad_input_gives_one_line_and_no_file(tiny_checkpoints, tmp_path, case):
     assert sorted(p.name for p in inputs.iterdir()) == ["broken.json", "text.pt", "wrong_type.json"]
 
 
-def test_a_damaged_result_file_is_refused_not_merged(tiny_checkpoints, tmp_path):
+def test_a_real_process_exits_with_one_line(tiny_checkpoints, tmp_path):
+    """The process itself: exit status 2, one line on stderr, no file (run_script's exit path)."""
+    args = ["--dataset", "sample", "--mode", "rs", "--classifier", tiny_checkpoints["full"], "--N0", "10",
+            "--N", "20", "--max", "3", "--device", "cpu", "--outfile", str(tmp_path / "out.tsv")]
+    result = run([*args, "--sigma", "0"])
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("certify_diffusion.py: error: ") and "sigma" in lines[0]
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_damaged_result_file_is_refused_not_merged(certify_main, tiny_checkpoints, tmp_path):
     out = tmp_path / "out.tsv"
     args = ["--dataset", "sample", "--mode", "rs", "--classifier", tiny_checkpoints["full"], "--N0", "10",
             "--N", "20", "--max", "3", "--device", "cpu", "--outfile", str(out)]
-    assert run(args).returncode == 0
+    assert run_in_process(certify_main, args).returncode == 0
     header = out.read_text().splitlines()[0]
     out.write_text(header + "\n0\tjunk\n")
-    result = run(args)
+    result = run_in_process(certify_main, args)
     assert result.returncode == 2 and "not a result row" in result.stderr
     assert out.read_text() == header + "\n0\tjunk\n"
 
 
-# -- in-process runs (main(argv) raises what run_script turns into exit 2) ----------
-
-
-@pytest.fixture(scope="module")
-def certify_main():
-    spec = importlib.util.spec_from_file_location("certify_diffusion_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+# -- main(argv) directly (it raises what run_script turns into exit 2) ----------------
 
 
 def rs_args(classifier, out, *extra):

@@ -1,0 +1,40 @@
+"""benchmarks/dry_run_reproduce.py: every command of docs/reproduce.md runs on stand-ins."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dry_run_reproduce.py"
+
+
+@pytest.fixture(scope="module")
+def dry_run():
+    spec = importlib.util.spec_from_file_location("dry_run_reproduce", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_command_of_the_document_is_found(dry_run, tmp_path):
+    commands = dry_run.extract_commands(dry_run.DOC.read_text())
+    # Table 1: 2 sigmas x (CIFAR-10, ImageNet); Carlini: 3 sigmas x (CIFAR-10, ImageNet).
+    assert len(commands) == 10
+    outfiles = set()
+    for command in commands:
+        argv, _ = dry_run.stand_in_argv(command, tmp_path, full_size=False)
+        values = dry_run.option_values(argv)
+        assert values["--N0"] == ["2"] and values["--N"] == ["4"] and values["--max"] == ["2"]
+        assert "$" not in " ".join(argv)
+        outfiles.add(values["--outfile"][0])
+    assert len(outfiles) == 10
+
+
+@pytest.mark.slow
+def test_every_command_runs_and_writes_its_tsv(dry_run, tmp_path):
+    results = dry_run.dry_run(tmp_path, full_size=False)
+    assert [(r["outfile"], r["status"], r["rows"]) for r in results] == [
+        (r["outfile"], 0, 1) for r in results
+    ]
