@@ -1,7 +1,7 @@
 """Throughput of the converted OpenAI UNet against the original improved-diffusion code.
 
 Builds the full-size CIFAR-10 50M model (52,546,438 parameters) with the seeded random
-weights that ``../shared/reference/README.md`` specifies, key by key from the manifest
+weights that ``tests/data/README.md`` specifies, key by key from the manifest
 ``cifar10_uncond_50M_500K.keys.json``, and times one-shot denoising of a batch of
 32-px images:
 
@@ -14,7 +14,7 @@ weights that ``../shared/reference/README.md`` specifies, key by key from the ma
 Both networks are first checked to agree (max |difference| of the denoised images).
 The contenders are timed interleaved (A B C C B A ...), each sample being one call on
 the batch; the medians of wall-clock and of process CPU time give samples/s and the
-throughput ratios ours/theirs (ours bf16 against theirs float32, as issue 11 states its
+throughput ratios ours/theirs (ours bf16 against theirs float32, as the project states its
 target). Another process sharing the CPU slows every contender alike within a round,
 which the interleaving and the median absorb; CPU time is the steadier figure then.
 
@@ -38,9 +38,9 @@ import torch
 
 from denoised_drs.diffusion import OneShotDenoiser, get_preset
 
-# Where the tests look for the reference data too (tests/reference_data.py).
+# The reference data the tests read too (tests/reference_data.py).
 REFERENCE = Path(
-    os.environ.get("DENOISED_DRS_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference")
+    os.environ.get("DENOISED_DRS_REFERENCE", Path(__file__).resolve().parents[1] / "tests" / "data")
 )
 MANIFEST = REFERENCE / "cifar10_uncond_50M_500K.keys.json"
 PRESET = "cifar10-uncond-50M"
