@@ -38,7 +38,8 @@ def convert_openai_state_dict(
 
     Checks first that ``state_dict`` has exactly the keys and shapes ``model`` expects;
     on any mismatch raises :class:`~denoised_drs.state_dicts.StateDictMismatchError`
-    naming the first missing, first unexpected and first wrongly shaped key. Works on meta tensors too (no data is touched).
+    naming the first missing, first unexpected and first wrongly shaped key. Works on
+    meta tensors too (no data is touched).
     """
     plan, expected = _conversion_plan(model)
     where = f" for {context}" if context else ""
