@@ -15,14 +15,13 @@ from .loading import (
     is_own_checkpoint,
     load_classifier,
     load_ensemble,
-    load_weights,
     read_classifier_spec,
     save_classifier,
-    strip_wrapper_prefixes,
     timm_defaults,
 )
 from .registry import create_model, list_models, register_model
 from .small_cnn import SmallCNN
+from .weights import load_weights, strip_wrapper_prefixes
 from .wrappers import (
     EnsembleClassifier,
     Normalize,

@@ -32,9 +32,10 @@ from denoised_drs.atomic_file import atomic_write
 from denoised_drs.checkpoint_file import load_weights_only, with_content_hash
 from denoised_drs.data import DATASET_INFO
 from denoised_drs.partition import INTERPOLATIONS
-from denoised_drs.state_dicts import check_state_dict, find_state_dict, strip_prefixes
+from denoised_drs.state_dicts import find_state_dict
 
 from .registry import TIMM_PREFIX, create_model
+from .weights import load_weights
 from .wrappers import (
     EnsembleClassifier,
     NormalizedClassifier,
@@ -46,8 +47,6 @@ CHECKPOINT_FORMAT = "denoised_drs.classifier"
 CHECKPOINT_VERSION = 1
 BRANCHES = ("full", "l", "r")
 
-# Names a normalisation layer's buffers have had in the public smoothing code bases.
-_NORMALIZE_BUFFER_NAMES = {"mean", "std", "means", "sds", "mu", "sigma"}
 
 
 @dataclass
@@ -140,43 +139,6 @@ class ClassifierSpec:
 
 def is_own_checkpoint(obj: Mapping[str, Any]) -> bool:
     return obj.get("format") == CHECKPOINT_FORMAT
-
-
-def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove ``DataParallel`` / ``torch.compile`` prefixes and the normalisation layer.
-
-    ``1.module.conv1.weight``, ``module.1.conv1.weight``, ``module.conv1.weight`` and
-    ``model.conv1.weight`` (our :class:`NormalizedClassifier`) all become
-    ``conv1.weight``. Keys of the normalisation layer (``0.means``,
-    ``normalize.mean``, ...) are dropped: the normalisation is rebuilt from metadata.
-    """
-    sd = strip_prefixes(state_dict)
-    changed = True
-    while changed:
-        changed = False
-        for norm, body in (("0.", "1."), ("normalize.", "model.")):
-            body_keys = [k for k in sd if k.startswith(body)]
-            rest = [k for k in sd if not k.startswith(body)]
-            rest_is_normalizer = all(
-                k.startswith(norm) and k[len(norm) :] in _NORMALIZE_BUFFER_NAMES for k in rest
-            )
-            if body_keys and rest_is_normalizer:
-                sd = strip_prefixes({k[len(body) :]: sd[k] for k in body_keys})
-                changed = True
-    return sd
-
-
-def load_weights(network: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str) -> None:
-    """Load ``state_dict`` (prefixes stripped) into ``network`` strictly, or explain the misfit
-    in one line (:class:`~denoised_drs.state_dicts.StateDictMismatchError`)."""
-    sd = strip_wrapper_prefixes(state_dict)
-    check_state_dict(
-        sd,
-        network.state_dict(),
-        f"the weights do not fit architecture {arch!r}",
-        hint="check the architecture, the number of classes and input channels",
-    )
-    network.load_state_dict(sd, strict=True)
 
 
 def read_classifier_spec(
