@@ -37,6 +37,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import norm
 
+from denoised_drs.atomic_file import atomic_write
 from denoised_drs.results import BASE_COLUMNS, N_USED_COLUMN, PAPER_RADIUS_COLUMN
 
 if TYPE_CHECKING:  # matplotlib is imported lazily, only by the plotting functions
@@ -519,22 +520,10 @@ def figure_png_bytes(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
-    """Write ``data`` to ``path`` via a temporary file and rename: never a partial file."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "xb") as handle:  # honours the umask, unlike mkstemp
-            handle.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def save_png(figure: Figure, path: str | os.PathLike) -> None:
     """Save ``figure`` as a PNG at ``path`` (atomically)."""
-    write_bytes_atomic(figure_png_bytes(figure), path)
+    with atomic_write(path) as stream:
+        stream.write(figure_png_bytes(figure))
 
 
 # --------------------------------------------------------------------------- bound curves
@@ -715,5 +704,4 @@ __all__ = [
     "save_png",
     "to_latex",
     "to_markdown",
-    "write_bytes_atomic",
 ]

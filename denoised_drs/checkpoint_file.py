@@ -1,10 +1,12 @@
-"""Reading a PyTorch checkpoint file safely, with one kind of error for bad files.
+"""Reading a weights file safely, with one kind of error for bad files.
 
-Every checkpoint in the library is read through :func:`load_weights_only`:
-``torch.load(weights_only=True)`` on the CPU, so a file cannot run code, and any
-unreadable content (a text file, a truncated zip, a pickle of arbitrary objects)
-becomes a ValueError that names the file, instead of the many exception types
-``torch.load`` raises.
+Every checkpoint in the library is read through :func:`load_weights_only`: a
+``.safetensors`` file with safetensors, anything else with
+``torch.load(weights_only=True)``, on the CPU, so a file cannot run code. Any
+unreadable content (a text file, a truncated zip, a pickle of arbitrary objects, a
+file holding no dict) becomes a ValueError that names the file, instead of the many
+exception types the readers raise. :func:`load_state_dict` goes on to take the state
+dict out of the file's dict (:func:`~denoised_drs.state_dicts.find_state_dict`).
 
 Checkpoints this library writes carry a content hash of their weights
 (:func:`with_content_hash`, key :data:`HASH_KEY`): the sha256 of every tensor of the
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 
 from denoised_drs.errors import first_line
+from denoised_drs.state_dicts import find_state_dict
 
 HASH_KEY = "state_dict_sha256"
 """Key of a checkpoint dict holding the hex sha256 of its ``state_dict`` tensors."""
@@ -69,20 +72,36 @@ def verify_content_hash(payload: Any, path: str | os.PathLike) -> None:
         )
 
 
-def load_weights_only(path: str | os.PathLike, what: str = "checkpoint") -> Any:
-    """The object stored in ``path``, read with ``weights_only=True`` onto the CPU.
+def load_weights_only(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
+    """The dict stored in ``path`` (a checkpoint or a bare state dict), read onto the CPU
+    with safetensors (``.safetensors``) or ``torch.load(weights_only=True)``.
 
-    Raises FileNotFoundError when ``path`` is not a file (a directory included),
-    and ValueError when its content cannot be read or fails its content hash.
+    Raises FileNotFoundError when ``path`` is not a file (a directory included), and
+    ValueError when its content cannot be read, is not a dict, or fails its content hash.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found (or not a file): {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load fails in many types: pickle, zip, key, OS errors
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            payload = load_file(str(path), device="cpu")
+        else:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # the readers fail in many types: pickle, zip, key, OS errors
         raise ValueError(
             f"cannot read {path} as a weights-only PyTorch {what}: {first_line(error)}"
         ) from None
+    if not isinstance(payload, Mapping):
+        raise ValueError(
+            f"{path} does not hold a state dict or a checkpoint dict but a {type(payload).__name__}"
+        )
     verify_content_hash(payload, path)
-    return payload
+    return dict(payload)
+
+
+def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The state dict of the weights file ``path`` (see :func:`load_weights_only` and
+    :func:`~denoised_drs.state_dicts.find_state_dict`); ValueError if it holds none."""
+    return find_state_dict(load_weights_only(path, what), str(path))

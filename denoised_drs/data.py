@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from denoised_drs.atomic_file import atomic_write
+
 SPLITS = ("train", "test")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SAMPLE_PATH = Path(__file__).parent / "sample" / "fashion_mnist_test_sample.npz"
@@ -257,10 +259,8 @@ def make_sample(
     images, labels = load_fashion_mnist_arrays("test", root)
     indices = np.arange(0, len(labels), every)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez_compressed(tmp, images=images[indices], labels=labels[indices], indices=indices)
-    os.replace(tmp, out)
+    with atomic_write(out) as stream:
+        np.savez_compressed(stream, images=images[indices], labels=labels[indices], indices=indices)
     return out
 
 

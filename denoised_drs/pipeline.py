@@ -37,8 +37,10 @@ import torch
 from torch import nn
 
 from denoised_drs.adaptive import check_radii
+from denoised_drs.atomic_file import atomic_write
 from denoised_drs.batch_memory import check_batch_fits, peak_bytes_per_sample
 from denoised_drs.certify import CertificateKind
+from denoised_drs.checkpoint_file import load_weights_only
 from denoised_drs.errors import first_line
 from denoised_drs.noise import FLOAT32_MAX
 from denoised_drs.partition import Checkerboard, Identity
@@ -397,10 +399,8 @@ class Pipeline:
                 f"this pipeline's {', '.join(self.in_memory)} are in-memory models, so its "
                 "configuration cannot be saved; save them as checkpoint files and pass their paths"
             )
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({**self.config.to_dict(), **(extra or {})}, indent=2) + "\n")
-        os.replace(tmp, path)
+        with atomic_write(path, "w") as stream:
+            stream.write(json.dumps({**self.config.to_dict(), **(extra or {})}, indent=2) + "\n")
 
     # -- construction ------------------------------------------------------------
 
@@ -410,7 +410,6 @@ class Pipeline:
             EnsembleClassifier,
             load_classifier,
             prepare_for_inference,
-            read_checkpoint,
             read_classifier_spec,
         )
 
@@ -429,7 +428,7 @@ class Pipeline:
             "num_classes": config.num_classes,
             "interpolation": config.interpolation,
         }
-        checkpoints = [read_checkpoint(path) for path in paths]
+        checkpoints = [load_weights_only(path) for path in paths]
         classes = {read_classifier_spec(p, c, **options).num_classes for p, c in zip(paths, checkpoints)}
         if len(classes) != 1:
             raise ValueError(f"the classifiers {paths} disagree on the number of classes: {sorted(classes)}")

@@ -29,6 +29,7 @@ from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from denoised_drs.atomic_file import atomic_write
 from denoised_drs.certify import CertificateKind
 
 if TYPE_CHECKING:  # only read, never built here: results.py stays free of the model code
@@ -194,14 +195,10 @@ def merge(out: Path, header: Sequence[str]) -> int:
     """
     parts = existing_parts(out)
     rows = read_rows([out, *parts], header)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w") as handle:
+    with atomic_write(out, "w") as handle:
         handle.write("\t".join(header) + "\n")
         for idx in sorted(rows):
             handle.write(rows[idx] + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, out)
     for part in parts:
         part.unlink()
     return len(rows)

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from denoised_drs import analysis
+from denoised_drs.atomic_file import atomic_write
 from denoised_drs.cli import run_script
 from denoised_drs.errors import check_distinct_outputs, check_output_file
 
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             check_output_file(path)
             path.parent.mkdir(parents=True, exist_ok=True)
         for path, data in outputs.items():
-            analysis.write_bytes_atomic(data, path)
+            with atomic_write(path) as stream:
+                stream.write(data)
     except (OSError, ValueError) as error:
         return _fail(str(error))
     if markdown is not None:

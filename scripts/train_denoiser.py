@@ -8,32 +8,20 @@ The network is trained for one-shot denoising at pixel noise levels in
 [--sigma-min, --sigma-max] (see denoised_drs.diffusion.training). The checkpoint
 keeps the architecture flags and schedule, so it loads with
 ``--denoiser path/to/file.pt`` and nothing else. An exponential moving average of
-the weights is what gets saved. A CSV log (epoch, loss, seconds) lies beside it.
+the weights is what gets saved. A CSV log (epoch, loss, lr, seconds) lies beside it.
+The training run itself is denoised_drs.diffusion.training.train_denoiser.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
-import time
+from dataclasses import fields
 from pathlib import Path
-
-import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from denoised_drs.cli import ArgumentParser, run_script
 from denoised_drs.cpu_memory import keep_freed_memory
-from denoised_drs.data import get_dataset
-from denoised_drs.diffusion import alphas_cumprod, beta_schedule, openai_unet
-from denoised_drs.diffusion.training import (
-    cosine_warmup_lr,
-    denoising_loss,
-    save_denoiser_checkpoint,
-    timestep_band,
-)
+from denoised_drs.diffusion.training import DenoiserTrainConfig, train_denoiser
 from denoised_drs.errors import check_distinct_outputs, check_output_file
 
 
@@ -95,78 +83,9 @@ def log_path(out: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keep_freed_memory()  # up to 2x faster on CPUs; see denoised_drs.cpu_memory
-    from accelerate import Accelerator
-
-    accelerator = Accelerator()
-    torch.manual_seed(args.seed)
-    dataset = get_dataset(args.dataset, "train", args.data_dir)
-    if args.max_train is not None:
-        dataset = Subset(dataset, range(min(args.max_train, len(dataset))))
-    if len(dataset) < args.batch:
-        raise ValueError(f"--batch {args.batch} exceeds the {len(dataset)} training images (full batches only)")
-    channels, height, width = dataset[0][0].shape
-    if height != width:
-        raise ValueError(f"the OpenAI UNet needs square images, got {height}x{width}")
-    flags = {
-        "image_size": height,
-        "in_channels": channels,
-        "num_channels": args.num_channels,
-        "num_res_blocks": args.num_res_blocks,
-        "channel_mult": args.channel_mult,
-        "attention_resolutions": args.attention_resolutions,
-        "num_head_channels": args.num_head_channels,
-        "learn_sigma": False,
-        "use_scale_shift_norm": True,
-        "resblock_updown": False,
-        "dropout": 0.0,
-    }
-    network = openai_unet(**flags).train()
-    abar_np = alphas_cumprod(beta_schedule(args.schedule, args.timesteps))
-    band = timestep_band(abar_np, args.sigma_min, args.sigma_max)
-    loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True)
-    optimizer = torch.optim.Adam(network.parameters(), lr=args.lr)
-    total_steps = args.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: cosine_warmup_lr(step, total_steps, warmup=min(500, total_steps // 10))
-    )
-    network, optimizer, loader, scheduler = accelerator.prepare(network, optimizer, loader, scheduler)
-    ema = AveragedModel(accelerator.unwrap_model(network), multi_avg_fn=get_ema_multi_avg_fn(args.ema))
-    abar = torch.tensor(abar_np, dtype=torch.float32, device=accelerator.device)
-
-    out = Path(args.out)
-    log = log_path(args.out)
-    for epoch in range(1, args.epochs + 1):
-        start, total, count = time.time(), 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", disable=not accelerator.is_main_process)
-        for images, _ in bar:
-            loss = denoising_loss(network, images, abar, band)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            ema.update_parameters(accelerator.unwrap_model(network))
-            total, count = total + loss.item(), count + 1
-            bar.set_postfix(loss=f"{total / count:.4f}")
-        if accelerator.is_main_process:
-            # Nothing is written before the first epoch ends: a batch that runs out
-            # of memory (one line, exit 2) leaves no file behind.
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "w" if epoch == 1 else "a", newline="") as handle:
-                if epoch == 1:
-                    csv.writer(handle).writerow(["epoch", "loss", "lr", "seconds"])
-                csv.writer(handle).writerow(
-                    [epoch, f"{total / count:.5f}", f"{scheduler.get_last_lr()[0]:.2e}", f"{time.time() - start:.1f}"]
-                )
-            save_denoiser_checkpoint(
-                out,
-                ema.module,
-                flags,
-                args.schedule,
-                args.timesteps,
-                extra={"epochs": epoch, "sigma_band": [args.sigma_min, args.sigma_max],
-                       "dataset": args.dataset, "loss": total / count},
-                dtype=torch.float16 if args.half else torch.float32,
-            )
+    names = {f.name for f in fields(DenoiserTrainConfig)}
+    settings = {k: v for k, v in vars(args).items() if k in names}
+    train_denoiser(DenoiserTrainConfig(**{**settings, "out": Path(args.out), "log": log_path(args.out)}))
     return 0
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from denoised_drs.diffusion import openai_unet
-from denoised_drs.diffusion.training import save_denoiser_checkpoint
+from denoised_drs.diffusion.checkpoint import save_denoiser_checkpoint
 from denoised_drs.models import ClassifierSpec, create_model, save_classifier
 
 TINY_DENOISER_FLAGS = {

@@ -379,7 +379,7 @@ RESULT_HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\tpA\tcount\n"
 def build_inputs(root: Path) -> dict[str, str]:
     """Every input file the cases name, and the earlier results fault cases copy."""
     from denoised_drs.diffusion import openai_unet
-    from denoised_drs.diffusion.training import save_denoiser_checkpoint
+    from denoised_drs.diffusion.checkpoint import save_denoiser_checkpoint
     from denoised_drs.models import ClassifierSpec, create_model, save_classifier
 
     inputs, faults = root / "inputs", root / "faults"

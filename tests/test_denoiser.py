@@ -281,7 +281,7 @@ def test_diffusers_directory_takes_no_checkpoint(tmp_path):
 def test_from_pretrained_equals_the_loader_and_constructor(tmp_path):
     """A tiny saved denoiser of ours: from_pretrained gives what the loader + constructor give."""
     from denoised_drs.diffusion import openai_unet
-    from denoised_drs.diffusion.training import save_denoiser_checkpoint
+    from denoised_drs.diffusion.checkpoint import save_denoiser_checkpoint
 
     flags = {"image_size": 16, "in_channels": 1, "num_channels": 32, "num_res_blocks": 1,
              "channel_mult": "1,2", "attention_resolutions": "", "num_head_channels": 32,

@@ -6,12 +6,8 @@ import pytest
 import torch
 from reference_data import reference_path
 
-from denoised_drs.diffusion.unet import (
-    OpenAIUNet,
-    OpenAIUNetConfig,
-    StateDictMismatchError,
-    openai_unet,
-)
+from denoised_drs.diffusion.unet import OpenAIUNet, OpenAIUNetConfig, openai_unet
+from denoised_drs.state_dicts import StateDictMismatchError
 
 
 @pytest.fixture(scope="module", params=["improved", "guided"])

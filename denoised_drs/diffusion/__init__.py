@@ -1,20 +1,26 @@
 """Diffusion denoising for randomized smoothing (Carlini et al. 2023).
 
 * :mod:`.schedule`: beta schedules, ``alphas_cumprod``, the sigma -> timestep map.
-* :mod:`.unet`: the OpenAI improved-/guided-diffusion UNet on top of diffusers, with a
-  converter from the official checkpoint layout.
+* :mod:`.unet`: the OpenAI improved-/guided-diffusion UNet on top of diffusers.
+* :mod:`.openai_checkpoint`: the official checkpoint layout -> our UNet's keys.
 * :mod:`.presets`: the official checkpoints' architectures and schedules by name.
-* :mod:`.loading`: preset + checkpoint file, or a diffusers directory -> network.
+* :mod:`.network`: :class:`DenoiserNetwork`, a network with its schedule.
+* :mod:`.checkpoint`: our own denoiser checkpoint format (save, recognise, rebuild).
+* :mod:`.loading`: preset + checkpoint file, our checkpoint, or a diffusers directory
+  -> network.
 * :mod:`.denoiser`: :class:`OneShotDenoiser`, one network call per noisy image.
+* :mod:`.training`: training a small denoiser for a band of noise levels.
 
 diffusers itself is imported only when a network is built.
 """
 
+from ..state_dicts import StateDictMismatchError
 from .denoiser import OneShotDenoiser, check_autocast_device
-from .loading import DenoiserNetwork, load_denoiser_network, load_state_dict_file
+from .loading import load_denoiser_network
+from .network import DenoiserNetwork
 from .presets import PRESETS, DenoiserPreset, get_preset
 from .schedule import alphas_cumprod, beta_schedule, max_supported_sigma, sigma_to_timestep
-from .unet import OpenAIUNet, OpenAIUNetConfig, StateDictMismatchError, openai_unet
+from .unet import OpenAIUNet, OpenAIUNetConfig, openai_unet
 
 __all__ = [
     "PRESETS",
@@ -29,7 +35,6 @@ __all__ = [
     "check_autocast_device",
     "get_preset",
     "load_denoiser_network",
-    "load_state_dict_file",
     "max_supported_sigma",
     "openai_unet",
     "sigma_to_timestep",

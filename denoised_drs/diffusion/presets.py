@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..state_dicts import StateDictMismatchError
 from .schedule import alphas_cumprod, beta_schedule
-from .unet import OpenAIUNet, StateDictMismatchError, openai_unet
+from .unet import OpenAIUNet, openai_unet
 
 
 @dataclass(frozen=True)

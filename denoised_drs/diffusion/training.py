@@ -8,29 +8,38 @@ smoothing noise levels, ``t`` is drawn uniformly from the timesteps of
 ``[sigma_min, sigma_max]`` rather than from all ``T`` steps; the result is a
 denoiser for that band, not a sampler.
 
-Checkpoints are written in our own format, which keeps the architecture with
-the weights (:func:`save_denoiser_checkpoint`, :func:`load_denoiser_checkpoint`).
+:func:`train_denoiser` is the whole run (what ``scripts/train_denoiser.py`` does):
+Adam with a linear warm-up and cosine decay, an exponential moving average of the
+weights, which is what gets saved after every epoch in our own checkpoint format
+(:mod:`denoised_drs.diffusion.checkpoint`), and a CSV log (epoch, loss, lr, seconds)
+rewritten whole, atomically, after every epoch. Nothing is written before the first
+epoch ends, so a run that fails early (a batch that runs out of memory) leaves no file.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
-import os
-from collections.abc import Mapping
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
-from ..checkpoint_file import load_weights_only, with_content_hash
-from .loading import DenoiserNetwork
-from .schedule import alphas_cumprod as make_alphas_cumprod
-from .schedule import beta_schedule, sigma_to_timestep
-from .unet import OpenAIUNet, openai_unet
+from ..atomic_file import atomic_write
+from ..data import get_dataset
+from .checkpoint import save_denoiser_checkpoint
+from .schedule import alphas_cumprod, beta_schedule, sigma_to_timestep
+from .unet import openai_unet
 
-CHECKPOINT_FORMAT = "denoised_drs.denoiser"
+LOG_COLUMNS = ("epoch", "loss", "lr", "seconds")
 
 
 def timestep_band(abar: np.ndarray, sigma_min: float, sigma_max: float) -> tuple[int, int]:
@@ -62,76 +71,147 @@ def denoising_loss(
     return torch.mean((prediction - eps) ** 2)
 
 
-def save_denoiser_checkpoint(
-    path: str | os.PathLike,
-    network: OpenAIUNet,
-    flags: Mapping[str, Any],
-    schedule: str,
-    num_timesteps: int,
-    rescale_timesteps: bool = False,
-    extra: Mapping[str, Any] | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> None:
-    """Write network weights and everything needed to rebuild it (atomic: tmp + rename).
-
-    ``dtype=torch.float16`` halves the file; weights are cast back to float32 on load.
-    The file carries the content hash of the stored weights, verified on load.
-    """
-    from ..models.loading import atomic_save  # imported here: models is a heavier import
-
-    state = {
-        key: value.to(dtype) if value.is_floating_point() else value
-        for key, value in network.state_dict().items()
-    }
-    payload = with_content_hash({
-        "format": CHECKPOINT_FORMAT,
-        "flags": dict(flags),
-        "schedule": schedule,
-        "num_timesteps": int(num_timesteps),
-        "rescale_timesteps": bool(rescale_timesteps),
-        "state_dict": state,
-        "extra": dict(extra or {}),
-    })
-    atomic_save(payload, path)
-
-
-def is_denoiser_checkpoint(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT
-
-
-def network_from_checkpoint(payload: Mapping[str, Any], name: str = "") -> DenoiserNetwork:
-    """Rebuild the network of a :func:`save_denoiser_checkpoint` payload, loaded strictly."""
-    network = openai_unet(**payload["flags"])
-    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-    result = network.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        missing = result.missing_keys[:1] or ["none"]
-        unexpected = result.unexpected_keys[:1] or ["none"]
-        raise ValueError(
-            f"denoiser checkpoint {name or '<payload>'} does not fit its own flags: "
-            f"first missing key {missing[0]!r}, first unexpected key {unexpected[0]!r}"
-        )
-    num_timesteps = int(payload["num_timesteps"])
-    return DenoiserNetwork(
-        network=network.eval(),
-        alphas_cumprod=make_alphas_cumprod(beta_schedule(payload["schedule"], num_timesteps)),
-        timestep_scale=1000.0 / num_timesteps if payload["rescale_timesteps"] else 1.0,
-        name=name,
-    )
-
-
-def load_denoiser_checkpoint(path: str | os.PathLike) -> DenoiserNetwork:
-    """Load a checkpoint written by :func:`save_denoiser_checkpoint` (weights_only)."""
-    path = Path(path)
-    payload = load_weights_only(path, "denoiser checkpoint")
-    if not is_denoiser_checkpoint(payload):
-        raise ValueError(f"{path} is not a denoised_drs denoiser checkpoint")
-    return network_from_checkpoint(payload, str(path))
-
-
 def cosine_warmup_lr(step: int, total_steps: int, warmup: int) -> float:
     """Learning-rate factor: linear warm-up, then cosine decay to 0."""
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total_steps - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass(frozen=True)
+class DenoiserTrainConfig:
+    """One denoiser training run: the options of ``scripts/train_denoiser.py``.
+
+    The UNet is the OpenAI architecture with ``num_channels``, ``num_res_blocks``,
+    ``channel_mult`` and ``attention_resolutions`` (OpenAI flag strings such as
+    ``"1,2"``) and ``num_head_channels``; its image size and channels come from the
+    data. ``schedule`` and ``timesteps`` fix the diffusion process; t is drawn from
+    the timesteps of pixel noise in [``sigma_min``, ``sigma_max``]. ``max_train``
+    keeps the first images only; ``half`` stores float16 weights. The checkpoint goes
+    to ``out``, the CSV log to ``log``.
+    """
+
+    dataset: str
+    data_dir: str | None
+    out: Path
+    log: Path
+    num_channels: int
+    num_res_blocks: int
+    channel_mult: str
+    attention_resolutions: str
+    num_head_channels: int
+    schedule: str
+    timesteps: int
+    sigma_min: float
+    sigma_max: float
+    epochs: int
+    batch: int
+    lr: float
+    ema: float
+    max_train: int | None
+    seed: int
+    half: bool = False
+
+
+def unet_flags(config: DenoiserTrainConfig, channels: int, size: int) -> dict[str, Any]:
+    """The OpenAI UNet flags of ``config`` for square images of ``channels`` x ``size``."""
+    return {
+        "image_size": size,
+        "in_channels": channels,
+        "num_channels": config.num_channels,
+        "num_res_blocks": config.num_res_blocks,
+        "channel_mult": config.channel_mult,
+        "attention_resolutions": config.attention_resolutions,
+        "num_head_channels": config.num_head_channels,
+        "learn_sigma": False,
+        "use_scale_shift_norm": True,
+        "resblock_updown": False,
+        "dropout": 0.0,
+    }
+
+
+def write_log(path: Path, rows: list[list[str]]) -> None:
+    """Rewrite the whole CSV log atomically: a reader never sees a partial row."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(LOG_COLUMNS)
+    writer.writerows(rows)
+    with atomic_write(path, "w") as stream:
+        stream.write(buffer.getvalue())
+
+
+def train_denoiser(config: DenoiserTrainConfig) -> None:
+    """Train the denoiser of ``config``; under ``accelerate launch`` data parallel.
+
+    Raises ValueError before any work when the batch exceeds the training images
+    (full batches only) or the images are not square. After every epoch the main
+    process saves the EMA weights to ``config.out`` and rewrites ``config.log``.
+    """
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    torch.manual_seed(config.seed)
+    dataset = get_dataset(config.dataset, "train", config.data_dir)
+    if config.max_train is not None:
+        dataset = Subset(dataset, range(min(config.max_train, len(dataset))))
+    if len(dataset) < config.batch:
+        raise ValueError(
+            f"--batch {config.batch} exceeds the {len(dataset)} training images (full batches only)"
+        )
+    channels, height, width = dataset[0][0].shape
+    if height != width:
+        raise ValueError(f"the OpenAI UNet needs square images, got {height}x{width}")
+    flags = unet_flags(config, channels, height)
+    network = openai_unet(**flags).train()
+    abar_np = alphas_cumprod(beta_schedule(config.schedule, config.timesteps))
+    band = timestep_band(abar_np, config.sigma_min, config.sigma_max)
+    loader = DataLoader(dataset, batch_size=config.batch, shuffle=True, drop_last=True)
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
+    total_steps = config.epochs * len(loader)
+    warmup = min(500, total_steps // 10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_warmup_lr(step, total_steps, warmup)
+    )
+    network, optimizer, loader, scheduler = accelerator.prepare(network, optimizer, loader, scheduler)
+    ema = AveragedModel(
+        accelerator.unwrap_model(network), multi_avg_fn=get_ema_multi_avg_fn(config.ema)
+    )
+    abar = torch.tensor(abar_np, dtype=torch.float32, device=accelerator.device)
+    rows: list[list[str]] = []
+    for epoch in range(1, config.epochs + 1):
+        start, total, count = time.time(), 0.0, 0
+        bar = tqdm(
+            loader, desc=f"epoch {epoch}/{config.epochs}", disable=not accelerator.is_main_process
+        )
+        for images, _ in bar:
+            loss = denoising_loss(network, images, abar, band)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            ema.update_parameters(accelerator.unwrap_model(network))
+            total, count = total + loss.item(), count + 1
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        if accelerator.is_main_process:
+            rows.append([
+                str(epoch),
+                f"{total / count:.5f}",
+                f"{scheduler.get_last_lr()[0]:.2e}",
+                f"{time.time() - start:.1f}",
+            ])
+            write_log(config.log, rows)
+            save_denoiser_checkpoint(
+                config.out,
+                ema.module,
+                flags,
+                config.schedule,
+                config.timesteps,
+                extra={
+                    "epochs": epoch,
+                    "sigma_band": [config.sigma_min, config.sigma_max],
+                    "dataset": config.dataset,
+                    "loss": total / count,
+                },
+                dtype=torch.float16 if config.half else torch.float32,
+            )

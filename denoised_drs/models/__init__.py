@@ -11,22 +11,17 @@ from .loading import (
     BRANCHES,
     CHECKPOINT_FORMAT,
     ClassifierSpec,
-    atomic_save,
-    atomic_write_text,
     classifier_checkpoint,
-    extract_state_dict,
     is_own_checkpoint,
     load_classifier,
     load_ensemble,
-    load_weights,
-    read_checkpoint,
     read_classifier_spec,
     save_classifier,
-    strip_wrapper_prefixes,
     timm_defaults,
 )
 from .registry import create_model, list_models, register_model
 from .small_cnn import SmallCNN
+from .weights import load_weights, strip_wrapper_prefixes
 from .wrappers import (
     EnsembleClassifier,
     Normalize,
@@ -47,11 +42,8 @@ __all__ = [
     "ResizedClassifier",
     "SmallCNN",
     "SubImageClassifier",
-    "atomic_save",
-    "atomic_write_text",
     "classifier_checkpoint",
     "create_model",
-    "extract_state_dict",
     "fold_batchnorm",
     "is_own_checkpoint",
     "list_models",
@@ -60,7 +52,6 @@ __all__ = [
     "load_weights",
     "normalization_for",
     "prepare_for_inference",
-    "read_checkpoint",
     "read_classifier_spec",
     "register_model",
     "save_classifier",

@@ -1,7 +1,8 @@
 """Reading and writing classifier weights, from local files only.
 
-Three kinds of file are understood, all read with
-``torch.load(path, map_location="cpu", weights_only=True)`` (or safetensors):
+Three kinds of file are understood, all read by
+:func:`~denoised_drs.checkpoint_file.load_weights_only` (``torch.load`` with
+``weights_only=True``, or safetensors):
 
 * our own checkpoints (:data:`CHECKPOINT_FORMAT`): a dict with the
   :class:`ClassifierSpec` fields, the bare network's ``state_dict`` and a
@@ -13,26 +14,28 @@ Three kinds of file are understood, all read with
 * plain state dicts (torchvision, timm), possibly with a ``module.`` prefix.
 
 A file whose keys do not fit the architecture gets a ValueError naming the
-architecture and the first missing / unexpected keys.
+architecture and the first missing / unexpected / wrongly shaped key
+(:func:`~denoised_drs.state_dicts.check_state_dict`).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from denoised_drs.atomic_file import atomic_write
 from denoised_drs.checkpoint_file import load_weights_only, with_content_hash
 from denoised_drs.data import DATASET_INFO
 from denoised_drs.partition import INTERPOLATIONS
+from denoised_drs.state_dicts import find_state_dict
 
 from .registry import TIMM_PREFIX, create_model
+from .weights import load_weights
 from .wrappers import (
     EnsembleClassifier,
     NormalizedClassifier,
@@ -44,8 +47,6 @@ CHECKPOINT_FORMAT = "denoised_drs.classifier"
 CHECKPOINT_VERSION = 1
 BRANCHES = ("full", "l", "r")
 
-# Names a normalisation layer's buffers have had in the public smoothing code bases.
-_NORMALIZE_BUFFER_NAMES = {"mean", "std", "means", "sds", "mu", "sigma"}
 
 
 @dataclass
@@ -136,92 +137,8 @@ class ClassifierSpec:
         return SubImageClassifier(full, self.input_size, self.interpolation)  # type: ignore[arg-type]
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint file safely (no arbitrary unpickling) onto the CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found (or not a file): {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(path), device="cpu"))
-    obj = load_weights_only(path)
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, expected a dict of weights")
-    return obj
-
-
 def is_own_checkpoint(obj: Mapping[str, Any]) -> bool:
     return obj.get("format") == CHECKPOINT_FORMAT
-
-
-def extract_state_dict(obj: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint: its ``state_dict`` / ``model`` entry, or itself."""
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise ValueError("the checkpoint holds no tensors (expected a state dict)")
-    return tensors
-
-
-def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove ``DataParallel`` / ``torch.compile`` prefixes and the normalisation layer.
-
-    ``1.module.conv1.weight``, ``module.1.conv1.weight``, ``module.conv1.weight`` and
-    ``model.conv1.weight`` (our :class:`NormalizedClassifier`) all become
-    ``conv1.weight``. Keys of the normalisation layer (``0.means``,
-    ``normalize.mean``, ...) are dropped: the normalisation is rebuilt from metadata.
-    """
-    sd = dict(state_dict)
-    changed = True
-    while changed:
-        changed = False
-        for prefix in ("module.", "_orig_mod."):
-            if sd and all(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix) :]: v for k, v in sd.items()}
-                changed = True
-        for norm, body in (("0.", "1."), ("normalize.", "model.")):
-            body_keys = [k for k in sd if k.startswith(body)]
-            rest = [k for k in sd if not k.startswith(body)]
-            rest_is_normalizer = all(
-                k.startswith(norm) and k[len(norm) :] in _NORMALIZE_BUFFER_NAMES for k in rest
-            )
-            if body_keys and rest_is_normalizer:
-                sd = {k[len(body) :]: sd[k] for k in body_keys}
-                changed = True
-    return sd
-
-
-def _first(keys: Sequence[str], count: int = 5) -> str:
-    shown = ", ".join(keys[:count])
-    return shown + (f", ... ({len(keys) - count} more)" if len(keys) > count else "")
-
-
-def load_weights(network: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str) -> None:
-    """Load ``state_dict`` (prefixes stripped) into ``network`` strictly, or explain the misfit."""
-    sd = strip_wrapper_prefixes(state_dict)
-    expected = network.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong_shape = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or wrong_shape:
-        parts = [f"the weights do not fit architecture {arch!r}:"]
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) ({_first(missing)});")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) ({_first(unexpected)});")
-        if wrong_shape:
-            parts.append(f"{len(wrong_shape)} shape mismatch(es) ({_first(wrong_shape, 3)});")
-        parts.append("check the architecture, the number of classes and input channels")
-        raise ValueError(" ".join(parts))
-    network.load_state_dict(sd, strict=True)
 
 
 def read_classifier_spec(
@@ -233,7 +150,7 @@ def read_classifier_spec(
     ``arch`` entry or the overrides, and the rest from ``dataset`` (default:
     ``cifar10`` for ``cifar_resnet*``, ``imagenet`` otherwise).
     """
-    obj = read_checkpoint(path) if checkpoint is None else checkpoint
+    obj = load_weights_only(path) if checkpoint is None else checkpoint
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if is_own_checkpoint(obj):
         version = obj.get("version", CHECKPOINT_VERSION)
@@ -302,7 +219,8 @@ def load_classifier(
     ``branch="full"`` to get a branch's full-size network back, or ``branch="l"``
     to use any full-size classifier as a DRS branch). Foreign checkpoints need
     ``arch`` (unless the file records it) and ``dataset`` (see :func:`read_classifier_spec`).
-    ``checkpoint``, if given, is the file's content already read by :func:`read_checkpoint`.
+    ``checkpoint``, if given, is the file's content already read by
+    :func:`~denoised_drs.checkpoint_file.load_weights_only`.
 
     ``arch`` applies to a file that records no architecture (a file recording another
     one is refused). ``classifier_size`` S makes the classifier's input S x S, and
@@ -314,7 +232,7 @@ def load_classifier(
     ``interpolation`` (:class:`ResizedClassifier`); otherwise a full classifier takes
     its images as they are and a branch its sub-images of exactly half its input width.
     """
-    obj = read_checkpoint(path) if checkpoint is None else checkpoint
+    obj = load_weights_only(path) if checkpoint is None else checkpoint
     size = None if classifier_size is None else (int(classifier_size), int(classifier_size))
     spec = read_classifier_spec(
         path,
@@ -330,7 +248,7 @@ def load_classifier(
     )
     try:
         full = create_model(spec.arch, **spec.model_options())
-        load_weights(full.model, extract_state_dict(obj), spec.arch)
+        load_weights(full.model, find_state_dict(obj), spec.arch)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
     named_size = not is_own_checkpoint(obj) and spec.arch.startswith(TIMM_PREFIX)
@@ -343,40 +261,6 @@ def load_classifier(
 def load_ensemble(paths: Sequence[str | os.PathLike], **kwargs: Any) -> EnsembleClassifier:
     """Several checkpoints as one classifier averaging their logits (same kwargs for each)."""
     return EnsembleClassifier([load_classifier(p, **kwargs) for p in paths]).eval()
-
-
-def _chmod_as_new_file(path: str) -> None:
-    # mkstemp creates files readable by the owner only; give the usual umask-based mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def _atomic_write(path: str | os.PathLike, write: Any, mode: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, mode, **({"newline": ""} if "b" not in mode else {})) as stream:
-            write(stream)
-        _chmod_as_new_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``.
-
-    A reader never sees a half-written file, even if the process dies mid-write.
-    """
-    _atomic_write(path, lambda stream: torch.save(obj, stream), "wb")
-
-
-def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    _atomic_write(path, lambda stream: stream.write(text), "w")
 
 
 def classifier_checkpoint(
@@ -401,4 +285,5 @@ def save_classifier(
     training: Mapping[str, Any] | None = None,
 ) -> None:
     """Write ``full`` (the full-size network of any branch) atomically in our format."""
-    atomic_save(classifier_checkpoint(full, spec, training), path)
+    with atomic_write(path) as stream:
+        torch.save(classifier_checkpoint(full, spec, training), stream)

@@ -14,8 +14,12 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
+from denoised_drs.checkpoint_file import load_weights_only
+from denoised_drs.state_dicts import find_state_dict
+
 from .cifar_resnet import CifarResNet
 from .small_cnn import SmallCNN
+from .weights import load_weights
 from .wrappers import NormalizedClassifier, normalization_for
 
 ModelBuilder = Callable[[int, int, tuple[int, int]], nn.Module]
@@ -120,12 +124,9 @@ def create_model(
         )
     network = _bare_network(name, num_classes, in_chans, tuple(input_size))
     if checkpoint_path is not None:
-        # Imported here: .loading builds its classifiers through this module.
-        from .loading import extract_state_dict, load_weights, read_checkpoint
-
-        checkpoint = read_checkpoint(checkpoint_path)
+        checkpoint = load_weights_only(checkpoint_path)
         try:
-            load_weights(network, extract_state_dict(checkpoint), name)
+            load_weights(network, find_state_dict(checkpoint), name)
         except ValueError as err:
             raise ValueError(f"{checkpoint_path}: {err}") from None
     if normalization is None:

@@ -25,19 +25,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..checkpoint_file import load_weights_only, with_content_hash
+from ..atomic_file import atomic_write
+from ..checkpoint_file import load_state_dict, load_weights_only, with_content_hash
 from ..data import get_dataset
 from ..errors import check_distinct_outputs, check_output_file, first_line
 from ..models import (
     ClassifierSpec,
     SubImageClassifier,
-    atomic_save,
-    atomic_write_text,
     create_model,
-    extract_state_dict,
     is_own_checkpoint,
     load_weights,
-    read_checkpoint,
     read_classifier_spec,
     save_classifier,
 )
@@ -57,7 +54,8 @@ def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(buffer.getvalue(), path)
+    with atomic_write(path, "w") as stream:
+        stream.write(buffer.getvalue())
 
 
 def _limit(dataset: Dataset, count: int | None) -> Dataset:
@@ -77,7 +75,7 @@ def build_spec(config: TrainConfig, branch: str) -> ClassifierSpec:
         sigma=config.sigma,
     )
     if config.init is not None:
-        init = read_checkpoint(config.init)
+        init = load_weights_only(config.init)
         if is_own_checkpoint(init):
             init_spec = read_classifier_spec(config.init, init)
             if init_spec.arch != config.arch:
@@ -93,7 +91,7 @@ def initial_classifier(config: TrainConfig, spec: ClassifierSpec) -> nn.Module:
     full = create_model(spec.arch, **spec.model_options())
     if config.init is not None:
         try:
-            load_weights(full.model, extract_state_dict(read_checkpoint(config.init)), spec.arch)
+            load_weights(full.model, load_state_dict(config.init), spec.arch)
         except ValueError as err:
             raise ValueError(f"--init {config.init}: {err}") from None
     return spec.wrap(full)
@@ -276,17 +274,16 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
             full = full_network(accelerator.unwrap_model(model))
             training = {**config.record(), "branch": branch, "epochs_done": epoch + 1, "log": rows}
             save_classifier(out, full, spec, training)
-            atomic_save(
-                with_content_hash({
+            with atomic_write(resume_file) as stream:
+                snapshot = {
                     "epoch": epoch + 1,
                     "state_dict": full.model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "rng": torch.get_rng_state(),
                     "log": rows,
                     "settings": config.resume_settings(),
-                }),
-                resume_file,
-            )
+                }
+                torch.save(with_content_hash(snapshot), stream)
             write_log(log, rows)
             accelerator.print(
                 f"[{branch}] epoch {epoch + 1}/{config.epochs} lr {lr:.2e} loss {row['train_loss']:.4f} "
