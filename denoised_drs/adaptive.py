@@ -74,14 +74,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from denoised_drs.certify import (
-    CertificateKind,
+from denoised_drs.bounds import (
     branch_alpha,
     certified_radius,
     clopper_pearson_lower,
     clopper_pearson_upper,
-    drs_radius,
 )
+from denoised_drs.modes import CertificateKind
 
 GROWTH = 1.5
 """Each look has about GROWTH times the samples of the one before."""
@@ -186,7 +185,7 @@ def certify_adaptive(
     no class, hence against the top class). With ``radii`` the radius is the largest
     target certified, and the prediction -1 when none is.
     """
-    from denoised_drs.smoothing import _ESTIMATION, _SELECTION, ABSTAIN, Certificate, _check_counts
+    from denoised_drs.smoothing import _ESTIMATION, _SELECTION, _check_counts, build_certificate
 
     _check_counts(n0, n_max, alpha, batch_size)
     radii = check_radii(radii)
@@ -222,20 +221,16 @@ def certify_adaptive(
     if radii is not None and not abstain:
         certified = [r for r in radii if r <= radius]
         abstain, radius = not certified, (certified[-1] if certified else 0.0)
-    radius_paper = None
-    if kind is CertificateKind.COUPLED:
-        radius_paper = 0.0 if abstain else float(drs_radius(best.p_lower[0], best.p_lower[1], sigmas[0]))
-    return Certificate(
-        prediction=ABSTAIN if abstain else top_class,
-        radius=radius,
-        top_class=top_class,
-        counts_top=tuple(int(c) for c in best.counts_top),
-        p_lower=tuple(float(p) for p in best.p_lower),
+    return build_certificate(
+        smoothed,
+        abstain,
+        radius,
+        top_class,
+        best.counts_top,
+        best.p_lower,
         n0=n0,
         n=best.n,
         alpha=alpha,
-        kind=kind.value,
-        radius_paper=radius_paper,
         nonfinite=nonfinite,
         n_used=drawn,
     )

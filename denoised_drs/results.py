@@ -29,7 +29,7 @@ from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from denoised_drs.certify import CertificateKind
+from denoised_drs.modes import CertificateKind
 
 if TYPE_CHECKING:  # only read, never built here: results.py stays free of the model code
     from denoised_drs.smoothing import Certificate

@@ -4,7 +4,7 @@
 by a :class:`~denoised_drs.partition.Partition`; each sub-image gets its own
 Gaussian noise ``N(0, sigma_j^2)``; a *voter* maps the noisy sub-images of a batch
 to one predicted class per branch; the engine counts votes on the device and turns
-them into a certificate with :mod:`denoised_drs.certify`.
+them into a certificate with :mod:`denoised_drs.bounds`.
 
 :class:`Smooth` is Cohen et al.'s smoothed classifier (one branch, the whole image)
 and :class:`DualSmooth` the Dual Randomized Smoothing classifier of Xia et al.
@@ -16,7 +16,7 @@ predicts it at every point within the returned l2 radius of ``x``. The top class
 selected from ``n0`` samples and its probability bounded from ``n`` fresh ones
 (Cohen's CERTIFY); with two branches, each branch's Clopper-Pearson bound is taken
 at ``alpha / 2`` so both hold at once. The radius formula follows the branches'
-dependence (:class:`~denoised_drs.certify.CertificateKind`): independent branches
+dependence (:class:`~denoised_drs.modes.CertificateKind`): independent branches
 get Eq. 13 of the DRS paper, branches that both see the whole noisy image (joint
 denoising) the coupled radius, and the paper's formula for them is reported only as
 ``radius_paper``.
@@ -50,14 +50,9 @@ import torch
 from scipy.stats import binomtest
 from torch import nn
 
-from denoised_drs.certify import (
-    CertificateKind,
-    branch_alpha,
-    certified_radius,
-    clopper_pearson_lower,
-    drs_radius,
-)
+from denoised_drs.bounds import branch_alpha, certified_radius, clopper_pearson_lower, drs_radius
 from denoised_drs.errors import first_line
+from denoised_drs.modes import CertificateKind
 from denoised_drs.noise import NoiseStream, derive_seed
 from denoised_drs.partition import Checkerboard, Identity, Partition
 from denoised_drs.voters import NONFINITE_VOTE, BranchClassifiers
@@ -384,20 +379,16 @@ class SmoothedClassifier:
             clopper_pearson_lower(counts_top, n, branch_alpha(alpha, self.num_branches))
         )
         abstain, radius = certified_radius(self.kind, p_lower, self.sigmas)
-        radius_paper = None
-        if self.kind is CertificateKind.COUPLED:
-            radius_paper = 0.0 if abstain else float(drs_radius(p_lower[0], p_lower[1], self.sigmas[0]))
-        return Certificate(
-            prediction=ABSTAIN if abstain else top_class,
-            radius=radius,
-            top_class=top_class,
-            counts_top=tuple(int(c) for c in counts_top),
-            p_lower=tuple(float(p) for p in p_lower),
+        return build_certificate(
+            self,
+            abstain,
+            radius,
+            top_class,
+            counts_top,
+            p_lower,
             n0=n0,
             n=n,
             alpha=alpha,
-            kind=self.kind.value,
-            radius_paper=radius_paper,
             nonfinite=(n0 + n) * self.num_branches - int(selection.sum() + estimation.sum()),
             n_used=n,
         )
@@ -420,6 +411,46 @@ class SmoothedClassifier:
         from denoised_drs.adaptive import certify_adaptive
 
         return certify_adaptive(self, x, n0, n_max, alpha, batch_size, seed, radii)
+
+
+def build_certificate(
+    smoothed: SmoothedClassifier,
+    abstain: bool,
+    radius: float,
+    top_class: int,
+    counts_top: Sequence[int] | np.ndarray,
+    p_lower: Sequence[float] | np.ndarray,
+    *,
+    n0: int,
+    n: int,
+    alpha: float,
+    nonfinite: int,
+    n_used: int,
+) -> Certificate:
+    """The :class:`Certificate` of ``smoothed`` from a decision already taken on its bounds.
+
+    ``abstain`` and ``radius`` are the outcome (the radius 0.0 when abstaining);
+    ``counts_top``, ``p_lower`` and ``n`` the per-branch counts and bounds behind it.
+    For coupled branches ``radius_paper`` is added: the DRS paper's formula on the
+    same bounds (0.0 when abstaining), which is NOT certified.
+    """
+    radius_paper = None
+    if smoothed.kind is CertificateKind.COUPLED:
+        radius_paper = 0.0 if abstain else float(drs_radius(p_lower[0], p_lower[1], smoothed.sigmas[0]))
+    return Certificate(
+        prediction=ABSTAIN if abstain else top_class,
+        radius=radius,
+        top_class=top_class,
+        counts_top=tuple(int(c) for c in counts_top),
+        p_lower=tuple(float(p) for p in p_lower),
+        n0=n0,
+        n=n,
+        alpha=alpha,
+        kind=smoothed.kind.value,
+        radius_paper=radius_paper,
+        nonfinite=nonfinite,
+        n_used=n_used,
+    )
 
 
 class Smooth(SmoothedClassifier):

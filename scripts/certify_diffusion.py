@@ -127,7 +127,7 @@ RUN_KEYS = ("dataset", "data_dir", "skip", "max")
 
 def config_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline settings of ``--config``; its run keys fill data flags not given."""
-    from denoised_drs.pipeline import PipelineConfig, pipeline_values, read_config_file
+    from denoised_drs.pipeline_config import PipelineConfig, pipeline_values, read_config_file
 
     values = read_config_file(args.config)
     for key in RUN_KEYS:
