@@ -156,12 +156,12 @@ class PipelineConfig:
         self._validate_classifier_fields()
         if self.mode == Mode.RS:
             if not self.classifier:
-                raise ValueError("mode 'rs' needs a classifier checkpoint")
+                raise ValueError(f"mode {Mode.RS.value!r} needs a classifier checkpoint")
             if self.sigma_r is not None:
                 raise ValueError("sigma_r applies to DRS only")
         else:
             if not self.classifier_l or not self.classifier_r:
-                raise ValueError("mode 'drs' needs classifier_l and classifier_r checkpoints")
+                raise ValueError(f"mode {Mode.DRS.value!r} needs classifier_l and classifier_r checkpoints")
             if self.denoiser is not None and self.sigma_r not in (None, self.sigma):
                 raise ValueError("with a denoiser both branches share one sigma")
 

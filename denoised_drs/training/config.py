@@ -50,7 +50,7 @@ class TrainConfig:
     data_dir: str | None = None
     arch: str = "small_cnn"
     strategy: str = "gaussian"
-    target: str = "rs"
+    target: str = Mode.RS.value
     branch: str = "full"
     sigma: float = 0.25
     epochs: int = 4
