@@ -11,7 +11,7 @@ The configuration is a :class:`~denoised_drs.pipeline_config.PipelineConfig`
 configuration earns); :meth:`Pipeline.save_config` writes it beside a result so the
 run can be repeated exactly. Models are built by their own loaders
 (:func:`~denoised_drs.models.load_ensemble`,
-:meth:`~denoised_drs.diffusion.OneShotDenoiser.from_preset`); this module only
+:meth:`~denoised_drs.diffusion.OneShotDenoiser.from_pretrained`); this module only
 composes them.
 
 The result for an image depends only on the seed and the image's index.
@@ -217,10 +217,10 @@ class Pipeline:
             raise ValueError(f"denoiser is {IN_MEMORY!r}: pass the nn.Module itself")
         from denoised_drs.diffusion import OneShotDenoiser
 
-        denoiser = OneShotDenoiser.from_preset(
+        denoiser = OneShotDenoiser.from_pretrained(
             config.denoiser,
-            config.sigma,
-            config.denoiser_checkpoint,
+            sigma=config.sigma,
+            checkpoint_path=config.denoiser_checkpoint,
             chunk_size=config.denoiser_chunk,
             autocast_dtype=AUTOCAST.get(config.autocast) if config.autocast else None,
         )
