@@ -175,7 +175,8 @@ def write_classifier(path: Path, arch: str, num_classes: int, size: int | None) 
     from denoised_drs.models.registry import create_model
 
     torch.manual_seed(0)
-    model = create_model(arch, num_classes, 3, (size, size) if size else (224, 224))
+    model = create_model(arch, num_classes=num_classes, in_chans=3,
+                         input_size=(size, size) if size else (224, 224))
     state_dict = {key: value.contiguous() for key, value in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":

@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "CertifyRecord": "denoised_drs.results",
     "Pipeline": "denoised_drs.pipeline",
-    "PipelineConfig": "denoised_drs.pipeline",
+    "PipelineConfig": "denoised_drs.pipeline_config",
 }
 
 __all__ = [

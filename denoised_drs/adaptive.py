@@ -74,14 +74,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from denoised_drs.certify import (
-    CertificateKind,
+from denoised_drs.bounds import (
     branch_alpha,
     certified_radius,
     clopper_pearson_lower,
     clopper_pearson_upper,
-    drs_radius,
 )
+from denoised_drs.certificate import ESTIMATION, SELECTION, build_certificate, check_counts
+from denoised_drs.modes import CertificateKind
 
 GROWTH = 1.5
 """Each look has about GROWTH times the samples of the one before."""
@@ -179,30 +179,28 @@ def certify_adaptive(
 ):
     """Adaptive CERTIFY of ``x`` by ``smoothed`` (a SmoothedClassifier); see the module docstring.
 
-    Returns a :class:`~denoised_drs.smoothing.Certificate` whose ``counts_top``,
+    Returns a :class:`~denoised_drs.certificate.Certificate` whose ``counts_top``,
     ``p_lower`` and ``n`` are those of the look the radius comes from (bounds at
     that look's ``alpha_k / num_branches``), ``n_used`` the estimation samples drawn
     and ``nonfinite`` the non-finite votes among them (sample x branch, counted in
     no class, hence against the top class). With ``radii`` the radius is the largest
     target certified, and the prediction -1 when none is.
     """
-    from denoised_drs.smoothing import _ESTIMATION, _SELECTION, ABSTAIN, Certificate, _check_counts
-
-    _check_counts(n0, n_max, alpha, batch_size)
+    check_counts(n0, n_max, alpha, batch_size)
     radii = check_radii(radii)
     kind, sigmas, branches = smoothed.kind, smoothed.sigmas, smoothed.num_branches
     looks = look_schedule(n0, n_max)
     alphas = spending(alpha, len(looks))
     tolerance = TOLERANCE_Z * max(sigmas)
 
-    selection = smoothed.sample_counts(x, n0, batch_size, seed, _SELECTION)
+    selection = smoothed.sample_counts(x, n0, batch_size, seed, SELECTION)
     top_class = int(selection.sum(axis=0).argmax())
     counts_top = np.zeros(branches, dtype=np.int64)
     nonfinite = 0
     drawn = 0
     best: _Look | None = None
     for n, alpha_k in zip(looks, alphas):
-        counts = smoothed.sample_counts(x, n - drawn, batch_size, seed, _ESTIMATION, start=drawn)
+        counts = smoothed.sample_counts(x, n - drawn, batch_size, seed, ESTIMATION, start=drawn)
         nonfinite += int((n - drawn) * branches - counts.sum())
         counts_top = counts_top + counts[:, top_class]
         drawn = n
@@ -222,20 +220,17 @@ def certify_adaptive(
     if radii is not None and not abstain:
         certified = [r for r in radii if r <= radius]
         abstain, radius = not certified, (certified[-1] if certified else 0.0)
-    radius_paper = None
-    if kind is CertificateKind.COUPLED:
-        radius_paper = 0.0 if abstain else float(drs_radius(best.p_lower[0], best.p_lower[1], sigmas[0]))
-    return Certificate(
-        prediction=ABSTAIN if abstain else top_class,
-        radius=radius,
-        top_class=top_class,
-        counts_top=tuple(int(c) for c in best.counts_top),
-        p_lower=tuple(float(p) for p in best.p_lower),
+    return build_certificate(
+        kind,
+        sigmas,
+        abstain,
+        radius,
+        top_class,
+        best.counts_top,
+        best.p_lower,
         n0=n0,
         n=best.n,
         alpha=alpha,
-        kind=kind.value,
-        radius_paper=radius_paper,
         nonfinite=nonfinite,
         n_used=drawn,
     )

@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from denoised_drs.modes import Mode, PartitionName, partition_for
+
 InterpolationMode = Literal["nearest", "bilinear", "bicubic"]
 INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear", "bicubic")
 
@@ -125,7 +127,7 @@ class Identity(Partition):
     """The trivial partition of randomized smoothing: one part, the whole image."""
 
     num_parts = 1
-    name = "identity"
+    name = PartitionName.IDENTITY.value
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         _check_image(x)
@@ -141,7 +143,7 @@ class Checkerboard(Partition):
     """The DRS split: ``l`` = pixels with (i + j) even, ``r`` = pixels with (i + j) odd."""
 
     num_parts = 2
-    name = "checkerboard"
+    name = PartitionName.CHECKERBOARD.value
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return checkerboard_split(x)
@@ -193,7 +195,9 @@ class Checkerboard(Partition):
         return torch.where(observed.bool(), placed, filled.reshape(placed.shape))
 
 
-PARTITIONS = {"rs": Identity, "identity": Identity, "drs": Checkerboard, "checkerboard": Checkerboard}
+_BY_NAME: dict[str, type[Partition]] = {Identity.name: Identity, Checkerboard.name: Checkerboard}
+PARTITIONS = {**_BY_NAME, **{mode.value: _BY_NAME[partition_for(mode).value] for mode in Mode}}
+"""Partition classes by name, and by the mode they serve (see :mod:`denoised_drs.modes`)."""
 
 
 def get_partition(name: str) -> Partition:

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from denoised_drs.atomic_file import atomic_write
-from denoised_drs.certify import CertificateKind
+from denoised_drs.modes import CertificateKind
 
 if TYPE_CHECKING:  # only read, never built here: results.py stays free of the model code
-    from denoised_drs.smoothing import Certificate
+    from denoised_drs.certificate import Certificate
 
 BASE_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 """Cohen's columns, which every result file starts with (and analysis requires)."""

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from denoised_drs import content, results
 from denoised_drs.errors import check_output_file
-from denoised_drs.pipeline import Pipeline, PipelineConfig
+from denoised_drs.pipeline import Pipeline
+from denoised_drs.pipeline_config import PipelineConfig
 
 _RESULT_NEUTRAL = ("batch", "denoiser_chunk", "device")
 """Settings that change speed, memory or where the work runs, never which rows are valid."""

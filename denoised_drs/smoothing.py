@@ -4,7 +4,7 @@
 by a :class:`~denoised_drs.partition.Partition`; each sub-image gets its own
 Gaussian noise ``N(0, sigma_j^2)``; a *voter* maps the noisy sub-images of a batch
 to one predicted class per branch; the engine counts votes on the device and turns
-them into a certificate with :mod:`denoised_drs.certify`.
+them into a certificate with :mod:`denoised_drs.bounds`.
 
 :class:`Smooth` is Cohen et al.'s smoothed classifier (one branch, the whole image)
 and :class:`DualSmooth` the Dual Randomized Smoothing classifier of Xia et al.
@@ -16,7 +16,7 @@ predicts it at every point within the returned l2 radius of ``x``. The top class
 selected from ``n0`` samples and its probability bounded from ``n`` fresh ones
 (Cohen's CERTIFY); with two branches, each branch's Clopper-Pearson bound is taken
 at ``alpha / 2`` so both hold at once. The radius formula follows the branches'
-dependence (:class:`~denoised_drs.certify.CertificateKind`): independent branches
+dependence (:class:`~denoised_drs.modes.CertificateKind`): independent branches
 get Eq. 13 of the DRS paper, branches that both see the whole noisy image (joint
 denoising) the coupled radius, and the paper's formula for them is reported only as
 ``radius_paper``.
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -50,63 +49,23 @@ import torch
 from scipy.stats import binomtest
 from torch import nn
 
-from denoised_drs.certify import (
-    CertificateKind,
-    branch_alpha,
-    certified_radius,
-    clopper_pearson_lower,
-    drs_radius,
+from denoised_drs.bounds import branch_alpha, certified_radius, clopper_pearson_lower
+from denoised_drs.certificate import (
+    ABSTAIN,
+    ESTIMATION,
+    PREDICTION,
+    SELECTION,
+    Certificate,
+    build_certificate,
+    check_counts,
 )
 from denoised_drs.errors import first_line
+from denoised_drs.modes import CertificateKind
 from denoised_drs.noise import NoiseStream, derive_seed
 from denoised_drs.partition import Checkerboard, Identity, Partition
 from denoised_drs.voters import NONFINITE_VOTE, BranchClassifiers
 
-ABSTAIN = -1
-
-_SELECTION, _ESTIMATION, _PREDICTION = 0, 1, 2
 _BRANCH_CHOICE_PURPOSE = 1000
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """The outcome of CERTIFY for one image.
-
-    ``prediction`` is the certified class or -1 (abstain); ``radius`` the sound l2
-    radius (0.0 when abstaining). ``top_class`` is the class chosen from the
-    selection samples (reported even when abstaining), ``counts_top[j]`` how many of
-    the ``n`` estimation samples branch ``j`` gave it, and ``p_lower[j]`` the
-    Clopper-Pearson lower bound on that probability at ``alpha / num_branches``.
-    ``radius_paper`` is set only for coupled branches: the DRS paper's formula
-    ``sigma (z_l + z_r) / sqrt(2)`` on the same bounds, which is NOT certified there.
-    ``nonfinite`` counts the votes (sample, branch) whose logits were not finite,
-    over the ``n0`` selection and the ``n`` estimation samples of every branch; none
-    counts for any class, so each estimation one counts against the top class. ``n_used`` is the number of estimation
-    samples drawn (``n`` for :meth:`SmoothedClassifier.certify`).
-
-    Unpacks like Cohen's ``(prediction, radius)`` tuple.
-    """
-
-    prediction: int
-    radius: float
-    top_class: int
-    counts_top: tuple[int, ...]
-    p_lower: tuple[float, ...]
-    n0: int
-    n: int
-    alpha: float
-    kind: str
-    radius_paper: float | None = None
-    nonfinite: int = 0
-    n_used: int = 0
-
-    @property
-    def abstained(self) -> bool:
-        return self.prediction == ABSTAIN
-
-    def __iter__(self):
-        yield self.prediction
-        yield self.radius
 
 
 def _seed_key(seed: int | Sequence[int]) -> tuple[int, ...]:
@@ -162,15 +121,6 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
-
-
-def _check_counts(n0: int | None, n: int, alpha: float, batch_size: int) -> None:
-    if n < 1 or (n0 is not None and n0 < 1):
-        raise ValueError(f"sample counts must be positive, got n0={n0}, n={n}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
 
 
 class SmoothedClassifier:
@@ -251,7 +201,7 @@ class SmoothedClassifier:
         num: int,
         batch_size: int,
         seed: int | Sequence[int] = 0,
-        stage: int = _ESTIMATION,
+        stage: int = ESTIMATION,
         mix_branches: bool = False,
         start: int = 0,
     ) -> np.ndarray:
@@ -350,8 +300,8 @@ class SmoothedClassifier:
         this keeps Cohen's test exact for coupled and independent branches alike.
         Votes whose logits were not finite count for no class (all of them: abstain).
         """
-        _check_counts(None, n, alpha, batch_size)
-        counts = self.sample_counts(x, n, batch_size, seed, _PREDICTION, mix_branches=True)[0]
+        check_counts(None, n, alpha, batch_size)
+        counts = self.sample_counts(x, n, batch_size, seed, PREDICTION, mix_branches=True)[0]
         order = np.argsort(counts, kind="stable")[::-1]
         count_a, count_b = int(counts[order[0]]), int(counts[order[1]])
         if count_a == 0 or binomtest(count_a, count_a + count_b, 0.5).pvalue > alpha:
@@ -375,29 +325,26 @@ class SmoothedClassifier:
         ``self.kind``. See the module docstring for the guarantee. Votes whose
         logits were not finite count for no class; their total is ``nonfinite``.
         """
-        _check_counts(n0, n, alpha, batch_size)
-        selection = self.sample_counts(x, n0, batch_size, seed, _SELECTION)
+        check_counts(n0, n, alpha, batch_size)
+        selection = self.sample_counts(x, n0, batch_size, seed, SELECTION)
         top_class = int(selection.sum(axis=0).argmax())
-        estimation = self.sample_counts(x, n, batch_size, seed, _ESTIMATION)
+        estimation = self.sample_counts(x, n, batch_size, seed, ESTIMATION)
         counts_top = estimation[:, top_class]
         p_lower = np.atleast_1d(
             clopper_pearson_lower(counts_top, n, branch_alpha(alpha, self.num_branches))
         )
         abstain, radius = certified_radius(self.kind, p_lower, self.sigmas)
-        radius_paper = None
-        if self.kind is CertificateKind.COUPLED:
-            radius_paper = 0.0 if abstain else float(drs_radius(p_lower[0], p_lower[1], self.sigmas[0]))
-        return Certificate(
-            prediction=ABSTAIN if abstain else top_class,
-            radius=radius,
-            top_class=top_class,
-            counts_top=tuple(int(c) for c in counts_top),
-            p_lower=tuple(float(p) for p in p_lower),
+        return build_certificate(
+            self.kind,
+            self.sigmas,
+            abstain,
+            radius,
+            top_class,
+            counts_top,
+            p_lower,
             n0=n0,
             n=n,
             alpha=alpha,
-            kind=self.kind.value,
-            radius_paper=radius_paper,
             nonfinite=(n0 + n) * self.num_branches - int(selection.sum() + estimation.sum()),
             n_used=n,
         )

@@ -4,7 +4,7 @@ A voter is an ``nn.Module`` called as ``voter(noisy_parts, fresh_noise)`` that
 returns ``(N, num_branches)`` integer class indices, or :data:`NONFINITE_VOTE` for a
 sample whose logits were not all finite (such a vote counts for no class, so it
 counts against the top class). Its ``certificate`` attribute says
-which radius is sound for it (:class:`~denoised_drs.certify.CertificateKind`),
+which radius is sound for it (:class:`~denoised_drs.modes.CertificateKind`),
 and ``needs_fresh_noise`` whether the engine must pass an independent standard
 normal tensor of the full image shape.
 
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from denoised_drs.certify import CertificateKind
+from denoised_drs.modes import CertificateKind
 from denoised_drs.partition import Checkerboard
 
 NONFINITE_VOTE = -1

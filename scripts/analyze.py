@@ -21,26 +21,14 @@ from pathlib import Path
 
 from denoised_drs import analysis
 from denoised_drs.atomic_file import atomic_write
-from denoised_drs.cli import run_script
+from denoised_drs.cli import ArgumentParser, run_script
 from denoised_drs.errors import check_distinct_outputs, check_output_file
 
 PROG = "analyze.py"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (and exit 2), not usage + error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise SystemExit(_fail(message))
-
-
-def _fail(message: str) -> int:
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 2
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("tsv", nargs="*", help="certify output files (Cohen's format)")
     parser.add_argument("--names", nargs="+", help="one run name per file (default: file names)")
     parser.add_argument(
@@ -122,19 +110,17 @@ def _render(args: argparse.Namespace) -> tuple[str | None, dict[Path, bytes]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Render, then write; bad input raises ValueError or OSError (see :func:`run_script`)."""
     args = _parser().parse_args(argv)
-    try:
-        markdown, outputs = _render(args)
-        # Every destination is checked before the first is written, so a bad one
-        # leaves earlier outputs as they were.
-        for path in outputs:
-            check_output_file(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-        for path, data in outputs.items():
-            with atomic_write(path) as stream:
-                stream.write(data)
-    except (OSError, ValueError) as error:
-        return _fail(str(error))
+    markdown, outputs = _render(args)
+    # Every destination is checked before the first is written, so a bad one
+    # leaves earlier outputs as they were.
+    for path in outputs:
+        check_output_file(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    for path, data in outputs.items():
+        with atomic_write(path) as stream:
+            stream.write(data)
     if markdown is not None:
         sys.stdout.write(markdown)
     for path in outputs:

@@ -24,6 +24,7 @@ from typing import Any
 
 from denoised_drs.cli import ArgumentParser, run_script
 from denoised_drs.cpu_memory import keep_freed_memory
+from denoised_drs.modes import Denoise, Mode, choices
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINTS = REPO / "checkpoints"
@@ -65,13 +66,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--config", help="a JSON or YAML pipeline configuration, e.g. the "
                        "OUT.config.json saved beside a result (its dataset, skip and max "
                        "too); flags override it")
-    model.add_argument("--mode", choices=("rs", "drs"))
+    model.add_argument("--mode", choices=choices(Mode))
     model.add_argument("--classifier", nargs="+", help="RS classifier checkpoint(s); several = ensemble")
     model.add_argument("--classifier-l", nargs="+", help="DRS l-branch checkpoint(s)")
     model.add_argument("--classifier-r", nargs="+", help="DRS r-branch checkpoint(s)")
     model.add_argument("--denoiser", help="none, a preset name, a denoiser checkpoint or a diffusers folder")
     model.add_argument("--denoiser-checkpoint", help="official OpenAI checkpoint for a preset")
-    model.add_argument("--denoise", choices=("joint", "split"), help="DRS denoising mode")
+    model.add_argument("--denoise", choices=choices(Denoise), help="DRS denoising mode")
     clf = parser.add_argument_group(
         "classifiers", "how classifier files are read and fed; defaults come from the model's "
         "own configuration (timm's pretrained_cfg), else from the dataset's")
@@ -127,7 +128,7 @@ RUN_KEYS = ("dataset", "data_dir", "skip", "max")
 
 def config_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The pipeline settings of ``--config``; its run keys fill data flags not given."""
-    from denoised_drs.pipeline import PipelineConfig, pipeline_values, read_config_file
+    from denoised_drs.pipeline_config import PipelineConfig, pipeline_values, read_config_file
 
     values = read_config_file(args.config)
     for key in RUN_KEYS:

@@ -16,11 +16,9 @@ Bad input gives a one-line message on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from denoised_drs.cli import ArgumentParser, run_script
 from denoised_drs.cpu_memory import keep_freed_memory
-from denoised_drs.errors import first_line
 from denoised_drs.training import (
     DRS_BRANCHES,
     STRATEGIES,
@@ -83,21 +81,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train; bad input returns 2 after one line on stderr (usage errors included)."""
-    try:
-        args = parse_args(argv)
-        keep_freed_memory()  # up to 2x faster on CPUs; see denoised_drs.cpu_memory
-        settings = vars(args).copy()
-        dataset, out = settings.pop("dataset"), settings.pop("out")
-        settings["progress"] = not settings.pop("no_progress")
-        for flag in ("resume", "overwrite", "keep_state", "cpu"):
-            settings[flag] = settings[flag] or None
-        config = TrainConfig.from_recipe(dataset, out, **settings)
-        paths = train(config)
-    except (ValueError, OSError, ImportError) as err:
-        print(f"train_base.py: error: {first_line(err)}", file=sys.stderr)
-        return 2
-    for path in paths:
+    """Train; bad input (usage errors included) raises ValueError, OSError or ImportError."""
+    args = parse_args(argv)
+    keep_freed_memory()  # up to 2x faster on CPUs; see denoised_drs.cpu_memory
+    settings = vars(args).copy()
+    dataset, out = settings.pop("dataset"), settings.pop("out")
+    settings["progress"] = not settings.pop("no_progress")
+    for flag in ("resume", "overwrite", "keep_state", "cpu"):
+        settings[flag] = settings[flag] or None
+    config = TrainConfig.from_recipe(dataset, out, **settings)
+    for path in train(config):
         print(f"wrote {path}")
     return 0
 

@@ -17,9 +17,10 @@ from scipy.stats import norm
 from test_smoothing import Linear, linear_with_margin, random_image, two_branch_oracle
 
 from denoised_drs import adaptive
-from denoised_drs.certify import CertificateKind
 from denoised_drs.data import load_sample
-from denoised_drs.pipeline import Pipeline, PipelineConfig
+from denoised_drs.modes import CertificateKind
+from denoised_drs.pipeline import Pipeline
+from denoised_drs.pipeline_config import PipelineConfig
 from denoised_drs.runner import certify_dataset
 from denoised_drs.smoothing import ABSTAIN, DualSmooth, Smooth
 

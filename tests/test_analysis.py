@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from denoised_drs import analysis
+from denoised_drs import analysis, cli
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "analyze.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -439,6 +439,14 @@ def load_script():
     return module
 
 
+def run_main(argv: list[str]) -> int:
+    """The exit status of the script's ``main(argv)`` run in-process as the script runs it."""
+    main = load_script().main
+    with pytest.raises(SystemExit) as exit_:
+        cli.run_script(lambda: main(argv), str(SCRIPT))
+    return exit_.value.code
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
@@ -449,13 +457,9 @@ def load_script():
     ],
 )
 def test_script_bad_arguments_exit_2(tmp_path, capsys, rs_tsv, drs_tsv, args, fragment):
-    # In-process (the subprocess tests above already cover tracebacks); argparse's own
-    # errors leave through SystemExit, ours through the return code.
+    # In-process (the subprocess tests above already cover tracebacks).
     argv = [str(rs_tsv), str(drs_tsv), *args, "--out", str(tmp_path / "out")]
-    try:
-        code = load_script().main(argv)
-    except SystemExit as exit_:
-        code = exit_.code
+    code = run_main(argv)
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
     lines = captured.err.strip().splitlines()
@@ -464,7 +468,7 @@ def test_script_bad_arguments_exit_2(tmp_path, capsys, rs_tsv, drs_tsv, args, fr
 
 
 def test_script_needs_an_input(capsys):
-    assert load_script().main([]) == 2
+    assert run_main([]) == 2
     assert "at least one TSV" in capsys.readouterr().err
 
 

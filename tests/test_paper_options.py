@@ -11,7 +11,8 @@ from torch import nn
 
 from denoised_drs.cli import run_script
 from denoised_drs.models import ResizedClassifier, load_classifier, timm_defaults
-from denoised_drs.pipeline import Pipeline, PipelineConfig
+from denoised_drs.pipeline import Pipeline
+from denoised_drs.pipeline_config import PipelineConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "certify_diffusion.py"

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from denoised_drs.certify import CertificateKind
 from denoised_drs.data import load_sample
-from denoised_drs.pipeline import Pipeline, PipelineConfig
+from denoised_drs.modes import CertificateKind
+from denoised_drs.pipeline import Pipeline
+from denoised_drs.pipeline_config import PipelineConfig
 
 FAST = {"n0": 10, "n": 40, "batch": 25, "device": "cpu"}
 

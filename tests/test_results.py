@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from denoised_drs import results
 from denoised_drs.analysis import load_results
-from denoised_drs.certify import CertificateKind
+from denoised_drs.modes import CertificateKind
 from denoised_drs.results import (
     BASE_COLUMNS,
     N_USED_COLUMN,

@@ -13,7 +13,8 @@ import torch
 from scipy.stats import norm
 from torch import nn
 
-from denoised_drs.certify import CertificateKind, clopper_pearson_lower
+from denoised_drs.bounds import clopper_pearson_lower
+from denoised_drs.modes import CertificateKind
 from denoised_drs.partition import Checkerboard, checkerboard_split
 from denoised_drs.smoothing import ABSTAIN, DualSmooth, Smooth, SmoothedClassifier
 from denoised_drs.voters import NONFINITE_VOTE

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from denoised_drs.cli import run_script
 from denoised_drs.models import load_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,9 @@ def test_cli_trains_and_writes_checkpoint_and_log(tmp_path):
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, flags, message):
     main = _load_script().main
     out = tmp_path / "model.pt"
-    assert main([*QUICK, "--out", str(out), *flags]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        run_script(lambda: main([*QUICK, "--out", str(out), *flags]), str(SCRIPT))
+    assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []

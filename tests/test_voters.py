@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from denoised_drs.certify import CertificateKind
+from denoised_drs.modes import CertificateKind
 from denoised_drs.partition import Checkerboard
 from denoised_drs.smoothing import Smooth, SmoothedClassifier
 from denoised_drs.voters import (

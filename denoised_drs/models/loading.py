@@ -258,9 +258,24 @@ def load_classifier(
     return resized.to(device).eval()
 
 
-def load_ensemble(paths: Sequence[str | os.PathLike], **kwargs: Any) -> EnsembleClassifier:
-    """Several checkpoints as one classifier averaging their logits (same kwargs for each)."""
-    return EnsembleClassifier([load_classifier(p, **kwargs) for p in paths]).eval()
+def load_ensemble(
+    paths: Sequence[str | os.PathLike],
+    *,
+    checkpoints: Sequence[Mapping[str, Any]] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """The classifiers at ``paths`` as one: an :class:`EnsembleClassifier` averaging the
+    logits of several, or the classifier itself for a single path.
+
+    ``kwargs`` are :func:`load_classifier`'s, the same for each file; ``checkpoints``,
+    if given, the files' contents already read by :func:`~denoised_drs.checkpoint_file.load_weights_only`, one per path.
+    """
+    if checkpoints is None:
+        checkpoints = [None] * len(paths)
+    if len(checkpoints) != len(paths):
+        raise ValueError(f"got {len(checkpoints)} checkpoint contents for {len(paths)} paths")
+    members = [load_classifier(p, checkpoint=c, **kwargs) for p, c in zip(paths, checkpoints)]
+    return members[0] if len(members) == 1 else EnsembleClassifier(members).eval()
 
 
 def classifier_checkpoint(

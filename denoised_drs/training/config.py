@@ -11,11 +11,12 @@ from typing import Any
 import torch
 
 from ..data import DATASETS
+from ..modes import Mode, choices
 from ..noise import FLOAT32_MAX
 from ..partition import checkerboard_split
 from .strategies import STRATEGIES
 
-TARGETS = ("rs", "drs")
+TARGETS = choices(Mode)
 
 
 def _fill_branch(template: str, branch: str) -> Path:
@@ -49,7 +50,7 @@ class TrainConfig:
     data_dir: str | None = None
     arch: str = "small_cnn"
     strategy: str = "gaussian"
-    target: str = "rs"
+    target: str = Mode.RS.value
     branch: str = "full"
     sigma: float = 0.25
     epochs: int = 4
@@ -90,7 +91,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training setting(s): {unknown}")
         config = cls(out=out, dataset=dataset, **values)
-        if config.target == "drs" and "branch" not in values:
+        if config.target == Mode.DRS and "branch" not in values:
             config = replace(config, branch="both")
         config.validate()
         return config
@@ -138,7 +139,7 @@ class TrainConfig:
             (self.workers >= 0, "workers must be >= 0"),
             (not (self.resume and self.overwrite), "give --resume or --overwrite, not both"),
         ]
-        if self.target == "rs":
+        if self.target == Mode.RS:
             checks.append(
                 (self.branch == "full", "target rs trains the full image: branch must be 'full'")
             )

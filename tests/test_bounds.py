@@ -6,9 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import beta, binom, norm
 
-from denoised_drs.certify import (
+from denoised_drs.bounds import (
     LOG_SPACE_ALPHA,
-    CertificateKind,
     branch_alpha,
     certified_radius,
     clopper_pearson_lower,
@@ -19,6 +18,7 @@ from denoised_drs.certify import (
     rs_abstains,
     rs_radius,
 )
+from denoised_drs.modes import CertificateKind
 from denoised_drs.results import BASE_COLUMNS, columns_for
 
 

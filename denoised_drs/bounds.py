@@ -22,13 +22,13 @@ so a NaN can never become a radius or a decision not to abstain.
 
 from __future__ import annotations
 
-from enum import Enum
-
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import brentq
 from scipy.special import betaln, logsumexp, xlog1py, xlogy
 from scipy.stats import beta, norm
+
+from denoised_drs.modes import CertificateKind
 
 # The largest float below 1: a lower bound from finitely many samples is never 1,
 # and clipping here keeps Phi^-1 finite even where floating point would round up.
@@ -198,17 +198,6 @@ def drs_abstains(p_lower_l: ArrayLike, p_lower_r: ArrayLike) -> bool | np.ndarra
     return bool(result) if result.ndim == 0 else result
 
 
-class CertificateKind(str, Enum):
-    """Which radius formula is sound for a smoothed classifier."""
-
-    RS = "rs"
-    """One branch, the whole image."""
-    INDEPENDENT = "independent"
-    """DRS, each branch a function of its own sub-image only (Eq. 13)."""
-    COUPLED = "coupled"
-    """DRS, each branch a function of the whole noisy image (joint denoising)."""
-
-
 def certified_radius(
     kind: CertificateKind | str, p_lower: ArrayLike, sigmas: ArrayLike
 ) -> tuple[bool, float]:
@@ -246,7 +235,6 @@ def certified_radius(
 
 __all__ = [
     "LOG_SPACE_ALPHA",
-    "CertificateKind",
     "branch_alpha",
     "certified_radius",
     "clopper_pearson_lower",

@@ -1,0 +1,116 @@
+"""A certificate: what CERTIFY returns for one image, and how it is assembled.
+
+Shared by the fixed-sample engine (:mod:`denoised_drs.smoothing`) and adaptive
+certification (:mod:`denoised_drs.adaptive`), so both report the same fields from
+the same rules. The sampling stages are part of every noise seed key
+(:mod:`denoised_drs.noise`): selection, estimation and PREDICT's samples never share a
+noise block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from denoised_drs.bounds import drs_radius
+from denoised_drs.modes import CertificateKind
+
+ABSTAIN = -1
+"""The prediction of an abstention (Cohen's ``Smooth.ABSTAIN``)."""
+
+SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
+"""Sampling stages, in the noise seed key."""
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """The outcome of CERTIFY for one image.
+
+    ``prediction`` is the certified class or -1 (abstain); ``radius`` the sound l2
+    radius (0.0 when abstaining). ``top_class`` is the class chosen from the
+    selection samples (reported even when abstaining), ``counts_top[j]`` how many of
+    the ``n`` estimation samples branch ``j`` gave it, and ``p_lower[j]`` the
+    Clopper-Pearson lower bound on that probability at ``alpha / num_branches``.
+    ``radius_paper`` is set only for coupled branches: the DRS paper's formula
+    ``sigma (z_l + z_r) / sqrt(2)`` on the same bounds, which is NOT certified there.
+    ``nonfinite`` counts the votes (sample, branch) whose logits were not finite,
+    over the ``n0`` selection and the ``n`` estimation samples of every branch; none
+    counts for any class, so each estimation one counts against the top class. ``n_used`` is the number of estimation
+    samples drawn (``n`` for :meth:`SmoothedClassifier.certify`).
+
+    Unpacks like Cohen's ``(prediction, radius)`` tuple.
+    """
+
+    prediction: int
+    radius: float
+    top_class: int
+    counts_top: tuple[int, ...]
+    p_lower: tuple[float, ...]
+    n0: int
+    n: int
+    alpha: float
+    kind: str
+    radius_paper: float | None = None
+    nonfinite: int = 0
+    n_used: int = 0
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction == ABSTAIN
+
+    def __iter__(self):
+        yield self.prediction
+        yield self.radius
+
+
+def check_counts(n0: int | None, n: int, alpha: float, batch_size: int) -> None:
+    if n < 1 or (n0 is not None and n0 < 1):
+        raise ValueError(f"sample counts must be positive, got n0={n0}, n={n}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+
+
+def build_certificate(
+    kind: CertificateKind,
+    sigmas: Sequence[float],
+    abstain: bool,
+    radius: float,
+    top_class: int,
+    counts_top: Sequence[int] | np.ndarray,
+    p_lower: Sequence[float] | np.ndarray,
+    *,
+    n0: int,
+    n: int,
+    alpha: float,
+    nonfinite: int,
+    n_used: int,
+) -> Certificate:
+    """The :class:`Certificate` of a smoothed classifier whose certificate is of ``kind``
+    (noise levels ``sigmas``), from a decision already taken on its bounds.
+
+    ``abstain`` and ``radius`` are the outcome (the radius 0.0 when abstaining);
+    ``counts_top``, ``p_lower`` and ``n`` the per-branch counts and bounds behind it.
+    For coupled branches ``radius_paper`` is added: the DRS paper's formula on the
+    same bounds (0.0 when abstaining), which is NOT certified.
+    """
+    radius_paper = None
+    if kind is CertificateKind.COUPLED:
+        radius_paper = 0.0 if abstain else float(drs_radius(p_lower[0], p_lower[1], sigmas[0]))
+    return Certificate(
+        prediction=ABSTAIN if abstain else top_class,
+        radius=radius,
+        top_class=top_class,
+        counts_top=tuple(int(c) for c in counts_top),
+        p_lower=tuple(float(p) for p in p_lower),
+        n0=n0,
+        n=n,
+        alpha=alpha,
+        kind=kind.value,
+        radius_paper=radius_paper,
+        nonfinite=nonfinite,
+        n_used=n_used,
+    )
