@@ -276,7 +276,7 @@ def analyze_cases() -> list[Case]:
 # -- API cases -----------------------------------------------------------------
 
 def api_cases() -> list[Case]:
-    from denoised_drs import DualSmooth, Pipeline, PipelineConfig, Smooth, analysis, certify
+    from denoised_drs import DualSmooth, Pipeline, PipelineConfig, Smooth, analysis, bounds
     from denoised_drs.models import create_model, load_classifier
 
     def smooth(p):
@@ -342,14 +342,14 @@ def api_cases() -> list[Case]:
         "certified_table not runs": lambda p: analysis.certified_table([1, 2], [0.0]),
         "rs_radius_upper_bound p 2": lambda p: analysis.rs_radius_upper_bound(2.0, 1.0, 784),
         "radius_bounds_figure family xx": lambda p: analysis.radius_bounds_figure(family="xx"),
-        "rs_radius nan": lambda p: certify.rs_radius(math.nan, 0.25),
-        "rs_radius p 1.5": lambda p: certify.rs_radius(1.5, 0.25),
-        "drs_radius sigma 0": lambda p: certify.drs_radius(0.9, 0.9, 0.0),
-        "coupled_radius nan": lambda p: certify.coupled_radius(math.nan, 0.9, 0.25),
-        "clopper_pearson k > n": lambda p: certify.clopper_pearson_lower(5, 3, 0.01),
-        "clopper_pearson k < 0": lambda p: certify.clopper_pearson_lower(-1, 10, 0.01),
-        "clopper_pearson alpha 0": lambda p: certify.clopper_pearson_lower(5, 10, 0.0),
-        "clopper_pearson k 'x'": lambda p: certify.clopper_pearson_lower("x", 10, 0.01),
+        "rs_radius nan": lambda p: bounds.rs_radius(math.nan, 0.25),
+        "rs_radius p 1.5": lambda p: bounds.rs_radius(1.5, 0.25),
+        "drs_radius sigma 0": lambda p: bounds.drs_radius(0.9, 0.9, 0.0),
+        "coupled_radius nan": lambda p: bounds.coupled_radius(math.nan, 0.9, 0.25),
+        "clopper_pearson k > n": lambda p: bounds.clopper_pearson_lower(5, 3, 0.01),
+        "clopper_pearson k < 0": lambda p: bounds.clopper_pearson_lower(-1, 10, 0.01),
+        "clopper_pearson alpha 0": lambda p: bounds.clopper_pearson_lower(5, 10, 0.0),
+        "clopper_pearson k 'x'": lambda p: bounds.clopper_pearson_lower("x", 10, 0.01),
     }
     return [Case(f"API {name}", call=call) for name, call in calls.items()]
 
