@@ -17,7 +17,8 @@ sessions are comparable only if the machine was equally loaded.
         --json results/bench_adaptive/fmnist500.json --markdown results/bench_adaptive/fmnist500.md
     python benchmarks/bench_adaptive.py --modes denoised_rs drs_joint drs_split --skip 100 \
         --fixed 10000 --n-max 10000 --json results/bench_adaptive/denoised100.json
-    python benchmarks/bench_adaptive.py --modes rs_gaussian --max 100 --fixed 1000 --n-max 1000  # quick look
+    python benchmarks/bench_adaptive.py --modes rs_gaussian --max 100 --fixed 1000 \
+        --n-max 1000  # quick look
 """
 
 from __future__ import annotations
@@ -53,9 +54,11 @@ MODES: dict[str, dict[str, Any]] = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["rs_gaussian", "drs_gaussian"])
+    parser.add_argument("--modes", nargs="+", choices=sorted(MODES),
+                        default=["rs_gaussian", "drs_gaussian"])
     parser.add_argument("--data-dir", help="Fashion-MNIST folder (default: the Debian package's)")
-    parser.add_argument("--skip", type=int, default=20, help="every skip-th test image (default 20)")
+    parser.add_argument("--skip", type=int, default=20,
+                        help="every skip-th test image (default 20)")
     parser.add_argument("--max", type=int, help="only indices below max (default: all 10,000)")
     parser.add_argument("--fixed", nargs="+", type=int, default=[10_000, 100_000],
                         help="fixed N values (default 10000 100000)")
@@ -82,14 +85,16 @@ def contenders(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     for n_max in args.n_max:
         adaptive.append((n_max, f"adaptive n_max={n_max}, radii",
                          {"n": n_max, "adaptive": True, "radii": args.radii}))
-        adaptive.append((n_max, f"adaptive n_max={n_max}, no radii", {"n": n_max, "adaptive": True}))
+        adaptive.append((n_max, f"adaptive n_max={n_max}, no radii",
+                         {"n": n_max, "adaptive": True}))
     # An adaptive run costs at most its n_max, usually far less: it goes before a fixed
     # run of the same size.
     runs = sorted(fixed + adaptive, key=lambda run: (run[0], run[1].startswith("fixed")))
     return [(label, overrides) for _, label, overrides in runs]
 
 
-def measure(pipe: Pipeline, dataset, indices: list[int], radii: list[float], label: str) -> dict[str, Any]:
+def measure(pipe: Pipeline, dataset, indices: list[int], radii: list[float],
+            label: str) -> dict[str, Any]:
     start = time.perf_counter()
     records = [pipe.certify_one(dataset[i][0], int(dataset[i][1]), i)
                for i in tqdm(indices, desc=label, unit="img")]
@@ -155,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             settings = {**MODES[mode], "n0": args.n0, "alpha": args.alpha, "batch": args.batch,
                         "device": args.device, **overrides}
-            row = {"mode": mode, "run": label, **measure(Pipeline(**settings), dataset, indices, args.radii,
+            row = {"mode": mode, "run": label,
+                   **measure(Pipeline(**settings), dataset, indices, args.radii,
                                                           f"{mode}, {label}"),
                    "measured": time.strftime("%Y-%m-%d %H:%M")}
             rows.append(row)

@@ -4,8 +4,8 @@ The network is ``--model lenet`` (default: a LeNet-style CNN, two 5x5
 convolutions and two linear layers, about 0.3M multiply-adds: the setting where
 ART's own overhead is visible) or ``--model small_cnn`` (the library's
 Fashion-MNIST default, about 4M multiply-adds, where the network dominates every
-implementation's time). All three are timed in one run, interleaved image by image so that machine load
-affects them alike:
+implementation's time). All three are timed in one run, interleaved image by image so
+that machine load affects them alike:
 
 * bare: the small CNN's forward over the same number of noisy inputs (n0 + n per
   image), pre-generated, in batches of ``--batch``, under ``torch.inference_mode``;

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     branches = {"classifier_l": str(CKPT / "fmnist_drs_l_gaussian_s0.18.pt"),
                 "classifier_r": str(CKPT / "fmnist_drs_r_gaussian_s0.18.pt")}
     modes = {
-        "rs_denoised": Pipeline(mode="rs", classifier=str(CKPT / "fmnist_rs_gaussian_s0.25.pt"), **common),
+        "rs_denoised": Pipeline(mode="rs", classifier=str(CKPT / "fmnist_rs_gaussian_s0.25.pt"),
+                                **common),
         "drs_joint": Pipeline(mode="drs", denoise="joint", **branches, **common),
         "drs_split": Pipeline(mode="drs", denoise="split", **branches, **common),
     }

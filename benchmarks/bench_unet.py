@@ -72,7 +72,9 @@ def original_network(directory: Path, flags: dict, state_dict: dict) -> torch.nn
         model_channels=flags["num_channels"],
         out_channels=6 if flags["learn_sigma"] else 3,
         num_res_blocks=flags["num_res_blocks"],
-        attention_resolutions=tuple(size // int(r) for r in flags["attention_resolutions"].split(",")),
+        attention_resolutions=tuple(
+            size // int(r) for r in flags["attention_resolutions"].split(",")
+        ),
         dropout=flags["dropout"],
         channel_mult=(1, 2, 2, 2),
         num_heads=flags["num_heads"],
@@ -124,10 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         # Built first: ours adopts the state dict's tensors (no copy) and would share them.
         theirs_net = original_network(args.original_dir, flags, state_dict)
     ours = {
-        "ours_fp32": OneShotDenoiser(preset.build_network(state_dict), preset.alphas_cumprod(), SIGMA,
-                                     timestep_scale=preset.timestep_scale),
-        "ours_bf16": OneShotDenoiser(preset.build_network(state_dict), preset.alphas_cumprod(), SIGMA,
-                                     timestep_scale=preset.timestep_scale,
+        "ours_fp32": OneShotDenoiser(preset.build_network(state_dict), preset.alphas_cumprod(),
+                                     SIGMA, timestep_scale=preset.timestep_scale),
+        "ours_bf16": OneShotDenoiser(preset.build_network(state_dict), preset.alphas_cumprod(),
+                                     SIGMA, timestep_scale=preset.timestep_scale,
                                      autocast_dtype=torch.bfloat16),
     }
     contenders = dict(ours)
@@ -140,20 +142,24 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch, "image_size": 32, "repeats": args.repeats,
         "threads": torch.get_num_threads(), "sigma": SIGMA,
         "num_parameters": sum(p.numel() for p in ours["ours_fp32"].network.parameters()),
-        "max_abs_diff_bf16_vs_fp32": float((outputs["ours_bf16"] - outputs["ours_fp32"]).abs().max()),
+        "max_abs_diff_bf16_vs_fp32": float(
+            (outputs["ours_bf16"] - outputs["ours_fp32"]).abs().max()),
     }
     if theirs_net is not None:
         result["max_abs_diff_fp32_vs_theirs"] = float(
             (outputs["ours_fp32"] - outputs["theirs_fp32"]).abs().max())
         if result["max_abs_diff_fp32_vs_theirs"] > 1e-4:
-            raise SystemExit(f"ours and theirs disagree: {result['max_abs_diff_fp32_vs_theirs']:.3g}")
-    wall, cpu = time_interleaved({name: lambda d=d: d(x) for name, d in contenders.items()}, args.repeats)
+            raise SystemExit(
+                f"ours and theirs disagree: {result['max_abs_diff_fp32_vs_theirs']:.3g}")
+    wall, cpu = time_interleaved({name: lambda d=d: d(x) for name, d in contenders.items()},
+                                 args.repeats)
     for label, seconds in (("wall", wall), ("cpu", cpu)):
         result[f"samples_per_s_{label}"] = {name: args.batch / s for name, s in seconds.items()}
         if theirs_net is not None:
             # Throughput ratios ours / theirs (theirs always in float32).
             result[f"ratio_fp32_{label}"] = seconds["theirs_fp32"] / seconds["ours_fp32"]
-            result[f"ratio_bf16_vs_theirs_fp32_{label}"] = seconds["theirs_fp32"] / seconds["ours_bf16"]
+            result[f"ratio_bf16_vs_theirs_fp32_{label}"] = (
+                seconds["theirs_fp32"] / seconds["ours_bf16"])
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -114,7 +114,8 @@ def stand_in_argv(command: str, imagenet_dir: Path, full_size: bool) -> tuple[li
         elif not full_size and value in SMALL.get(option, {}):
             argv[i] = SMALL[option][value]
             changes.append(f"{option} {value} -> {argv[i]}")
-    argv += [item for option, value in TINY_RUN.items() if option not in argv for item in (option, value)]
+    argv += [item for option, value in TINY_RUN.items() if option not in argv
+             for item in (option, value)]
     return argv, changes
 
 
@@ -163,7 +164,9 @@ def write_denoiser(path: Path, preset: str) -> None:
 
     spec = get_preset(preset)
     if spec.checkpoint:  # an official file, whose keys the manifest lists
-        shapes = json.loads((MANIFESTS / f"{Path(spec.checkpoint).stem}.keys.json").read_text())["state_dict"]
+        shapes = json.loads(
+            (MANIFESTS / f"{Path(spec.checkpoint).stem}.keys.json").read_text()
+        )["state_dict"]
     else:
         shapes = spec.build_network().openai_state_dict_shapes()
     path.parent.mkdir(parents=True, exist_ok=True)

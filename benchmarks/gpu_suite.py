@@ -1,7 +1,8 @@
 """The GPU suite: denoised-smoothing throughput of the paper-scale models, in one JSON.
 
     python benchmarks/gpu_suite.py --out results/gpu_suite.json            # one H100/H200, < 8 min
-    python benchmarks/gpu_suite.py --tiny --out /tmp/gpu_suite_tiny.json   # CPU, small models, seconds
+    python benchmarks/gpu_suite.py --tiny \
+        --out /tmp/gpu_suite_tiny.json  # CPU, small models, seconds
 
 For each preset (the 50M CIFAR-10 UNet at 32 px, the 552M ImageNet UNet at 256 px)
 and precision (fp32, bf16, bf16 with ``torch.compile``) it measures noisy samples per
@@ -95,13 +96,17 @@ IMAGENET_IMAGES = len(range(0, 50_000, 100))  # --skip 100 over the 50,000 val i
 CARLINI = "ViT-B/16 / BEiT-L classifier costs more than the measured ResNet: a lower bound"
 REPRODUCE_ROWS = {
     "DRS joint, CIFAR-10": ReproduceRow("cifar10-50M", "drs_joint", CIFAR10_IMAGES, (0.18, 0.36)),
-    "DRS joint, ImageNet": ReproduceRow("imagenet-552M", "drs_joint", IMAGENET_IMAGES, (0.25, 0.50)),
+    "DRS joint, ImageNet": ReproduceRow("imagenet-552M", "drs_joint", IMAGENET_IMAGES,
+                                        (0.25, 0.50)),
     "DRS split, CIFAR-10": ReproduceRow("cifar10-50M", "drs_split", CIFAR10_IMAGES, (0.18, 0.36)),
-    "DRS split, ImageNet": ReproduceRow("imagenet-552M", "drs_split", IMAGENET_IMAGES, (0.25, 0.50)),
+    "DRS split, ImageNet": ReproduceRow("imagenet-552M", "drs_split", IMAGENET_IMAGES,
+                                        (0.25, 0.50)),
     "denoised RS, CIFAR-10": ReproduceRow("cifar10-50M", "rs", CIFAR10_IMAGES, (0.25, 0.50)),
     "denoised RS, ImageNet": ReproduceRow("imagenet-552M", "rs", IMAGENET_IMAGES, (0.25, 0.50)),
-    "Carlini CIFAR-10": ReproduceRow("cifar10-50M", "rs", CIFAR10_IMAGES, (0.25, 0.50, 1.00), CARLINI),
-    "Carlini ImageNet": ReproduceRow("imagenet-552M", "rs", IMAGENET_IMAGES, (0.25, 0.50, 1.00), CARLINI),
+    "Carlini CIFAR-10": ReproduceRow("cifar10-50M", "rs", CIFAR10_IMAGES, (0.25, 0.50, 1.00),
+                                     CARLINI),
+    "Carlini ImageNet": ReproduceRow("imagenet-552M", "rs", IMAGENET_IMAGES, (0.25, 0.50, 1.00),
+                                     CARLINI),
 }
 
 
@@ -165,7 +170,8 @@ def build_classifier(preset: Preset) -> nn.Module:
 
     torch.manual_seed(1)
     normalization = "cifar10" if preset.num_classes == 10 else "imagenet"
-    return create_model(preset.classifier, num_classes=preset.num_classes, normalization=normalization,
+    return create_model(preset.classifier, num_classes=preset.num_classes,
+                        normalization=normalization,
                         input_size=(preset.classifier_size, preset.classifier_size)).eval()
 
 
@@ -185,7 +191,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(pipe, image: torch.Tensor, batch: int, seconds: float, device: torch.device) -> dict[str, Any]:
+def measure(pipe, image: torch.Tensor, batch: int, seconds: float,
+            device: torch.device) -> dict[str, Any]:
     """Noisy samples per second of the pipeline's sampling engine, after one warm-up batch."""
     smoothed = pipe.smoothed
     smoothed.sample_counts(image, batch, batch, seed=0)  # warm-up (and compilation)
@@ -207,11 +214,13 @@ def measure(pipe, image: torch.Tensor, batch: int, seconds: float, device: torch
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     rate = {mode: results[mode]["samples_per_s"] for mode in MODES}
-    return {"drs_joint/rs": rate["drs_joint"] / rate["rs"], "drs_split/rs": rate["drs_split"] / rate["rs"],
+    return {"drs_joint/rs": rate["drs_joint"] / rate["rs"],
+            "drs_split/rs": rate["drs_split"] / rate["rs"],
             "drs_split/drs_joint": rate["drs_split"] / rate["drs_joint"]}
 
 
-def smoke_test(preset: Preset, denoiser: nn.Module, classifier: nn.Module, device: torch.device) -> dict[str, Any]:
+def smoke_test(preset: Preset, denoiser: nn.Module, classifier: nn.Module,
+               device: torch.device) -> dict[str, Any]:
     """Certify two random images (DRS joint): the whole path runs and gives sane records."""
     pipe = make_pipeline(preset, denoiser, classifier, "drs_joint", device,
                          n0=preset.batch, n=2 * preset.batch)
@@ -220,7 +229,8 @@ def smoke_test(preset: Preset, denoiser: nn.Module, classifier: nn.Module, devic
     pipe.check_image_shape(images.shape[1:])
     records = pipe.certify(images, [0, 1])
     ok = all(r.n_used == 2 * preset.batch and r.nonfinite == 0 and r.radius >= 0 for r in records)
-    return {"ok": ok, "records": [{"predict": r.predict, "radius": r.radius, "radius_paper": r.radius_paper,
+    return {"ok": ok,
+            "records": [{"predict": r.predict, "radius": r.radius, "radius_paper": r.radius_paper,
                                    "time": r.time, "nonfinite": r.nonfinite, "n_used": r.n_used}
                                   for r in records]}
 
@@ -254,7 +264,8 @@ def run_preset(preset: Preset, args: argparse.Namespace, device: torch.device) -
     start = time.perf_counter()
     network = build_network(preset, None if args.tiny else Path(args.manifests)).to(device).eval()
     classifier = build_classifier(preset)
-    image = torch.rand(3, preset.image_size, preset.image_size, generator=torch.Generator().manual_seed(3))
+    image = torch.rand(3, preset.image_size, preset.image_size,
+                       generator=torch.Generator().manual_seed(3))
     backend = "eager" if args.tiny else "inductor"
     out: dict[str, Any] = {
         "denoiser": preset.denoiser, "parameters": sum(p.numel() for p in network.parameters()),
@@ -269,7 +280,8 @@ def run_preset(preset: Preset, args: argparse.Namespace, device: torch.device) -
         out["precisions"][precision] = {**results, "ratios": ratios(results)}
         print(f"{preset.name} {precision}: " + ", ".join(
             f"{mode} {r['samples_per_s']:.1f}/s" for mode, r in results.items()), flush=True)
-    out["smoke"] = smoke_test(preset, build_denoiser(preset, network, "bf16", device, backend), classifier, device)
+    out["smoke"] = smoke_test(preset, build_denoiser(preset, network, "bf16", device, backend),
+                              classifier, device)
     out["seconds"] = time.perf_counter() - start
     return out
 
@@ -282,9 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("CUDA is not available here; run with --tiny (CPU) or on a GPU machine")
     start = time.perf_counter()
     report: dict[str, Any] = {
-        "tiny": args.tiny, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "tiny": args.tiny,
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else platform.processor() or "cpu"),
         "torch": torch.__version__, "sigma": SIGMA, "seconds_per_measurement": args.seconds,
-        "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
+        "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                 "cudnn": torch.backends.cudnn.allow_tf32},
         "presets": {},
     }
     for preset in TINY if args.tiny else FULL:

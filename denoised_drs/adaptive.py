@@ -113,7 +113,8 @@ def look_schedule(n0: int, n_max: int) -> tuple[int, ...]:
 
 
 def spending(alpha: float, num_looks: int) -> np.ndarray:
-    """The budget ``alpha_k`` of each look: FINAL_SHARE on the last, the rest evenly; sums to alpha."""
+    """The budget ``alpha_k`` of each look: FINAL_SHARE on the last, the rest evenly;
+    sums to alpha."""
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     if num_looks < 1:
@@ -125,7 +126,8 @@ def spending(alpha: float, num_looks: int) -> np.ndarray:
 
 
 def check_radii(radii: Sequence[float] | None) -> tuple[float, ...] | None:
-    """``radii`` as a tuple of floats, or ValueError unless non-empty, positive, finite, ascending."""
+    """``radii`` as a tuple of floats, or ValueError unless non-empty, positive, finite,
+    ascending."""
     if radii is None:
         return None
     values = tuple(float(r) for r in radii)
@@ -204,7 +206,8 @@ def certify_adaptive(
         nonfinite += int((n - drawn) * branches - counts.sum())
         counts_top = counts_top + counts[:, top_class]
         drawn = n
-        p_lower = np.atleast_1d(clopper_pearson_lower(counts_top, n, branch_alpha(alpha_k, branches)))
+        p_lower = np.atleast_1d(clopper_pearson_lower(counts_top, n,
+                                                      branch_alpha(alpha_k, branches)))
         abstain, radius = certified_radius(kind, p_lower, sigmas)
         look = _Look(n, counts_top, p_lower, abstain, radius)
         if best is None or _score(abstain, radius) > _score(best.abstain, best.radius):

@@ -66,7 +66,8 @@ def available_bytes(device: torch.device) -> int | None:
     return None
 
 
-def check_batch_fits(batch: int, per_sample: int, device: torch.device, flag: str = "--batch") -> None:
+def check_batch_fits(batch: int, per_sample: int, device: torch.device,
+                     flag: str = "--batch") -> None:
     """Raise ValueError when ``batch`` samples of ``per_sample`` bytes surely exceed free memory."""
     free = available_bytes(device)
     if free is None or per_sample <= 0 or batch * per_sample <= free:

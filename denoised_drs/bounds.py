@@ -169,7 +169,8 @@ def drs_radius(
     return _scalar_or_array(z_sum / np.sqrt(sigma**-2.0 + sigma_r**-2.0))
 
 
-def coupled_radius(p_lower_l: ArrayLike, p_lower_r: ArrayLike, sigma: ArrayLike) -> float | np.ndarray:
+def coupled_radius(p_lower_l: ArrayLike, p_lower_r: ArrayLike,
+                   sigma: ArrayLike) -> float | np.ndarray:
     """Radius ``sigma (z_l + z_r) / 2`` for branches that both see the whole noisy image.
 
     Each smoothed branch probability ``Phi^-1(p_j(x))`` is ``1/sigma``-Lipschitz in

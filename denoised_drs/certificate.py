@@ -37,8 +37,9 @@ class Certificate:
     ``sigma (z_l + z_r) / sqrt(2)`` on the same bounds, which is NOT certified there.
     ``nonfinite`` counts the votes (sample, branch) whose logits were not finite,
     over the ``n0`` selection and the ``n`` estimation samples of every branch; none
-    counts for any class, so each estimation one counts against the top class. ``n_used`` is the number of estimation
-    samples drawn (``n`` for :meth:`SmoothedClassifier.certify`).
+    counts for any class, so each estimation one counts against the top class.
+    ``n_used`` is the number of estimation samples drawn (``n`` for
+    :meth:`SmoothedClassifier.certify`).
 
     Unpacks like Cohen's ``(prediction, radius)`` tuple.
     """

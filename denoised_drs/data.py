@@ -217,7 +217,8 @@ class ImageArrayDataset(Dataset):
             images = images[:, None]
         if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
             raise ValueError(
-                f"expected images (N, [C,] H, W) and N labels, got {images.shape} and {labels.shape}"
+                f"expected images (N, [C,] H, W) and N labels, "
+                f"got {images.shape} and {labels.shape}"
             )
         if images.shape[1] not in (1, 3) and images.shape[3] in (1, 3):
             raise ValueError(
@@ -243,7 +244,9 @@ def fashion_mnist(split: str = "test", root: str | os.PathLike | None = None) ->
     try:
         return ImageArrayDataset(images, labels)
     except ValueError as error:
-        raise ValueError(f"Fashion-MNIST {split} images in {_fashion_mnist_folder(root)}: {error}") from None
+        raise ValueError(
+            f"Fashion-MNIST {split} images in {_fashion_mnist_folder(root)}: {error}"
+        ) from None
 
 
 def make_sample(

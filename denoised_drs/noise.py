@@ -77,7 +77,8 @@ def block_seed(base: int, stream: int, block: int) -> int:
         raise ValueError(f"stream must lie in [0, {MAX_STREAMS}), got {stream}")
     if not 0 <= block < MAX_BLOCKS:
         raise ValueError(
-            f"a noise stream holds at most {MAX_BLOCKS * BLOCK_SIZE} samples; block {block} is beyond it"
+            f"a noise stream holds at most {MAX_BLOCKS * BLOCK_SIZE} samples; "
+            f"block {block} is beyond it"
         )
     return (base + stream * MAX_BLOCKS + block) & 0xFFFFFFFF
 

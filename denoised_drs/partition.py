@@ -172,7 +172,9 @@ class Checkerboard(Partition):
         zeros = torch.zeros_like(noisy_part)
         ones = torch.ones_like(noisy_part[..., :1, :, :])
         parts = (noisy_part, zeros) if part_index == 0 else (zeros, noisy_part)
-        masks = (ones, torch.zeros_like(ones)) if part_index == 0 else (torch.zeros_like(ones), ones)
+        masks = (
+            (ones, torch.zeros_like(ones)) if part_index == 0 else (torch.zeros_like(ones), ones)
+        )
         placed = checkerboard_merge(*parts)
         observed = checkerboard_merge(*masks)
         if fresh_noise.shape != placed.shape:

@@ -77,7 +77,11 @@ MODEL_FIELDS = ("classifier", "classifier_l", "classifier_r", "denoiser")
 def _is_modules(value: Any) -> bool:
     if isinstance(value, nn.Module):
         return True
-    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, nn.Module) for v in value)
+    return (
+        isinstance(value, (list, tuple))
+        and bool(value)
+        and all(isinstance(v, nn.Module) for v in value)
+    )
 
 
 class Pipeline:
@@ -167,16 +171,22 @@ class Pipeline:
         }
         # Each file is read once: its content serves the class check and the loading.
         checkpoints = [load_weights_only(path) for path in paths]
-        classes = {read_classifier_spec(p, c, **options).num_classes for p, c in zip(paths, checkpoints)}
+        classes = {
+            read_classifier_spec(p, c, **options).num_classes
+            for p, c in zip(paths, checkpoints)
+        }
         if len(classes) != 1:
-            raise ValueError(f"the classifiers {paths} disagree on the number of classes: {sorted(classes)}")
+            raise ValueError(
+                f"the classifiers {paths} disagree on the number of classes: {sorted(classes)}"
+            )
         model = load_ensemble(
             paths, checkpoints=checkpoints, branch=branch, device=self.device,
             classifier_size=config.classifier_size, mean=config.mean, std=config.std, **options,
         )
         return prepare_for_inference(model, self.device), classes.pop()
 
-    def _module_classifier(self, given: nn.Module | Sequence[nn.Module], branch: str | None) -> tuple[nn.Module, int]:
+    def _module_classifier(self, given: nn.Module | Sequence[nn.Module],
+                           branch: str | None) -> tuple[nn.Module, int]:
         """In-memory classifier(s), resized and normalised as the configuration says."""
         from denoised_drs.models import (
             EnsembleClassifier,
@@ -189,9 +199,14 @@ class Pipeline:
         members = [given] if isinstance(given, nn.Module) else list(given)
         classes = {config.num_classes or getattr(m, "num_classes", None) for m in members}
         if None in classes:
-            raise ValueError("an in-memory classifier needs num_classes (or a num_classes attribute)")
+            raise ValueError(
+                "an in-memory classifier needs num_classes (or a num_classes attribute)"
+            )
         if len(classes) != 1:
-            raise ValueError(f"the in-memory classifiers disagree on the number of classes: {sorted(classes)}")
+            raise ValueError(
+                "the in-memory classifiers disagree on the number of classes: "
+                f"{sorted(classes)}"
+            )
         size = None if config.classifier_size is None else (config.classifier_size,) * 2
         wrapped = []
         for member in members:
@@ -201,7 +216,8 @@ class Pipeline:
                     member, config.mean or [0.0] * channels, config.std or [1.0] * channels
                 )
             wrapped.append(
-                ResizedClassifier(member, size, config.interpolation or "nearest", sub_image=branch is not None)
+                ResizedClassifier(member, size, config.interpolation or "nearest",
+                                  sub_image=branch is not None)
             )
         model = wrapped[0] if len(wrapped) == 1 else EnsembleClassifier(wrapped)
         return prepare_for_inference(model, self.device), classes.pop()
@@ -230,7 +246,10 @@ class Pipeline:
             raise ValueError("denoiser must be one nn.Module, not a list")
         sigma = getattr(denoiser, "sigma", None)
         if isinstance(sigma, float) and sigma != self.config.sigma:
-            raise ValueError(f"the in-memory denoiser was built for sigma={sigma}, the pipeline's is {self.config.sigma}")
+            raise ValueError(
+                f"the in-memory denoiser was built for sigma={sigma}, "
+                f"the pipeline's is {self.config.sigma}"
+            )
         return denoiser.to(self.device).eval()
 
     def _build_smoothed(self) -> SmoothedClassifier:
@@ -247,7 +266,10 @@ class Pipeline:
         classifier_l, num_classes = self._classifier("classifier_l", "l")
         classifier_r, num_classes_r = self._classifier("classifier_r", "r")
         if num_classes != num_classes_r:
-            raise ValueError(f"the DRS branches disagree on the number of classes: {num_classes}, {num_classes_r}")
+            raise ValueError(
+                "the DRS branches disagree on the number of classes: "
+                f"{num_classes}, {num_classes_r}"
+            )
         sigma_r = config.sigma if config.sigma_r is None else config.sigma_r
         if self.denoiser is None:
             voter: nn.Module = BranchClassifiers([classifier_l, classifier_r])
@@ -280,7 +302,8 @@ class Pipeline:
         fresh = probe if getattr(self.smoothed.voter, "needs_fresh_noise", False) else None
         try:
             with torch.inference_mode():
-                per_sample = peak_bytes_per_sample(self.smoothed.voter, lambda: self.smoothed.voter(parts, fresh))
+                per_sample = peak_bytes_per_sample(self.smoothed.voter,
+                                                   lambda: self.smoothed.voter(parts, fresh))
         except (RuntimeError, ValueError) as error:
             raise ValueError(
                 f"images of shape {tuple(shape)} do not fit the models: {first_line(error)}"
@@ -289,7 +312,8 @@ class Pipeline:
         check_batch_fits(batch, per_sample, self.device)
 
     def certify_one(self, image: torch.Tensor, label: int, idx: int) -> CertifyRecord:
-        """Certify one image (adaptively if ``config.adaptive``); noise seeded by ``(config.seed, idx)``.
+        """Certify one image (adaptively if ``config.adaptive``); noise seeded by
+        ``(config.seed, idx)``.
 
         Raises ValueError for a label outside [0, num_classes).
         """
@@ -306,7 +330,8 @@ class Pipeline:
                 image, config.n0, config.n, config.alpha, config.batch, seed, config.radii
             )
         else:
-            cert = self.smoothed.certify(image, config.n0, config.n, config.alpha, config.batch, seed=seed)
+            cert = self.smoothed.certify(image, config.n0, config.n, config.alpha, config.batch,
+                                         seed=seed)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return CertifyRecord.from_certificate(idx, int(label), cert, time.perf_counter() - start)
@@ -321,7 +346,8 @@ class Pipeline:
         indices = list(range(len(labels))) if indices is None else list(indices)
         if not len(images) == len(labels) == len(indices):
             raise ValueError(
-                f"need as many images, labels and indices, got {len(images)}, {len(labels)}, {len(indices)}"
+                "need as many images, labels and indices, "
+                f"got {len(images)}, {len(labels)}, {len(indices)}"
             )
         return [self.certify_one(x, int(y), int(i)) for x, y, i in zip(images, labels, indices)]
 
@@ -334,7 +360,8 @@ class Pipeline:
         records = []
         for x, idx in zip(images, indices):
             start = time.perf_counter()
-            prediction = self.smoothed.predict(x, config.n, config.alpha, config.batch, seed=(config.seed, idx))
+            prediction = self.smoothed.predict(x, config.n, config.alpha, config.batch,
+                                               seed=(config.seed, idx))
             records.append(PredictRecord(int(idx), prediction, time.perf_counter() - start))
         return records
 

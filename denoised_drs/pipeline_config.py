@@ -39,7 +39,8 @@ RESULT_RECORD_KEYS = ("data_dir", "skip", "max", "content")
 """Keys that a configuration saved beside a result adds to the pipeline's (the data it
 certified and the content hashes, see denoised_drs.runner); ``from_file`` skips them.
 ``dataset`` is a configuration field itself."""
-OPTIONAL_FIELDS = ("sigma_r", "denoiser", "denoiser_checkpoint", "device", "autocast", "denoiser_chunk")
+OPTIONAL_FIELDS = ("sigma_r", "denoiser", "denoiser_checkpoint", "device", "autocast",
+                   "denoiser_chunk")
 
 
 def _as_paths(value: str | Sequence[str] | None) -> list[str]:
@@ -47,7 +48,9 @@ def _as_paths(value: str | Sequence[str] | None) -> list[str]:
         return []
     if isinstance(value, (str, os.PathLike)):
         return [str(value)]
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, os.PathLike)) for v in value):
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, (str, os.PathLike)) for v in value
+    ):
         raise ValueError(f"checkpoints must be a path or a list of paths, got {value!r}")
     return [str(v) for v in value]
 
@@ -130,7 +133,9 @@ class PipelineConfig:
         if self.denoiser_checkpoint is not None and self.denoiser is None:
             raise ValueError("denoiser_checkpoint is given without a denoiser (a preset name)")
         if not self.sigma > 0 or (self.sigma_r is not None and not self.sigma_r > 0):
-            raise ValueError(f"sigma must be positive, got sigma={self.sigma}, sigma_r={self.sigma_r}")
+            raise ValueError(
+                f"sigma must be positive, got sigma={self.sigma}, sigma_r={self.sigma_r}"
+            )
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must lie in (0, 1), got {self.alpha}")
         if self.n0 < 1 or self.n < 1:
@@ -152,7 +157,9 @@ class PipelineConfig:
         if self.denoise not in choices(Denoise):
             raise ValueError(f"denoise must be one of {choices(Denoise)}, got {self.denoise!r}")
         if self.autocast not in (None, *AUTOCAST):
-            raise ValueError(f"autocast must be one of {sorted(AUTOCAST)} or None, got {self.autocast!r}")
+            raise ValueError(
+                f"autocast must be one of {sorted(AUTOCAST)} or None, got {self.autocast!r}"
+            )
         self._validate_classifier_fields()
         if self.mode == Mode.RS:
             if not self.classifier:
@@ -161,7 +168,9 @@ class PipelineConfig:
                 raise ValueError("sigma_r applies to DRS only")
         else:
             if not self.classifier_l or not self.classifier_r:
-                raise ValueError(f"mode {Mode.DRS.value!r} needs classifier_l and classifier_r checkpoints")
+                raise ValueError(
+                    f"mode {Mode.DRS.value!r} needs classifier_l and classifier_r checkpoints"
+                )
             if self.denoiser is not None and self.sigma_r not in (None, self.sigma):
                 raise ValueError("with a denoiser both branches share one sigma")
 
@@ -178,7 +187,9 @@ class PipelineConfig:
         if self.arch == "":
             raise ValueError("arch is empty; name an architecture, e.g. resnet50 or timm:<name>")
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+            raise ValueError(
+                f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
+            )
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is None:
@@ -187,12 +198,16 @@ class PipelineConfig:
                 isinstance(v, bool) or not isinstance(v, numbers.Real) or not abs(v) <= FLOAT32_MAX
                 for v in value
             ):
-                raise ValueError(f"{name} must be a list of finite numbers (one per channel), got {value!r}")
+                raise ValueError(
+                    f"{name} must be a list of finite numbers (one per channel), got {value!r}"
+                )
             setattr(self, name, [float(v) for v in value])
         if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"std must be positive, got {self.std}")
         if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
-            raise ValueError(f"mean and std need as many values, got {len(self.mean)} and {len(self.std)}")
+            raise ValueError(
+                f"mean and std need as many values, got {len(self.mean)} and {len(self.std)}"
+            )
 
     def _check_types(self) -> None:
         # Values from JSON/YAML files arrive unchecked; a wrong type must fail here,
@@ -256,7 +271,8 @@ class PipelineConfig:
 
 
 def pipeline_values(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` without the keys a result's saved configuration adds (:data:`RESULT_RECORD_KEYS`)."""
+    """``values`` without the keys a result's saved configuration adds
+    (:data:`RESULT_RECORD_KEYS`)."""
     return {k: v for k, v in values.items() if k not in RESULT_RECORD_KEYS}
 
 
@@ -280,4 +296,5 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-__all__ = ["AUTOCAST", "RESULT_RECORD_KEYS", "PipelineConfig", "pipeline_values", "read_config_file"]
+__all__ = ["AUTOCAST", "RESULT_RECORD_KEYS", "PipelineConfig", "pipeline_values",
+           "read_config_file"]

@@ -62,7 +62,8 @@ class CertifyRecord:
     n_used: int = 0
 
     @classmethod
-    def from_certificate(cls, idx: int, label: int, cert: Certificate, seconds: float) -> CertifyRecord:
+    def from_certificate(cls, idx: int, label: int, cert: Certificate,
+                         seconds: float) -> CertifyRecord:
         return cls(
             idx=idx,
             label=label,

@@ -123,7 +123,9 @@ def _item_digests(
         if idx in known:
             continue
         if idx >= len(dataset):
-            raise ValueError(f"the dataset now holds {len(dataset)} images, the run certified image {idx}")
+            raise ValueError(
+                f"the dataset now holds {len(dataset)} images, the run certified image {idx}"
+            )
         image, label = dataset[idx]
         label = int(label)
         if not 0 <= label < num_classes:
@@ -196,7 +198,9 @@ def check_or_save_config(
         except json.JSONDecodeError:
             theirs = None
         if not isinstance(theirs, dict):
-            raise ValueError(f"{path} is not a configuration this library wrote; pass another output path")
+            raise ValueError(
+                f"{path} is not a configuration this library wrote; pass another output path"
+            )
         if not isinstance(theirs.get("content"), dict):
             raise ValueError(
                 f"{path} records no content hashes (an older version wrote it); "

@@ -101,7 +101,9 @@ def _check_image(x: torch.Tensor) -> None:
 def _check_votes(votes: torch.Tensor, samples: int, branches: int) -> None:
     """Refuse voter output that is not integer class indices of shape (samples, branches)."""
     if not isinstance(votes, torch.Tensor):
-        raise TypeError(f"the voter must return a tensor of class indices, got {type(votes).__name__}")
+        raise TypeError(
+            f"the voter must return a tensor of class indices, got {type(votes).__name__}"
+        )
     if votes.dtype.is_floating_point or votes.dtype.is_complex or votes.dtype == torch.bool:
         raise ValueError(f"the voter must return integer class indices, got dtype {votes.dtype}")
     if tuple(votes.shape) != (samples, branches):
@@ -264,7 +266,8 @@ class SmoothedClassifier:
                 except RuntimeError as error:
                     # A shape or dtype the networks cannot take is bad input, not a bug.
                     raise ValueError(
-                        f"images of shape {tuple(x.shape)} do not fit the models: {first_line(error)}"
+                        f"images of shape {tuple(x.shape)} do not fit the models: "
+                        f"{first_line(error)}"
                     ) from error
                 _check_votes(votes, last - first, self.num_branches)
                 if choices is not None:
@@ -359,7 +362,8 @@ class SmoothedClassifier:
         seed: int | Sequence[int] = 0,
         radii: Sequence[float] | None = None,
     ) -> Certificate:
-        """CERTIFY with early stopping, sound at the same ``alpha``; see :mod:`denoised_drs.adaptive`.
+        """CERTIFY with early stopping, sound at the same ``alpha``; see
+        :mod:`denoised_drs.adaptive`.
 
         Draws at most ``n_max`` estimation samples (``Certificate.n_used`` says how
         many). With ``radii`` (ascending) the radius is the largest target certified.
@@ -370,7 +374,8 @@ class SmoothedClassifier:
 
 
 class Smooth(SmoothedClassifier):
-    """Cohen et al.'s smoothed classifier ``g(x) = argmax_c P(f(x + e) = c)``, ``e ~ N(0, sigma^2 I)``.
+    """Cohen et al.'s smoothed classifier ``g(x) = argmax_c P(f(x + e) = c)``,
+    ``e ~ N(0, sigma^2 I)``.
 
     ``base_classifier`` maps a batch ``(N, C, H, W)`` in [0, 1] pixel space (plus
     noise) to logits ``(N, num_classes)``.

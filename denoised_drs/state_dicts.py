@@ -37,7 +37,9 @@ def find_state_dict(checkpoint: Any, source: str = "the checkpoint") -> dict[str
                 checkpoint = checkpoint[key]
                 break
         tensors = {
-            k: v for k, v in checkpoint.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
+            k: v
+            for k, v in checkpoint.items()
+            if isinstance(k, str) and isinstance(v, torch.Tensor)
         }
         if tensors:
             return strip_prefixes(tensors)

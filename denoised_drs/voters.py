@@ -53,7 +53,10 @@ class BranchClassifiers(nn.Module):
             raise ValueError("need at least one classifier")
         for classifier in classifiers:
             if not isinstance(classifier, nn.Module):
-                raise TypeError(f"classifiers must be torch.nn.Module objects, got {type(classifier).__name__}")
+                raise TypeError(
+                    "classifiers must be torch.nn.Module objects, "
+                    f"got {type(classifier).__name__}"
+                )
         self.classifiers = nn.ModuleList(classifiers)
         self.certificate = (
             CertificateKind.RS if len(classifiers) == 1 else CertificateKind.INDEPENDENT
@@ -88,7 +91,8 @@ class JointDenoisedBranches(nn.Module):
     needs_fresh_noise = False
     certificate = CertificateKind.COUPLED
 
-    def __init__(self, denoiser: nn.Module, classifier_l: nn.Module, classifier_r: nn.Module) -> None:
+    def __init__(self, denoiser: nn.Module, classifier_l: nn.Module,
+                 classifier_r: nn.Module) -> None:
         super().__init__()
         self.denoiser = denoiser
         self.classifiers = nn.ModuleList([classifier_l, classifier_r])

@@ -67,10 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        "OUT.config.json saved beside a result (its dataset, skip and max "
                        "too); flags override it")
     model.add_argument("--mode", choices=choices(Mode))
-    model.add_argument("--classifier", nargs="+", help="RS classifier checkpoint(s); several = ensemble")
+    model.add_argument("--classifier", nargs="+",
+                       help="RS classifier checkpoint(s); several = ensemble")
     model.add_argument("--classifier-l", nargs="+", help="DRS l-branch checkpoint(s)")
     model.add_argument("--classifier-r", nargs="+", help="DRS r-branch checkpoint(s)")
-    model.add_argument("--denoiser", help="none, a preset name, a denoiser checkpoint or a diffusers folder")
+    model.add_argument("--denoiser",
+                       help="none, a preset name, a denoiser checkpoint or a diffusers folder")
     model.add_argument("--denoiser-checkpoint", help="official OpenAI checkpoint for a preset")
     model.add_argument("--denoise", choices=choices(Denoise), help="DRS denoising mode")
     clf = parser.add_argument_group(
@@ -80,13 +82,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      "cifar_resnet110, timm:<name>, ...")
     clf.add_argument("--num-classes", type=int, help="number of classes (default: the dataset's)")
     clf.add_argument("--classifier-size", type=int, metavar="S",
-                     help="the classifier's square input; the (denoised) image or sub-image is resized to it")
+                     help="the classifier's square input; "
+                          "the (denoised) image or sub-image is resized to it")
     clf.add_argument("--interpolation", choices=("nearest", "bilinear", "bicubic"),
                      help="how images are resized for the classifier")
-    clf.add_argument("--mean", type=float, nargs="+", metavar="M", help="per-channel normalisation mean")
-    clf.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel normalisation std")
+    clf.add_argument("--mean", type=float, nargs="+", metavar="M",
+                     help="per-channel normalisation mean")
+    clf.add_argument("--std", type=float, nargs="+", metavar="S",
+                     help="per-channel normalisation std")
     data.add_argument("--image-size", type=int, metavar="S",
-                      help="ImageNet: short side resized to max(S, 256), centre-cropped to S (default 224)")
+                      help="ImageNet: short side resized to max(S, 256), "
+                           "centre-cropped to S (default 224)")
     cert = parser.add_argument_group("certification")
     cert.add_argument("--sigma", type=float)
     cert.add_argument("--sigma-r", type=float, help="the r branch's sigma (DRS without denoiser)")
@@ -104,7 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "the largest one certified")
     run = parser.add_argument_group("run")
     run.add_argument("--outfile", help="result TSV (default results/<mode>.tsv)")
-    run.add_argument("--outdir", default="outputs/default", help="where the embedded default writes")
+    run.add_argument("--outdir", default="outputs/default",
+                     help="where the embedded default writes")
     run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the process's accelerator)")
     run.add_argument("--autocast", choices=("bf16", "fp16"), help="half-precision denoiser (GPU)")
     run.add_argument("--denoiser-chunk", type=int, help="max images per denoiser call")
@@ -114,8 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 PIPELINE_KEYS = ("mode", "classifier", "classifier_l", "classifier_r", "denoiser",
                  "denoiser_checkpoint", "denoise", "sigma", "sigma_r", "n0", "n", "alpha",
                  "batch", "seed", "device", "autocast", "denoiser_chunk", "adaptive", "radii",
-                 "dataset", "arch", "num_classes", "classifier_size", "interpolation", "mean", "std",
-                 "image_size")
+                 "dataset", "arch", "num_classes", "classifier_size", "interpolation", "mean",
+                 "std", "image_size")
 
 
 def flag_settings(args: argparse.Namespace) -> dict[str, Any]:

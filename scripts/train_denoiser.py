@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-train", type=int, default=None, help="use only the first N images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--half", action="store_true", help="store weights as float16")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint and log")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing checkpoint and log")
     args = parser.parse_args(argv)
     check_args(args)
     return args
@@ -54,9 +55,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse impossible settings before any work or file."""
-    for name in ("num_channels", "num_res_blocks", "num_head_channels", "timesteps", "epochs", "batch"):
+    for name in ("num_channels", "num_res_blocks", "num_head_channels", "timesteps", "epochs",
+                 "batch"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
+            )
     if args.max_train is not None and args.max_train < 1:
         raise ValueError(f"--max-train must be positive, got {args.max_train}")
     if not (math.isfinite(args.lr) and args.lr > 0):
@@ -64,7 +68,10 @@ def check_args(args: argparse.Namespace) -> None:
     if not 0 <= args.ema < 1:
         raise ValueError(f"--ema must lie in [0, 1), got {args.ema}")
     if not 0 < args.sigma_min <= args.sigma_max < math.inf:
-        raise ValueError(f"need 0 < --sigma-min <= --sigma-max (finite), got {args.sigma_min}, {args.sigma_max}")
+        raise ValueError(
+            "need 0 < --sigma-min <= --sigma-max (finite), "
+            f"got {args.sigma_min}, {args.sigma_max}"
+        )
     outputs = {"--out": Path(args.out), "its log": log_path(args.out)}
     for path in outputs.values():
         check_output_file(path)
@@ -85,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # up to 2x faster on CPUs; see denoised_drs.cpu_memory
     names = {f.name for f in fields(DenoiserTrainConfig)}
     settings = {k: v for k, v in vars(args).items() if k in names}
-    train_denoiser(DenoiserTrainConfig(**{**settings, "out": Path(args.out), "log": log_path(args.out)}))
+    train_denoiser(DenoiserTrainConfig(**{**settings, "out": Path(args.out),
+                                          "log": log_path(args.out)}))
     return 0
 
 

@@ -46,5 +46,6 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
         "r": str(write_classifier(root / "r.pt", "r", 2)),
         "denoiser": str(write_denoiser(root / "denoiser.pt")),
         # Downsamples by 8: takes 32-px images, not 28-px ones (28 is no multiple of 8).
-        "denoiser_deep": str(write_denoiser(root / "denoiser_deep.pt", image_size=32, channel_mult="1,1,1,1")),
+        "denoiser_deep": str(write_denoiser(root / "denoiser_deep.pt", image_size=32,
+                                            channel_mult="1,1,1,1")),
     }

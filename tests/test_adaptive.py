@@ -61,7 +61,8 @@ SIGMA = 0.25
 Z_JUST_BELOW = 0.98  # RS: exact radius 0.245, just below the target 0.25
 RS_ORACLE = (VoteOracle([norm.cdf(Z_JUST_BELOW)], "rs", (SIGMA,)), SIGMA * Z_JUST_BELOW, 0.25)
 DRS_EXACT = SIGMA * 2 * Z_JUST_BELOW / math.sqrt(2)
-DRS_ORACLE = (VoteOracle([norm.cdf(Z_JUST_BELOW)] * 2, "independent", (SIGMA, SIGMA)), DRS_EXACT, 0.35)
+DRS_ORACLE = (VoteOracle([norm.cdf(Z_JUST_BELOW)] * 2, "independent", (SIGMA, SIGMA)), DRS_EXACT,
+              0.35)
 
 
 @pytest.mark.parametrize("with_radii", [True, False])
@@ -115,7 +116,8 @@ def test_without_radii_close_to_fixed_n_and_never_above_exact():
     smooth = Smooth(f, 2, SIGMA)
     fixed = smooth.certify(x, 50, 100_000, 0.001, 50_000, seed=1)
     cert = smooth.certify_adaptive(x, 50, 100_000, 0.001, 50_000, seed=1)
-    assert fixed.radius - 2 * adaptive.TOLERANCE_Z * SIGMA <= cert.radius <= f.margin(x) / float(f.w.norm())
+    assert (fixed.radius - 2 * adaptive.TOLERANCE_Z * SIGMA
+            <= cert.radius <= f.margin(x) / float(f.w.norm()))
     assert cert.n <= cert.n_used < 100_000
 
 
@@ -124,7 +126,8 @@ def test_result_does_not_depend_on_batch_size():
     f_l, f_r, _ = two_branch_oracle(x, 1.0, 0.7, SIGMA, SIGMA, seed=8)
     dual = DualSmooth(f_l, f_r, 2, SIGMA)
     for radii in ([0.25, 0.5], None):
-        certs = {b: dual.certify_adaptive(x, 30, 3000, 0.01, b, seed=(2, 9), radii=radii) for b in (7, 250, 3000)}
+        certs = {b: dual.certify_adaptive(x, 30, 3000, 0.01, b, seed=(2, 9), radii=radii)
+                 for b in (7, 250, 3000)}
         assert certs[7] == certs[250] == certs[3000]
 
 
@@ -150,12 +153,13 @@ def test_radii_without_adaptive_are_refused():
         PipelineConfig(mode="rs", classifier="c.pt", radii=[0.25])
     with pytest.raises(ValueError, match="adaptive"):
         PipelineConfig(mode="rs", classifier="c.pt", adaptive="yes")
-    assert PipelineConfig(mode="rs", classifier="c.pt", adaptive=True, radii=(0.25, 0.5)).radii == [0.25, 0.5]
+    assert PipelineConfig(mode="rs", classifier="c.pt", adaptive=True,
+                          radii=(0.25, 0.5)).radii == [0.25, 0.5]
 
 
 def test_resumed_adaptive_run_gives_the_same_rows(tiny_checkpoints, tmp_path):
-    settings = {"mode": "rs", "classifier": tiny_checkpoints["full"], "sigma": 0.5, "n0": 10, "n": 600,
-                "batch": 200, "device": "cpu", "adaptive": True, "radii": [0.25, 0.5]}
+    settings = {"mode": "rs", "classifier": tiny_checkpoints["full"], "sigma": 0.5, "n0": 10,
+                "n": 600, "batch": 200, "device": "cpu", "adaptive": True, "radii": [0.25, 0.5]}
     data = load_sample()
     indices = list(range(0, 12, 2))
     certify_dataset(Pipeline(**settings), data, indices, tmp_path / "ref.tsv", progress=False)
@@ -167,7 +171,8 @@ def test_resumed_adaptive_run_gives_the_same_rows(tiny_checkpoints, tmp_path):
         lines = path.read_text().splitlines()
         header = lines[0].split("\t")
         assert header[-1] == "n_used"
-        return [[c for name, c in zip(header, line.split("\t")) if name != "time"] for line in lines[1:]]
+        return [[c for name, c in zip(header, line.split("\t")) if name != "time"]
+                for line in lines[1:]]
 
     assert rows(out) == rows(tmp_path / "ref.tsv") and len(rows(out)) == len(indices)
     assert all(int(row[-1]) <= 600 for row in rows(out))
@@ -177,11 +182,14 @@ def test_command_line_adaptive_with_radii(tiny_checkpoints, tmp_path):
     from test_certify_script import run
 
     common = ["--dataset", "sample", "--max", "6", "--skip", "3", "--mode", "rs", "--classifier",
-              tiny_checkpoints["full"], "--sigma", "0.5", "--N0", "10", "--N", "400", "--device", "cpu"]
+              tiny_checkpoints["full"], "--sigma", "0.5", "--N0", "10", "--N", "400",
+              "--device", "cpu"]
     out = tmp_path / "adaptive.tsv"
     done = run([*common, "--adaptive", "--radii", "0.25", "0.5", "--outfile", str(out)])
     assert done.returncode == 0, done.stderr
     rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
-    assert len(rows) == 2 and all(float(r[3]) in (0.0, 0.25, 0.5) and 0 < int(r[-1]) <= 400 for r in rows)
+    assert len(rows) == 2 and all(float(r[3]) in (0.0, 0.25, 0.5) and 0 < int(r[-1]) <= 400
+                                  for r in rows)
     refused = run([*common, "--radii", "0.25", "--outfile", str(tmp_path / "no.tsv")])
-    assert refused.returncode == 2 and "adaptive" in refused.stderr and not (tmp_path / "no.tsv").exists()
+    assert (refused.returncode == 2 and "adaptive" in refused.stderr
+            and not (tmp_path / "no.tsv").exists())

@@ -489,4 +489,5 @@ def test_script_every_tabulates_the_subset(tmp_path, rs_tsv):
     result = run_script(str(rs_tsv), "--every", "3", "--names", "RS", "--out", "out", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     # idx 0, 3, 6, 9: correct with radii 0.10 and 0.50 -> 50% at 0, 25% at 0.25 and 0.50.
-    assert result.stdout.splitlines()[2].startswith("| RS | **50.0** | **25.0** | **25.0** | **0.0** |")
+    assert result.stdout.splitlines()[2].startswith(
+        "| RS | **50.0** | **25.0** | **25.0** | **0.0** |")

@@ -53,20 +53,22 @@ class Case:
 # -- script cases --------------------------------------------------------------
 
 CERTIFY = ["--dataset", "sample", "--mode", "rs", "--classifier", "{FULL}", "--sigma", "0.25",
-           "--N0", "10", "--N", "20", "--max", "2", "--device", "cpu", "--outfile", "{WORK}/out.tsv"]
+           "--N0", "10", "--N", "20", "--max", "2", "--device", "cpu", "--outfile",
+           "{WORK}/out.tsv"]
 DRS = ["--dataset", "sample", "--mode", "drs", "--classifier-l", "{L}", "--classifier-r", "{R}",
        "--sigma", "0.25", "--N0", "10", "--N", "20", "--max", "2", "--device", "cpu",
        "--outfile", "{WORK}/out.tsv"]
-TRAIN = ["--dataset", "sample", "--epochs", "1", "--max-train", "16", "--max-test", "8", "--batch", "8",
-         "--no-progress", "--cpu", "--out", "{WORK}/m.pt"]
-DENOISER = ["--dataset", "sample", "--epochs", "1", "--max-train", "4", "--batch", "2", "--num-channels", "32",
-            "--num-head-channels", "32", "--attention-resolutions", "", "--timesteps", "50",
+TRAIN = ["--dataset", "sample", "--epochs", "1", "--max-train", "16", "--max-test", "8", "--batch",
+         "8", "--no-progress", "--cpu", "--out", "{WORK}/m.pt"]
+DENOISER = ["--dataset", "sample", "--epochs", "1", "--max-train", "4", "--batch", "2",
+            "--num-channels", "32", "--num-head-channels", "32", "--attention-resolutions", "",
+            "--timesteps", "50",
             "--out", "{WORK}/d.pt"]
 ANALYZE = ["{TSV}", "--out", "{WORK}/analysis"]
 
 BAD_FILES = {
-    "missing": "{INPUTS}/missing.pt", "text": "{TEXT}", "truncated": "{TRUNCATED}", "empty": "{EMPTY}",
-    "directory": "{INPUTS}", "fifo": "{WORK}/fifo", "json": "{BROKEN}",
+    "missing": "{INPUTS}/missing.pt", "text": "{TEXT}", "truncated": "{TRUNCATED}",
+    "empty": "{EMPTY}", "directory": "{INPUTS}", "fifo": "{WORK}/fifo", "json": "{BROKEN}",
 }
 
 
@@ -88,29 +90,40 @@ def certify_cases() -> list[Case]:
     }
     for flag, values in flags.items():
         for value in values:
-            cases.append(Case(f"certify --{flag} {value}", "certify_diffusion", [*CERTIFY, f"--{flag}", value]))
+            cases.append(Case(f"certify --{flag} {value}", "certify_diffusion",
+                              [*CERTIFY, f"--{flag}", value]))
     cases.append(Case("certify --batch beyond memory", "certify_diffusion",
                       [*CERTIFY, "--N", "100000000000", "--batch", "100000000000"]))
-    cases.append(Case("certify --N0 > --N", "certify_diffusion", [*CERTIFY, "--N0", "500", "--N", "100"]))
+    cases.append(Case("certify --N0 > --N", "certify_diffusion",
+                      [*CERTIFY, "--N0", "500", "--N", "100"]))
     cases.append(Case("certify unknown flag", "certify_diffusion", [*CERTIFY, "--frobnicate"]))
     for kind, path in BAD_FILES.items():
-        cases.append(Case(f"certify classifier {kind}", "certify_diffusion", [*CERTIFY, "--classifier", path]))
-        cases.append(Case(f"certify DRS l-branch {kind}", "certify_diffusion", [*DRS, "--classifier-l", path]))
-        cases.append(Case(f"certify denoiser {kind}", "certify_diffusion", [*CERTIFY, "--denoiser", path]))
+        cases.append(Case(f"certify classifier {kind}", "certify_diffusion",
+                          [*CERTIFY, "--classifier", path]))
+        cases.append(Case(f"certify DRS l-branch {kind}", "certify_diffusion",
+                          [*DRS, "--classifier-l", path]))
+        cases.append(Case(f"certify denoiser {kind}", "certify_diffusion",
+                          [*CERTIFY, "--denoiser", path]))
         if kind != "fifo":  # reading a FIFO would wait for a writer
-            cases.append(Case(f"certify --config {kind}", "certify_diffusion", [*CERTIFY, "--config", path]))
+            cases.append(Case(f"certify --config {kind}", "certify_diffusion",
+                              [*CERTIFY, "--config", path]))
     for kind, path in {"directory": "{INPUTS}", "device node": "{WORK}/null", "fifo": "{WORK}/fifo",
                        "empty path": "", "under a file": "{TEXT}/out.tsv"}.items():
-        cases.append(Case(f"certify --outfile {kind}", "certify_diffusion", [*CERTIFY, "--outfile", path]))
+        cases.append(Case(f"certify --outfile {kind}", "certify_diffusion",
+                          [*CERTIFY, "--outfile", path]))
     cases += [
-        Case("certify classifier is a denoiser", "certify_diffusion", [*CERTIFY, "--classifier", "{DEN}"]),
-        Case("certify classifier without arch", "certify_diffusion", [*CERTIFY, "--classifier", "{PLAIN}"]),
-        Case("certify classifier with flipped bytes", "certify_diffusion", [*CERTIFY, "--classifier", "{FLIPPED}"]),
+        Case("certify classifier is a denoiser", "certify_diffusion",
+             [*CERTIFY, "--classifier", "{DEN}"]),
+        Case("certify classifier without arch", "certify_diffusion",
+             [*CERTIFY, "--classifier", "{PLAIN}"]),
+        Case("certify classifier with flipped bytes", "certify_diffusion",
+             [*CERTIFY, "--classifier", "{FLIPPED}"]),
         Case("certify denoiser with flipped bytes", "certify_diffusion",
              [*CERTIFY, "--denoiser", "{FLIPPED_DEN}"]),
         Case("certify denoiser whose UNet cannot take 28 px", "certify_diffusion",
              [*CERTIFY, "--denoiser", "{DEEP}"]),
-        Case("certify unknown denoiser preset", "certify_diffusion", [*CERTIFY, "--denoiser", "imagenet512"]),
+        Case("certify unknown denoiser preset", "certify_diffusion",
+             [*CERTIFY, "--denoiser", "imagenet512"]),
         Case("certify preset without checkpoint", "certify_diffusion",
              [*CERTIFY, "--denoiser", "cifar10-uncond-50M"]),
         Case("certify preset with a text checkpoint", "certify_diffusion",
@@ -124,15 +137,19 @@ def certify_cases() -> list[Case]:
              [*CERTIFY, "--dataset", "fashion-mnist", "--data-dir", "{INPUTS}/none"]),
         Case("certify empty data folder", "certify_diffusion",
              [*CERTIFY, "--dataset", "cifar10", "--data-dir", "{EMPTY_DIR}"]),
-        Case("certify config of the wrong type", "certify_diffusion", [*CERTIFY, "--config", "{WRONG_TYPE}"]),
-        Case("certify config with an unknown key", "certify_diffusion", [*CERTIFY, "--config", "{UNKNOWN_KEY}"]),
-        Case("certify config that is a list", "certify_diffusion", [*CERTIFY, "--config", "{LIST_JSON}"]),
+        Case("certify config of the wrong type", "certify_diffusion",
+             [*CERTIFY, "--config", "{WRONG_TYPE}"]),
+        Case("certify config with an unknown key", "certify_diffusion",
+             [*CERTIFY, "--config", "{UNKNOWN_KEY}"]),
+        Case("certify config that is a list", "certify_diffusion",
+             [*CERTIFY, "--config", "{LIST_JSON}"]),
         # Fault cases: an earlier result must survive.
-        Case("certify resume under another sigma", "certify_diffusion", [*CERTIFY, "--sigma", "0.5"],
-             setup=("out.tsv", "out.tsv.config.json")),
+        Case("certify resume under another sigma", "certify_diffusion",
+             [*CERTIFY, "--sigma", "0.5"], setup=("out.tsv", "out.tsv.config.json")),
         Case("certify resume with another seed", "certify_diffusion", [*CERTIFY, "--seed", "7"],
              setup=("out.tsv", "out.tsv.config.json")),
-        Case("certify resume in DRS mode", "certify_diffusion", DRS, setup=("out.tsv", "out.tsv.config.json")),
+        Case("certify resume in DRS mode", "certify_diffusion", DRS,
+             setup=("out.tsv", "out.tsv.config.json")),
         Case("certify resume onto a damaged result", "certify_diffusion", CERTIFY,
              setup=("damaged/out.tsv", "out.tsv.config.json")),
         Case("certify resume with another classifier file", "certify_diffusion",
@@ -176,7 +193,8 @@ def train_cases() -> list[Case]:
     }
     for flag, values in flags.items():
         for value in values:
-            cases.append(Case(f"train --{flag} {value}", "train_base", [*TRAIN, f"--{flag}", value]))
+            cases.append(Case(f"train --{flag} {value}", "train_base",
+                              [*TRAIN, f"--{flag}", value]))
     for kind, path in BAD_FILES.items():
         cases.append(Case(f"train --init {kind}", "train_base", [*TRAIN, "--init", path]))
     for kind, path in {"directory": "{INPUTS}", "device node": "{WORK}/null", "fifo": "{WORK}/fifo",
@@ -185,18 +203,21 @@ def train_cases() -> list[Case]:
         cases.append(Case(f"train --log {kind}", "train_base", [*TRAIN, "--log", path]))
     cases += [
         Case("train --init with flipped bytes", "train_base", [*TRAIN, "--init", "{FLIPPED}"]),
-        Case("train --init of another arch", "train_base", [*TRAIN, "--init", "{FULL}", "--arch", "cifar_resnet20"]),
+        Case("train --init of another arch", "train_base",
+             [*TRAIN, "--init", "{FULL}", "--arch", "cifar_resnet20"]),
         Case("train rs with branch l", "train_base", [*TRAIN, "--target", "rs", "--branch", "l"]),
         Case("train consistency with one noise", "train_base",
              [*TRAIN, "--strategy", "consistency", "--num-noise", "1"]),
-        Case("train --out with a bad template", "train_base", [*TRAIN, "--out", "{WORK}/m{{branch}}{{x}}.pt"]),
+        Case("train --out with a bad template", "train_base",
+             [*TRAIN, "--out", "{WORK}/m{{branch}}{{x}}.pt"]),
         Case("train --out empty", "train_base", [*TRAIN, "--out", ""]),
         Case("train --resume without state", "train_base", [*TRAIN, "--resume"]),
         Case("train --resume and --overwrite", "train_base", [*TRAIN, "--resume", "--overwrite"]),
         Case("train missing data folder", "train_base",
              [*TRAIN, "--dataset", "fashion-mnist", "--data-dir", "{INPUTS}/none"]),
         Case("train --log is --out", "train_base", [*TRAIN, "--log", "{WORK}/m.pt"]),
-        Case("train --log is --out spelled differently", "train_base", [*TRAIN, "--log", "{WORK}/./m.pt"]),
+        Case("train --log is --out spelled differently", "train_base",
+             [*TRAIN, "--log", "{WORK}/./m.pt"]),
         Case("train --log is a link to --out", "train_base", [*TRAIN, "--log", "{WORK}/link.pt"],
              setup=("link.pt",)),
         Case("train both branches, --log is --out", "train_base",
@@ -206,14 +227,17 @@ def train_cases() -> list[Case]:
         Case("train over an existing log", "train_base", TRAIN, setup=("m.csv",)),
         Case("train both branches over an existing one", "train_base",
              [*TRAIN, "--target", "drs", "--branch", "both"], setup=("m_r.pt",)),
-        Case("train --resume with another sigma", "train_base", [*TRAIN, "--epochs", "2", "--resume", "--sigma", "0.5"],
+        Case("train --resume with another sigma", "train_base",
+             [*TRAIN, "--epochs", "2", "--resume", "--sigma", "0.5"],
              setup=("m.pt", "m.csv", "m.pt.state.pt")),
-        Case("train --resume with another lr", "train_base", [*TRAIN, "--epochs", "2", "--resume", "--lr", "0.5"],
+        Case("train --resume with another lr", "train_base",
+             [*TRAIN, "--epochs", "2", "--resume", "--lr", "0.5"],
              setup=("m.pt", "m.csv", "m.pt.state.pt")),
         Case("train --resume with another strategy", "train_base",
              [*TRAIN, "--epochs", "2", "--resume", "--strategy", "consistency"],
              setup=("m.pt", "m.csv", "m.pt.state.pt")),
-        Case("train --resume with another seed", "train_base", [*TRAIN, "--epochs", "2", "--resume", "--seed", "3"],
+        Case("train --resume with another seed", "train_base",
+             [*TRAIN, "--epochs", "2", "--resume", "--seed", "3"],
              setup=("m.pt", "m.csv", "m.pt.state.pt")),
         Case("train --resume of a finished run", "train_base", [*TRAIN, "--resume"],
              setup=("m.pt", "m.csv", "m.pt.state.pt")),
@@ -225,20 +249,24 @@ def denoiser_cases() -> list[Case]:
     cases = []
     flags = {
         "epochs": ["0"], "max-train": ["0"], "lr": ["inf", "0", "-1", "nan"], "ema": ["1", "-0.1"],
-        "num-head-channels": ["0"], "num-channels": ["0"], "num-res-blocks": ["0"], "timesteps": ["0"],
+        "num-head-channels": ["0"], "num-channels": ["0"], "num-res-blocks": ["0"],
+        "timesteps": ["0"],
         "batch": ["0", "64"], "sigma-min": ["0", "2"], "sigma-max": ["inf"], "schedule": ["xx"],
         "dataset": ["xx"], "channel-mult": ["a,b"], "seed": ["x"],
     }
     for flag, values in flags.items():
         for value in values:
-            cases.append(Case(f"train_denoiser --{flag} {value}", "train_denoiser", [*DENOISER, f"--{flag}", value]))
+            cases.append(Case(f"train_denoiser --{flag} {value}", "train_denoiser",
+                              [*DENOISER, f"--{flag}", value]))
     for kind, path in {"directory": "{INPUTS}", "device node": "{WORK}/null", "fifo": "{WORK}/fifo",
                        "under a file": "{TEXT}/d.pt", "its own log": "{WORK}/d.csv"}.items():
-        cases.append(Case(f"train_denoiser --out {kind}", "train_denoiser", [*DENOISER, "--out", path]))
+        cases.append(Case(f"train_denoiser --out {kind}", "train_denoiser",
+                          [*DENOISER, "--out", path]))
     cases += [
         Case("train_denoiser missing data folder", "train_denoiser",
              [*DENOISER, "--dataset", "fashion-mnist", "--data-dir", "{INPUTS}/none"]),
-        Case("train_denoiser over an existing checkpoint", "train_denoiser", DENOISER, setup=("d.pt",)),
+        Case("train_denoiser over an existing checkpoint", "train_denoiser", DENOISER,
+             setup=("d.pt",)),
         Case("train_denoiser over an existing log", "train_denoiser", DENOISER, setup=("d.csv",)),
     ]
     return cases
@@ -246,8 +274,9 @@ def denoiser_cases() -> list[Case]:
 
 def analyze_cases() -> list[Case]:
     cases = []
-    for kind, path in {"missing": "{INPUTS}/missing.tsv", "directory": "{INPUTS}", "empty": "{EMPTY}",
-                       "text": "{TEXT}", "header only": "{HEADER_ONLY}", "junk row": "{JUNK_ROW}",
+    for kind, path in {"missing": "{INPUTS}/missing.tsv", "directory": "{INPUTS}",
+                       "empty": "{EMPTY}", "text": "{TEXT}", "header only": "{HEADER_ONLY}",
+                       "junk row": "{JUNK_ROW}",
                        "NaN radius": "{NAN_RADIUS}", "negative radius": "{NEG_RADIUS}",
                        "repeated idx": "{DUP_IDX}", "binary": "{TRUNCATED}"}.items():
         cases.append(Case(f"analyze input {kind}", "analyze", [path, "--out", "{WORK}/analysis"]))
@@ -258,17 +287,20 @@ def analyze_cases() -> list[Case]:
             argv = ([*ANALYZE, "--names", "a", value, "c"] if flag == "names"
                     else [*ANALYZE, "--bounds-plot", "{WORK}/bounds.png", f"--{flag}", value])
             cases.append(Case(f"analyze --{flag} {value}", "analyze", argv))
-    for kind, path in {"device node": "{WORK}/null", "a file": "{TEXT}", "under a fifo": "{WORK}/fifo"}.items():
+    for kind, path in {"device node": "{WORK}/null", "a file": "{TEXT}",
+                       "under a fifo": "{WORK}/fifo"}.items():
         cases.append(Case(f"analyze --out {kind}", "analyze", [*ANALYZE[:1], "--out", path]))
-    for kind, path in {"directory": "{INPUTS}", "device node": "{WORK}/null", "fifo": "{WORK}/fifo"}.items():
+    for kind, path in {"directory": "{INPUTS}", "device node": "{WORK}/null",
+                       "fifo": "{WORK}/fifo"}.items():
         cases.append(Case(f"analyze --bounds-plot {kind}", "analyze", ["--bounds-plot", path]))
     cases += [
         Case("analyze nothing to do", "analyze", []),
         Case("analyze --bounds-plot is the table", "analyze",
              [*ANALYZE, "--bounds-plot", "{WORK}/analysis/table.md"]),
-        Case("analyze --bounds-plot is the input", "analyze", ["{WORK}/r.tsv", "--bounds-plot", "{WORK}/r.tsv"],
-             setup=("r.tsv",)),
-        Case("analyze --out holds a directory named table.md", "analyze", ANALYZE, setup=("analysis/table.md/x",)),
+        Case("analyze --bounds-plot is the input", "analyze",
+             ["{WORK}/r.tsv", "--bounds-plot", "{WORK}/r.tsv"], setup=("r.tsv",)),
+        Case("analyze --out holds a directory named table.md", "analyze", ANALYZE,
+             setup=("analysis/table.md/x",)),
     ]
     return cases
 
@@ -302,21 +334,27 @@ def api_cases() -> list[Case]:
         "certify alpha 2": lambda p: smooth(p).certify(image, 10, 20, 2.0, 10),
         "certify alpha nan": lambda p: smooth(p).certify(image, 10, 20, math.nan, 10),
         "certify batch 0": lambda p: smooth(p).certify(image, 10, 20, 0.01, 0),
-        "certify wrong channels": lambda p: smooth(p).certify(torch.rand(3, 28, 28), 10, 20, 0.01, 10),
-        "certify NaN pixel": lambda p: smooth(p).certify(image.clone().index_fill_(1, torch.tensor([3]), math.nan),
-                                                         10, 20, 0.01, 10),
+        "certify wrong channels": lambda p: smooth(p).certify(
+            torch.rand(3, 28, 28), 10, 20, 0.01, 10),
+        "certify NaN pixel": lambda p: smooth(p).certify(
+            image.clone().index_fill_(1, torch.tensor([3]), math.nan), 10, 20, 0.01, 10),
         "certify 0..255 image": lambda p: smooth(p).certify(image * 255, 10, 20, 0.01, 10),
         "predict n 0": lambda p: smooth(p).predict(image, 0, 0.01, 10),
         "DualSmooth odd width": lambda p: dual(p).certify(torch.rand(1, 28, 27), 10, 20, 0.01, 10),
-        "DualSmooth sigma_r 0": lambda p: DualSmooth(torch.nn.Identity(), torch.nn.Identity(), 10, 0.25, 0.0),
+        "DualSmooth sigma_r 0": lambda p: DualSmooth(
+            torch.nn.Identity(), torch.nn.Identity(), 10, 0.25, 0.0),
         "DualSmooth 1-d image": lambda p: dual(p).certify(torch.rand(28), 10, 20, 0.01, 10),
         "PipelineConfig mode xx": lambda p: PipelineConfig(mode="xx"),
-        "PipelineConfig n 'abc'": lambda p: PipelineConfig.from_dict({"mode": "rs", "classifier": "c.pt", "n": "abc"}),
-        "PipelineConfig unknown key": lambda p: PipelineConfig.from_dict({"mode": "rs", "bogus": 1}),
+        "PipelineConfig n 'abc'": lambda p: PipelineConfig.from_dict(
+            {"mode": "rs", "classifier": "c.pt", "n": "abc"}),
+        "PipelineConfig unknown key": lambda p: PipelineConfig.from_dict(
+            {"mode": "rs", "bogus": 1}),
         "PipelineConfig from a list": lambda p: PipelineConfig.from_dict(["mode", "rs"]),
-        "PipelineConfig sigma -1": lambda p: PipelineConfig(mode="rs", classifier=p["FULL"], sigma=-1.0),
+        "PipelineConfig sigma -1": lambda p: PipelineConfig(
+            mode="rs", classifier=p["FULL"], sigma=-1.0),
         "Pipeline classifier 123": lambda p: Pipeline(mode="rs", classifier=123, device="cpu"),
-        "Pipeline missing classifier": lambda p: Pipeline(mode="rs", classifier=p["INPUTS"] + "/none.pt", device="cpu"),
+        "Pipeline missing classifier": lambda p: Pipeline(
+            mode="rs", classifier=p["INPUTS"] + "/none.pt", device="cpu"),
         "Pipeline certify mismatched lengths": lambda p: Pipeline(
             mode="rs", classifier=p["FULL"], n0=10, n=20, device="cpu").certify([image], [1, 2]),
         "Pipeline check_image_shape 2-d": lambda p: Pipeline(
@@ -325,7 +363,8 @@ def api_cases() -> list[Case]:
         "create_model 0 classes": lambda p: create_model("small_cnn", num_classes=0),
         "create_model classes '10'": lambda p: create_model("small_cnn", num_classes="10"),
         "create_model arch None": lambda p: create_model(None, num_classes=10),
-        "create_model input_size 5": lambda p: create_model("small_cnn", num_classes=10, in_chans=1, input_size=5),
+        "create_model input_size 5": lambda p: create_model(
+            "small_cnn", num_classes=10, in_chans=1, input_size=5),
         "load_classifier 123": lambda p: load_classifier(123),
         "load_classifier missing": lambda p: load_classifier(p["INPUTS"] + "/none.pt"),
         "load_classifier directory": lambda p: load_classifier(p["INPUTS"]),
@@ -336,7 +375,8 @@ def api_cases() -> list[Case]:
         "load_results None": lambda p: analysis.load_results(None),
         "load_results junk": lambda p: analysis.load_results(p["JUNK_ROW"]),
         "certified_accuracy shapes": lambda p: analysis.certified_accuracy([1, 0], [0.1], [0.0]),
-        "certified_accuracy negative radii": lambda p: analysis.certified_accuracy([1], [0.1], [-1.0]),
+        "certified_accuracy negative radii": lambda p: analysis.certified_accuracy(
+            [1], [0.1], [-1.0]),
         "certified_accuracy strings": lambda p: analysis.certified_accuracy(["a"], [0.1], [0.0]),
         "certified_table no runs": lambda p: analysis.certified_table([], [0.0]),
         "certified_table not runs": lambda p: analysis.certified_table([1, 2], [0.0]),
@@ -364,7 +404,8 @@ def _flip_middle_bytes(path: Path, count: int = 64) -> None:
     import zipfile
 
     with zipfile.ZipFile(path) as archive:
-        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+        info = max((i for i in archive.infolist() if "/data/" in i.filename),
+                   key=lambda i: i.file_size)
     data = bytearray(path.read_bytes())
     offset = info.header_offset
     start = (offset + 30 + int.from_bytes(data[offset + 26: offset + 28], "little")
@@ -388,15 +429,18 @@ def build_inputs(root: Path) -> dict[str, str]:
     (faults / "analysis" / "table.md").mkdir(parents=True)
     (faults / "analysis" / "table.md" / "x").write_text("keep me\n")
     paths = {"INPUTS": str(inputs), "FAULTS": str(faults)}
-    for name, branch, seed in (("FULL", "full", 0), ("L", "l", 1), ("R", "r", 2), ("FULL2", "full", 3)):
+    for name, branch, seed in (("FULL", "full", 0), ("L", "l", 1), ("R", "r", 2),
+                               ("FULL2", "full", 3)):
         torch.manual_seed(seed)
         spec = ClassifierSpec.for_dataset("small_cnn", "fashion-mnist", branch=branch, sigma=0.25)
-        save_classifier(inputs / f"{name.lower()}.pt", create_model(spec.arch, **spec.model_options()).eval(), spec)
+        save_classifier(inputs / f"{name.lower()}.pt",
+                        create_model(spec.arch, **spec.model_options()).eval(), spec)
         paths[name] = str(inputs / f"{name.lower()}.pt")
     torch.save(torch.load(paths["FULL"], weights_only=True)["state_dict"], inputs / "plain.pt")
     paths["PLAIN"] = str(inputs / "plain.pt")
-    flags = {"image_size": 28, "in_channels": 1, "num_channels": 32, "num_res_blocks": 1, "channel_mult": "1,2",
-             "attention_resolutions": "", "num_head_channels": 32, "learn_sigma": False,
+    flags = {"image_size": 28, "in_channels": 1, "num_channels": 32, "num_res_blocks": 1,
+             "channel_mult": "1,2", "attention_resolutions": "", "num_head_channels": 32,
+             "learn_sigma": False,
              "use_scale_shift_norm": True, "dropout": 0.0}
     # DEEP downsamples by 8: 28-px images are no multiple of that.
     for name, changes in (("DEN", {}), ("DEEP", {"image_size": 32, "channel_mult": "1,1,1,1"})):
@@ -409,16 +453,19 @@ def build_inputs(root: Path) -> dict[str, str]:
         _flip_middle_bytes(inputs / f"{name.lower()}.pt")
         paths[name] = str(inputs / f"{name.lower()}.pt")
     files = {
-        "TEXT": ("text.pt", "not a checkpoint\n"), "EMPTY": ("empty", ""), "BROKEN": ("broken.json", '{"mode": "rs",\n'),
+        "TEXT": ("text.pt", "not a checkpoint\n"), "EMPTY": ("empty", ""),
+        "BROKEN": ("broken.json", '{"mode": "rs",\n'),
         "WRONG_TYPE": ("wrong_type.json", '{"mode": "rs", "classifier": "c.pt", "n": "abc"}'),
         "UNKNOWN_KEY": ("unknown_key.json", '{"mode": "rs", "classifier": "c.pt", "bogus": 1}'),
         "LIST_JSON": ("list.json", '["mode", "rs"]'),
-        "TSV": ("good.tsv", RESULT_HEADER + "0\t1\t1\t0.5\t1\t0.1\t0.9\t18\n1\t2\t3\t0.2\t0\t0.1\t0.7\t14\n"),
+        "TSV": ("good.tsv", RESULT_HEADER + "0\t1\t1\t0.5\t1\t0.1\t0.9\t18\n"
+                "1\t2\t3\t0.2\t0\t0.1\t0.7\t14\n"),
         "HEADER_ONLY": ("header.tsv", RESULT_HEADER),
         "JUNK_ROW": ("junk.tsv", RESULT_HEADER + "0\tjunk\n"),
         "NAN_RADIUS": ("nan.tsv", RESULT_HEADER + "0\t1\t1\tnan\t1\t0.1\t0.9\t18\n"),
         "NEG_RADIUS": ("neg.tsv", RESULT_HEADER + "0\t1\t1\t-0.5\t1\t0.1\t0.9\t18\n"),
-        "DUP_IDX": ("dup.tsv", RESULT_HEADER + "0\t1\t1\t0.5\t1\t0.1\t0.9\t18\n0\t1\t1\t0.5\t1\t0.1\t0.9\t18\n"),
+        "DUP_IDX": ("dup.tsv", RESULT_HEADER + "0\t1\t1\t0.5\t1\t0.1\t0.9\t18\n"
+                    "0\t1\t1\t0.5\t1\t0.1\t0.9\t18\n"),
     }
     for key, (name, text) in files.items():
         (inputs / name).write_text(text)
@@ -437,7 +484,8 @@ def build_inputs(root: Path) -> dict[str, str]:
     with open(faults / "damaged" / "out.tsv", "a") as handle:
         handle.write("7\tjunk\n")
     _run_script("certify_diffusion", [*certify_args[:-1], str(faults / "r[1].tsv")])
-    _run_script("train_base", [*(a.format(**paths, WORK=str(faults)) for a in TRAIN), "--keep-state"])
+    _run_script("train_base",
+                [*(a.format(**paths, WORK=str(faults)) for a in TRAIN), "--keep-state"])
     shutil.copy(faults / "m.pt", faults / "m_r.pt")
     (faults / "link.pt").symlink_to("m.pt")
     _run_script("train_denoiser", [a.format(**paths, WORK=str(faults)) for a in DENOISER])
@@ -450,7 +498,8 @@ _SCRIPTS: dict[str, object] = {}
 
 def _script(name: str):
     if name not in _SCRIPTS:
-        spec = importlib.util.spec_from_file_location(f"corpus_{name}", REPO / "scripts" / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"corpus_{name}",
+                                                      REPO / "scripts" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         _SCRIPTS[name] = module
@@ -498,7 +547,8 @@ def run_case(case: Case, paths: dict[str, str], work: Path) -> tuple[str, str]:
             target.symlink_to(os.readlink(source))
             shutil.copy(faults / os.readlink(source), work / os.readlink(source))
         elif source.is_dir() or Path(name).parent.name == "table.md":
-            shutil.copytree(faults / Path(name).parts[0], work / Path(name).parts[0], dirs_exist_ok=True)
+            shutil.copytree(faults / Path(name).parts[0], work / Path(name).parts[0],
+                            dirs_exist_ok=True)
         else:
             shutil.copy(source, target)
     # Special files of the run's own: a FIFO, and a device node like /dev/null (which
@@ -566,7 +616,8 @@ def main() -> int:
             tally[outcome] += 1
             if outcome != CLEAN:
                 print(f"{outcome:12} {case.name}: {' '.join(detail.split())[:160]}")
-    print(f"\nrepo {REPO}: tried {len(CASES)}, " + ", ".join(f"{k} {tally[k]}" for k in (CLEAN, SILENT, LOST, OTHER)))
+    print(f"\nrepo {REPO}: tried {len(CASES)}, "
+          + ", ".join(f"{k} {tally[k]}" for k in (CLEAN, SILENT, LOST, OTHER)))
     return 0
 
 

@@ -32,7 +32,8 @@ def test_clopper_pearson_edges_match_scipy(n, alpha):
     assert top < 1.0
     assert np.isfinite(rs_radius(top, 0.5))
     k = max(1, n // 3)
-    assert clopper_pearson_lower(k, n, alpha) == pytest.approx(beta.ppf(alpha, k, n - k + 1), rel=1e-12)
+    assert clopper_pearson_lower(k, n, alpha) == pytest.approx(beta.ppf(alpha, k, n - k + 1),
+                                                               rel=1e-12)
 
 
 def test_clopper_pearson_is_vectorised_and_monotone():
@@ -56,7 +57,8 @@ def test_clopper_pearson_coverage_is_at_least_one_minus_alpha():
 
 
 @pytest.mark.parametrize(
-    "k, n, alpha", [(-1, 10, 0.1), (11, 10, 0.1), (1, 0, 0.1), (1, 10, 0.0), (1, 10, 1.0), (1.5, 10, 0.1)]
+    "k, n, alpha", [(-1, 10, 0.1), (11, 10, 0.1), (1, 0, 0.1), (1, 10, 0.0), (1, 10, 1.0),
+                    (1.5, 10, 0.1)]
 )
 def test_clopper_pearson_rejects_impossible_input(k, n, alpha):
     with pytest.raises(ValueError):
@@ -124,11 +126,13 @@ sigmas = st.floats(min_value=0.01, max_value=2.0)
 def test_radius_properties(p_l, p_r, sigma, sigma_r):
     independent = drs_radius(p_l, p_r, sigma)
     # Equal sigmas: Eq. 13 is sqrt(2) times the mean of the two RS radii.
-    assert independent == pytest.approx((rs_radius(p_l, sigma) + rs_radius(p_r, sigma)) / np.sqrt(2))
+    assert independent == pytest.approx(
+        (rs_radius(p_l, sigma) + rs_radius(p_r, sigma)) / np.sqrt(2))
     # The coupled radius is the independent one divided by sqrt(2): never larger.
     assert coupled_radius(p_l, p_r, sigma) == pytest.approx(independent / np.sqrt(2))
     # Larger bounds never shrink a radius.
-    assert drs_radius(min(p_l + 1e-4, 1 - 1e-12), p_r, sigma, sigma_r) >= drs_radius(p_l, p_r, sigma, sigma_r)
+    assert (drs_radius(min(p_l + 1e-4, 1 - 1e-12), p_r, sigma, sigma_r)
+            >= drs_radius(p_l, p_r, sigma, sigma_r))
     # Two independent branches beat the better single branch at the harmonic sigma.
     harmonic = 1 / np.sqrt(sigma**-2 + sigma_r**-2)
     general = drs_radius(p_l, p_r, sigma, sigma_r)
@@ -190,7 +194,8 @@ def test_clopper_pearson_log_space_switch_is_seamless():
     assert np.all(bounds[7:] < beta.ppf(alphas[7:], 7, 994))
     # Broadcasting over mixed alphas gives the scalar results.
     mixed = clopper_pearson_lower([0, 3, 99990], [10, 10, 100_000], [1e-300, 1e-3, 1e-300])
-    assert mixed.tolist() == [0.0, clopper_pearson_lower(3, 10, 1e-3), clopper_pearson_lower(99990, 100_000, 1e-300)]
+    assert mixed.tolist() == [0.0, clopper_pearson_lower(3, 10, 1e-3),
+                              clopper_pearson_lower(99990, 100_000, 1e-300)]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), -0.1, 1.5])

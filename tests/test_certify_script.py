@@ -62,8 +62,9 @@ def rows_without_time(path: Path) -> list[list[str]]:
 
 def drs_joint_args(ckpt, out, n="60"):
     return ["--dataset", "sample", "--max", "7", "--mode", "drs",
-            "--classifier-l", ckpt["l"], "--classifier-r", ckpt["r"], "--denoiser", ckpt["denoiser"],
-            "--denoise", "joint", "--sigma", "0.25", "--N0", "10", "--N", n, "--batch", "32",
+            "--classifier-l", ckpt["l"], "--classifier-r", ckpt["r"],
+            "--denoiser", ckpt["denoiser"], "--denoise", "joint", "--sigma", "0.25",
+            "--N0", "10", "--N", n, "--batch", "32",
             "--outfile", str(out), "--device", "cpu"]
 
 
@@ -76,14 +77,15 @@ def test_two_processes_equal_one_process(tiny_checkpoints, tmp_path):
     two = run(drs_joint_args(tiny_checkpoints, tmp_path / "two.tsv"), launcher=launcher)
     assert two.returncode == 0, two.stderr
     expected = rows_without_time(tmp_path / "one.tsv")
-    assert expected[0] == ["idx", "label", "predict", "radius", "correct", "pA_l", "pA_r", "count_l",
-                           "count_r", "radius_paper", "nonfinite", "n_used"]
+    assert expected[0] == ["idx", "label", "predict", "radius", "correct", "pA_l", "pA_r",
+                           "count_l", "count_r", "radius_paper", "nonfinite", "n_used"]
     assert [row[0] for row in expected[1:]] == [str(i) for i in range(7)]
     assert rows_without_time(tmp_path / "two.tsv") == expected
     assert not list(tmp_path.glob("*.part*"))
     assert (tmp_path / "two.tsv.config.json").is_file()
     # The configuration saved beside a result repeats it, the data selection included.
-    again = run(["--config", str(tmp_path / "one.tsv.config.json"), "--outfile", str(tmp_path / "again.tsv")])
+    again = run(["--config", str(tmp_path / "one.tsv.config.json"), "--outfile",
+                 str(tmp_path / "again.tsv")])
     assert again.returncode == 0, again.stderr
     assert rows_without_time(tmp_path / "again.tsv") == expected
 
@@ -95,8 +97,8 @@ def test_killed_run_resumes_to_the_same_result(certify_main, tiny_checkpoints, t
     reference = run_in_process(certify_main, [*args, "--outfile", str(tmp_path / "ref.tsv")])
     assert reference.returncode == 0, reference.stderr
     out = tmp_path / "killed.tsv"
-    process = subprocess.Popen([sys.executable, SCRIPT, *args, "--outfile", str(out)], env=ENV, cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, SCRIPT, *args, "--outfile", str(out)], env=ENV,
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     part = tmp_path / "killed.tsv.part0"
     deadline = time.time() + 120
     while time.time() < deadline and (not part.exists() or part.read_text().count("\n") < 4):
@@ -111,14 +113,16 @@ def test_killed_run_resumes_to_the_same_result(certify_main, tiny_checkpoints, t
     assert rows_without_time(out) == rows_without_time(tmp_path / "ref.tsv")
     # Resuming under another configuration is refused, and the result stays intact.
     before = out.read_text()
-    again = run_in_process(certify_main, [*args[:-4], "--sigma", "0.25", "--device", "cpu", "--outfile", str(out)])
+    again = run_in_process(certify_main, [*args[:-4], "--sigma", "0.25", "--device", "cpu",
+                                          "--outfile", str(out)])
     assert again.returncode == 2 and "another configuration" in again.stderr
     assert out.read_text() == before
 
 
 BAD_INPUTS = {
     "unknown dataset": (["--dataset", "mnist3d"], "unknown dataset"),
-    "missing folder": (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/fmnist"], "nonexistent"),
+    "missing folder": (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent/fmnist"],
+                       "nonexistent"),
     "missing checkpoint": (["--classifier", "/nonexistent/model.pt"], "not found"),
     "sigma <= 0": (["--sigma", "0"], "sigma"),
     "n0 > n": (["--N0", "500", "--N", "100"], "N0"),
@@ -127,7 +131,8 @@ BAD_INPUTS = {
     "unknown preset": (["--denoiser", "imagenet512"], "unknown denoiser"),
     "corrupt checkpoint": (["--classifier", "INPUTS/text.pt"], "cannot read"),
     "checkpoint is a directory": (["--classifier", "INPUTS"], "not found"),
-    "config value of the wrong type": (["--config", "INPUTS/wrong_type.json"], "n must be an integer"),
+    "config value of the wrong type": (["--config", "INPUTS/wrong_type.json"],
+                                       "n must be an integer"),
     "malformed config": (["--config", "INPUTS/broken.json"], "cannot parse configuration file"),
     "negative seed": (["--seed", "-1"], "seed"),
     "skip 0": (["--skip", "0"], "skip must be a positive integer"),
@@ -144,10 +149,12 @@ def test_bad_input_gives_one_line_and_no_file(certify_main, tiny_checkpoints, tm
     (inputs / "wrong_type.json").write_text('{"mode": "rs", "classifier": "c.pt", "n": "abc"}')
     (inputs / "broken.json").write_text('{"mode": "rs",\n')
     extra, message = BAD_INPUTS[case]
-    extra = [tiny_checkpoints["denoiser_deep"] if a == "DENOISER_DEEP" else a.replace("INPUTS", str(inputs))
+    extra = [tiny_checkpoints["denoiser_deep"] if a == "DENOISER_DEEP"
+             else a.replace("INPUTS", str(inputs))
              for a in extra]
-    args = ["--dataset", "sample", "--mode", "rs", "--classifier", tiny_checkpoints["full"], "--N0", "10",
-            "--N", "20", "--max", "3", "--device", "cpu", "--outfile", str(tmp_path / "out.tsv")]
+    args = ["--dataset", "sample", "--mode", "rs", "--classifier", tiny_checkpoints["full"],
+            "--N0", "10", "--N", "20", "--max", "3", "--device", "cpu",
+            "--outfile", str(tmp_path / "out.tsv")]
     result = run_in_process(certify_main, [*args, *extra])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -159,8 +166,9 @@ def test_bad_input_gives_one_line_and_no_file(certify_main, tiny_checkpoints, tm
 
 def test_a_real_process_exits_with_one_line(tiny_checkpoints, tmp_path):
     """The process itself: exit status 2, one line on stderr, no file (run_script's exit path)."""
-    args = ["--dataset", "sample", "--mode", "rs", "--classifier", tiny_checkpoints["full"], "--N0", "10",
-            "--N", "20", "--max", "3", "--device", "cpu", "--outfile", str(tmp_path / "out.tsv")]
+    args = ["--dataset", "sample", "--mode", "rs", "--classifier", tiny_checkpoints["full"],
+            "--N0", "10", "--N", "20", "--max", "3", "--device", "cpu",
+            "--outfile", str(tmp_path / "out.tsv")]
     result = run([*args, "--sigma", "0"])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -171,8 +179,8 @@ def test_a_real_process_exits_with_one_line(tiny_checkpoints, tmp_path):
 
 def test_a_damaged_result_file_is_refused_not_merged(certify_main, tiny_checkpoints, tmp_path):
     out = tmp_path / "out.tsv"
-    args = ["--dataset", "sample", "--mode", "rs", "--classifier", tiny_checkpoints["full"], "--N0", "10",
-            "--N", "20", "--max", "3", "--device", "cpu", "--outfile", str(out)]
+    args = ["--dataset", "sample", "--mode", "rs", "--classifier", tiny_checkpoints["full"],
+            "--N0", "10", "--N", "20", "--max", "3", "--device", "cpu", "--outfile", str(out)]
     assert run_in_process(certify_main, args).returncode == 0
     header = out.read_text().splitlines()[0]
     out.write_text(header + "\n0\tjunk\n")
@@ -190,23 +198,29 @@ def rs_args(classifier, out, *extra):
 
 
 def files_under(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_saved_configuration_identifies_checkpoints_and_data(certify_main, tiny_checkpoints, tmp_path):
+def test_saved_configuration_identifies_checkpoints_and_data(certify_main, tiny_checkpoints,
+                                                             tmp_path):
     from denoised_drs.pipeline import Pipeline
 
     out = tmp_path / "out.tsv"
     assert certify_main(rs_args(tiny_checkpoints["full"], out)) == 0
     saved = json.loads((tmp_path / "out.tsv.config.json").read_text())
     sha = hashlib.sha256(Path(tiny_checkpoints["full"]).read_bytes()).hexdigest()
-    assert saved["content"]["classifier"] == [{"path": os.path.realpath(tiny_checkpoints["full"]), "sha256": sha}]
+    assert saved["content"]["classifier"] == [{"path": os.path.realpath(tiny_checkpoints["full"]),
+                                               "sha256": sha}]
     data = saved["content"]["data"]
-    assert data["source"] == "bundled sample" and data["indices"] == {"start": 0, "step": 1, "count": 3}
+    assert (data["source"] == "bundled sample"
+            and data["indices"] == {"start": 0, "step": 1, "count": 3})
     assert len(data["sha256"]) == 64
-    assert (saved["dataset"], saved["skip"], saved["max"], saved["data_dir"]) == ("sample", 1, 3, None)
+    assert (saved["dataset"], saved["skip"], saved["max"], saved["data_dir"]) == (
+        "sample", 1, 3, None)
     # The saved file is still a configuration the API reads.
-    assert Pipeline.from_file(tmp_path / "out.tsv.config.json").config.classifier == [tiny_checkpoints["full"]]
+    assert Pipeline.from_file(tmp_path / "out.tsv.config.json").config.classifier == [
+        tiny_checkpoints["full"]]
 
 
 def test_resume_refuses_a_replaced_checkpoint(certify_main, tiny_checkpoints, tmp_path):
@@ -217,7 +231,8 @@ def test_resume_refuses_a_replaced_checkpoint(certify_main, tiny_checkpoints, tm
     assert certify_main(rs_args(model, out, "--max", "2")) == 0
     write_classifier(model, "full", seed=7)  # same path, other weights
     before = files_under(tmp_path)
-    with pytest.raises(ValueError, match=r"the classifier file .*model.pt changed since the run began \(sha256"):
+    with pytest.raises(ValueError, match=r"the classifier file .*model.pt changed "
+                                         r"since the run began \(sha256"):
         certify_main(rs_args(model, out))
     assert files_under(tmp_path) == before
 
@@ -255,18 +270,21 @@ def test_resume_refuses_other_data(certify_main, tiny_checkpoints, tmp_path):
     out = tmp_path / "out.tsv"
     assert certify_main(rs_args(tiny_checkpoints["full"], out)) == 0
     # The same images from another file are the same run.
-    assert certify_main(rs_args(tiny_checkpoints["full"], out, "--data-dir", str(tmp_path / "same.npz"))) == 0
+    assert certify_main(rs_args(tiny_checkpoints["full"], out, "--data-dir",
+                                str(tmp_path / "same.npz"))) == 0
     with pytest.raises(ValueError, match="images or labels of the 3 images it certified changed"):
-        certify_main(rs_args(tiny_checkpoints["full"], out, "--data-dir", str(tmp_path / "changed.npz")))
+        certify_main(rs_args(tiny_checkpoints["full"], out, "--data-dir",
+                             str(tmp_path / "changed.npz")))
     # The file holds a row of the changed image, even when the new selection stops before it.
     with pytest.raises(ValueError, match="images it certified changed"):
-        certify_main(rs_args(tiny_checkpoints["full"], out, "--data-dir", str(tmp_path / "changed.npz"),
-                             "--max", "1"))
+        certify_main(rs_args(tiny_checkpoints["full"], out, "--data-dir",
+                             str(tmp_path / "changed.npz"), "--max", "1"))
     # A change outside the certified images is no change to this run.
     later = images.copy()
     later[5, 3, 3] ^= 1
     np.savez(tmp_path / "later.npz", images=later, labels=labels, indices=indices)
-    assert certify_main(rs_args(tiny_checkpoints["full"], out, "--data-dir", str(tmp_path / "later.npz"))) == 0
+    assert certify_main(rs_args(tiny_checkpoints["full"], out, "--data-dir",
+                                str(tmp_path / "later.npz"))) == 0
 
 
 def test_resume_refuses_changed_settings_and_configurations_without_hashes(
@@ -306,7 +324,9 @@ def test_bad_labels_and_rgb_images_are_refused_before_any_file(
     certify_main, tiny_checkpoints, tmp_path, labels, shape, message
 ):
     data = tmp_path / "data.npz"
-    np.savez(data, images=np.zeros(shape, dtype=np.uint8), labels=np.array(labels), indices=np.arange(4))
+    np.savez(data, images=np.zeros(shape, dtype=np.uint8), labels=np.array(labels),
+             indices=np.arange(4))
     with pytest.raises(ValueError, match=message):
-        certify_main(rs_args(tiny_checkpoints["full"], tmp_path / "out" / "r.tsv", "--data-dir", str(data)))
+        certify_main(rs_args(tiny_checkpoints["full"], tmp_path / "out" / "r.tsv",
+                             "--data-dir", str(data)))
     assert not (tmp_path / "out").exists()

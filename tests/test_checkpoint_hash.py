@@ -17,7 +17,8 @@ CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 def flip_tensor_bytes(path: Path, count: int = 64) -> None:
     """Invert ``count`` bytes in the middle of the largest tensor storage of a torch zip file."""
     with zipfile.ZipFile(path) as archive:
-        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+        info = max((i for i in archive.infolist() if "/data/" in i.filename),
+                   key=lambda i: i.file_size)
     data = bytearray(path.read_bytes())
     # Stored (uncompressed) member: its bytes follow the 30-byte local header, name and extra field.
     name_len = int.from_bytes(data[info.header_offset + 26: info.header_offset + 28], "little")

@@ -52,7 +52,8 @@ def test_unreadable_checkpoints_are_a_value_error_naming_the_file(tmp_path):
 
 
 def load_train_denoiser():
-    spec = importlib.util.spec_from_file_location("train_denoiser", REPO / "scripts" / "train_denoiser.py")
+    spec = importlib.util.spec_from_file_location("train_denoiser",
+                                                  REPO / "scripts" / "train_denoiser.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -69,7 +70,8 @@ def load_train_denoiser():
 def test_train_denoiser_refuses_impossible_settings_before_writing(tmp_path, flags, message):
     out = tmp_path / "d.pt"
     with pytest.raises(ValueError, match=message):
-        load_train_denoiser().main(["--dataset", "sample", "--out", str(out), "--epochs", "1", *flags])
+        load_train_denoiser().main(["--dataset", "sample", "--out", str(out), "--epochs", "1",
+                                    *flags])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -94,7 +96,8 @@ def test_a_bad_input_under_the_launcher_ends_in_one_line(tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )
     assert result.returncode == 2
-    assert result.stderr.splitlines() == ["train_base.py: error: sigma must be positive, finite and a float32"]
+    assert result.stderr.splitlines() == [
+        "train_base.py: error: sigma must be positive, finite and a float32"]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -129,7 +132,8 @@ def test_outputs_must_be_regular_files_and_distinct(tmp_path):
         with pytest.raises(ValueError, match="--out and --log name the same file"):
             check_distinct_outputs({"--out": tmp_path / "m.pt", "--log": other})
     with pytest.raises(ValueError, match="same file"):  # two new paths, two spellings
-        check_distinct_outputs({"--out": tmp_path / "a.pt", "--log": tmp_path / "sub" / ".." / "a.pt"})
+        check_distinct_outputs({"--out": tmp_path / "a.pt",
+                                "--log": tmp_path / "sub" / ".." / "a.pt"})
     check_distinct_outputs({"--out": tmp_path / "m.pt", "--log": tmp_path / "m.csv"})
 
 

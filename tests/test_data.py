@@ -149,8 +149,10 @@ def test_labels_outside_the_classes_are_refused(tmp_path):
         with pytest.raises(ValueError, match=message):
             load_sample(_write_sample(tmp_path / "s.npz", images, labels))
     _fake_fashion_folder(tmp_path)
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.full(250, 10, dtype=np.uint8), compress=False)
-    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: 250 label\(s\) lie outside \[0, 10\)"):
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.full(250, 10, dtype=np.uint8),
+               compress=False)
+    with pytest.raises(ValueError,
+                       match=r"t10k-labels-idx1-ubyte: 250 label\(s\) lie outside \[0, 10\)"):
         fashion_mnist("test", tmp_path)
 
 
@@ -158,13 +160,16 @@ def test_float_images_in_the_unit_interval_are_used_as_they_are(tmp_path):
     rng = np.random.default_rng(0)
     floats = rng.random((4, 28, 28))
     sample = load_sample(_write_sample(tmp_path / "f.npz", floats))
-    assert torch.equal(sample[2][0], torch.from_numpy(floats[2:3]).float())  # not cast to uint8 (black)
+    assert torch.equal(sample[2][0],
+                       torch.from_numpy(floats[2:3]).float())  # not cast to uint8 (black)
     sample[2][0].zero_()  # a served image is a copy
     assert sample[2][0].max() > 0
     _fake_fashion_folder(tmp_path)
-    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.random((250, 28, 28)).astype(">f4"), compress=True)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.random((250, 28, 28)).astype(">f4"),
+               compress=True)
     image = fashion_mnist("test", tmp_path)[7][0]
-    assert torch.equal(image[0], torch.from_numpy(read_idx(tmp_path / "t10k-images-idx3-ubyte.gz")[7]))
+    assert torch.equal(image[0],
+                       torch.from_numpy(read_idx(tmp_path / "t10k-images-idx3-ubyte.gz")[7]))
 
 
 @pytest.mark.parametrize("images, message", [

@@ -21,12 +21,14 @@ def test_tiny_suite_writes_every_measurement(tmp_path):
         assert set(preset["precisions"]) == {"fp32", "bf16", "bf16+compile"}
         for results in preset["precisions"].values():
             for mode in ("rs", "drs_joint", "drs_split"):
-                assert results[mode]["samples_per_s"] > 0 and results[mode]["samples"] >= preset["batch"]
+                assert (results[mode]["samples_per_s"] > 0
+                        and results[mode]["samples"] >= preset["batch"])
             assert set(results["ratios"]) == {"drs_joint/rs", "drs_split/rs", "drs_split/drs_joint"}
         assert preset["smoke"]["ok"] and len(preset["smoke"]["records"]) == 2
     # One row per command loop of docs/reproduce.md, from the measured bf16 rates.
     hours = report["expected_gpu_hours"]
-    assert {"DRS joint, CIFAR-10", "DRS joint, ImageNet", "Carlini CIFAR-10", "Carlini ImageNet"} <= set(hours)
+    assert {"DRS joint, CIFAR-10", "DRS joint, ImageNet", "Carlini CIFAR-10",
+            "Carlini ImageNet"} <= set(hours)
     for row in hours.values():
         assert row["samples_per_s"] > 0 and 0 < row["hours_per_sigma"] <= row["hours"]
         rate = report["presets"][row["preset"]]["precisions"]["bf16"][row["mode"]]["samples_per_s"]

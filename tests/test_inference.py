@@ -38,7 +38,8 @@ def test_prepared_classifier_computes_the_same_logits(wrap):
         # the fold must reach the network inside it.
         model, x = SubImageClassifier(_trained_like(1), (28, 28)).eval(), torch.rand(32, 1, 28, 14)
     else:
-        model, x = EnsembleClassifier([_trained_like(2), _trained_like(3)]).eval(), torch.rand(32, 1, 28, 28)
+        model, x = (EnsembleClassifier([_trained_like(2), _trained_like(3)]).eval(),
+                    torch.rand(32, 1, 28, 28))
     with torch.inference_mode():
         expected = model(x)
     batchnorms = _batchnorms(model)

@@ -1,4 +1,5 @@
-"""Base classifiers: registry, normalisation, checkpoint loading, sub-image and ensemble wrappers."""
+"""Base classifiers: registry, normalisation, checkpoint loading, sub-image and ensemble
+wrappers."""
 
 from __future__ import annotations
 
@@ -129,7 +130,8 @@ def test_key_mismatch_names_the_architecture_and_first_keys(tmp_path):
 
     wrong_classes = tmp_path / "wrong_classes.pth.tar"
     torch.save(
-        {"arch": "cifar_resnet20", "state_dict": create_model("cifar_resnet20", num_classes=100).state_dict()},
+        {"arch": "cifar_resnet20",
+         "state_dict": create_model("cifar_resnet20", num_classes=100).state_dict()},
         wrong_classes,
     )
     with pytest.raises(ValueError, match="shape mismatch.*fc.weight"):
@@ -138,7 +140,8 @@ def test_key_mismatch_names_the_architecture_and_first_keys(tmp_path):
 
 def test_foreign_checkpoint_without_arch_asks_for_it(tmp_path):
     path = tmp_path / "plain.pt"
-    torch.save(create_model("small_cnn", num_classes=10, in_chans=1, input_size=(28, 28)).state_dict(), path)
+    torch.save(create_model("small_cnn", num_classes=10, in_chans=1,
+                            input_size=(28, 28)).state_dict(), path)
     with pytest.raises(ValueError, match=r"records no architecture.*arch=NAME"):
         load_classifier(path)
 
@@ -261,6 +264,7 @@ def test_create_model_reads_weights_from_checkpoint_path(tmp_path):
             normalization="fashion-mnist", checkpoint_path=tmp_path / name,
         ).eval()
         assert torch.equal(loaded(x), full(x))
-    with pytest.raises(ValueError, match=r"ours\.pt: the weights do not fit architecture 'small_cnn'"):
+    with pytest.raises(ValueError,
+                       match=r"ours\.pt: the weights do not fit architecture 'small_cnn'"):
         create_model("small_cnn", num_classes=7, in_chans=1, input_size=(28, 28),
                      checkpoint_path=tmp_path / "ours.pt")

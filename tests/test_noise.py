@@ -17,7 +17,8 @@ from denoised_drs.noise import (
 
 def test_any_cut_of_the_stream_gives_the_same_samples():
     whole = NoiseStream((3, 1), 0, (1, 4, 4)).take(0, 7 * BLOCK_SIZE + 5)
-    for cuts in ([0, 10, 200, 201, 7 * BLOCK_SIZE + 5], [0, BLOCK_SIZE, 3 * BLOCK_SIZE + 1, 7 * BLOCK_SIZE + 5]):
+    for cuts in ([0, 10, 200, 201, 7 * BLOCK_SIZE + 5],
+                 [0, BLOCK_SIZE, 3 * BLOCK_SIZE + 1, 7 * BLOCK_SIZE + 5]):
         stream = NoiseStream((3, 1), 0, (1, 4, 4))
         parts = [stream.take(a, b) for a, b in zip(cuts, cuts[1:])]
         assert torch.equal(torch.cat(parts), whole)

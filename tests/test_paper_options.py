@@ -76,11 +76,12 @@ def test_cli_on_imagenet_layout_with_a_plain_timm_state_dict(paper_files, tmp_pa
     out = tmp_path / "out.tsv"
     if mode == "rs":
         # Native 256-px images; the denoised image is resized bicubically to the ViT's 32.
-        extra = ["--mode", "rs", "--classifier", str(paper_files / "vit.pth"), "--image-size", "256",
-                 "--interpolation", "bicubic"]
+        extra = ["--mode", "rs", "--classifier", str(paper_files / "vit.pth"), "--image-size",
+                 "256", "--interpolation", "bicubic"]
     else:
         # The default 224-px crop goes through the 256-px UNet (224 is a multiple of 2).
-        extra = ["--mode", "drs", "--denoise", "joint", "--classifier-l", str(paper_files / "vit.pth"),
+        extra = ["--mode", "drs", "--denoise", "joint", "--classifier-l",
+                 str(paper_files / "vit.pth"),
                  "--classifier-r", str(paper_files / "vit.safetensors")]
     status, err = run_cli(vit_args(paper_files, out, *extra), capsys)
     assert status == 0, err
@@ -188,7 +189,8 @@ BAD_OPTIONS = {
     "std not finite": (["--std", "nan", "1", "1"], "finite numbers"),
     "mean and std disagree": (["--mean", "0", "0", "0", "--std", "1"], "as many values"),
     "image-size 0": (["--image-size", "0"], "image_size must be a positive"),
-    "image-size on cifar-like data": (["--dataset", "sample", "--image-size", "64"], "imagenet only"),
+    "image-size on cifar-like data": (["--dataset", "sample", "--image-size", "64"],
+                                      "imagenet only"),
     "unknown timm model": (["--arch", "timm:no_such_net"], "timm has no model"),
     "unknown arch": (["--arch", "resnet5"], "unknown architecture"),
     "arch of the wrong shape": (["--arch", "resnet50"], "do not fit architecture 'resnet50'"),

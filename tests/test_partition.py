@@ -44,7 +44,8 @@ def test_split_merge_round_trip(lead, channels, half_h, half_w, seed):
     assert x_l.shape == (*lead, channels, 2 * half_h, half_w)
     assert torch.equal(checkerboard_merge(x_l, x_r), x)
     # The halves partition the pixels: no pixel lost, none duplicated.
-    assert torch.equal(torch.cat([x_l.flatten(), x_r.flatten()]).sort().values, x.flatten().sort().values)
+    assert torch.equal(torch.cat([x_l.flatten(), x_r.flatten()]).sort().values,
+                       x.flatten().sort().values)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 4), (1, 4, 3), (4, 4), (5,)])
@@ -106,7 +107,8 @@ def test_fill_missing_depends_on_own_part_only_and_matches_noise_level():
     assert torch.equal(board.split(moved)[0], torch.zeros_like(noisy_l))
     top_up = board.split(moved)[1]
     assert top_up.min() >= sigma * 0.5**0.5 - 1e-6 and top_up.max() <= sigma * 0.75**0.5 + 1e-6
-    assert torch.equal(board.fill_missing(0, noisy_l, sigma, fresh + board.merge([own, 0 * other])), filled)
+    assert torch.equal(board.fill_missing(0, noisy_l, sigma, fresh + board.merge([own, 0 * other])),
+                       filled)
     # The same holds with the roles of the two sub-images swapped.
     again = board.fill_missing(1, noisy_r, sigma, fresh)
     assert torch.equal(board.split(again)[1], noisy_r)

@@ -29,14 +29,15 @@ def test_rs_and_drs_records(tiny_checkpoints, sample):
     assert [r.idx for r in records] == [0, 100, 200]
     assert all(len(r.p_lower) == 1 and r.radius_paper is None for r in records)
     assert all(r.correct == int(r.predict == r.label) for r in records)
-    drs = Pipeline(mode="drs", classifier_l=tiny_checkpoints["l"], classifier_r=tiny_checkpoints["r"],
-                   sigma=0.18, sigma_r=0.3, **FAST)
+    drs = Pipeline(mode="drs", classifier_l=tiny_checkpoints["l"],
+                   classifier_r=tiny_checkpoints["r"], sigma=0.18, sigma_r=0.3, **FAST)
     assert drs.config.certificate == "independent"
     assert drs.smoothed.kind is drs.config.certificate is CertificateKind.INDEPENDENT
     # The same index gives the same certificate; another index other noise. The noisy
     # sub-images the voter sees are recorded, since a tiny model's counts may coincide.
     seen = []
-    hook = drs.smoothed.voter.register_forward_hook(lambda module, args, out: seen.append(args[0][0].clone()))
+    hook = drs.smoothed.voter.register_forward_hook(
+        lambda module, args, out: seen.append(args[0][0].clone()))
 
     def certify_and_record_noise(idx):
         seen.clear()
@@ -54,8 +55,9 @@ def test_rs_and_drs_records(tiny_checkpoints, sample):
 
 def test_denoised_modes_pick_their_certificates(tiny_checkpoints, sample):
     images, labels = sample
-    common = {"mode": "drs", "classifier_l": tiny_checkpoints["l"], "classifier_r": tiny_checkpoints["r"],
-              "denoiser": tiny_checkpoints["denoiser"], "sigma": 0.25, **FAST}
+    common = {"mode": "drs", "classifier_l": tiny_checkpoints["l"],
+              "classifier_r": tiny_checkpoints["r"], "denoiser": tiny_checkpoints["denoiser"],
+              "sigma": 0.25, **FAST}
     joint = Pipeline(**common, denoise="joint")
     assert joint.config.certificate == "coupled"
     assert joint.smoothed.kind is joint.config.certificate is CertificateKind.COUPLED
@@ -65,8 +67,8 @@ def test_denoised_modes_pick_their_certificates(tiny_checkpoints, sample):
     assert split.config.certificate == "independent"
     assert split.smoothed.kind is split.config.certificate is CertificateKind.INDEPENDENT
     assert split.certify_one(images[1], labels[1], 1).radius_paper is None
-    denoised_rs = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], denoiser=tiny_checkpoints["denoiser"],
-                           sigma=0.5, **FAST)
+    denoised_rs = Pipeline(mode="rs", classifier=tiny_checkpoints["full"],
+                           denoiser=tiny_checkpoints["denoiser"], sigma=0.5, **FAST)
     assert denoised_rs.config.certificate == "rs"
     assert denoised_rs.smoothed.kind is denoised_rs.config.certificate is CertificateKind.RS
     denoised_rs.check_image_shape((1, 28, 28))
@@ -95,15 +97,16 @@ def test_impossible_settings_are_rejected(tiny_checkpoints, bad, message):
 def test_missing_checkpoint_and_odd_image_size(tiny_checkpoints, tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
         Pipeline(mode="rs", classifier=str(tmp_path / "nowhere.pt"), **FAST)
-    drs = Pipeline(mode="drs", classifier_l=tiny_checkpoints["l"], classifier_r=tiny_checkpoints["r"], **FAST)
+    drs = Pipeline(mode="drs", classifier_l=tiny_checkpoints["l"],
+                   classifier_r=tiny_checkpoints["r"], **FAST)
     with pytest.raises(ValueError, match="even"):
         drs.check_image_shape((1, 27, 28))
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
 def test_config_files_round_trip(tiny_checkpoints, tmp_path, suffix):
-    pipe = Pipeline(mode="drs", classifier_l=tiny_checkpoints["l"], classifier_r=tiny_checkpoints["r"],
-                    sigma=0.18, **FAST)
+    pipe = Pipeline(mode="drs", classifier_l=tiny_checkpoints["l"],
+                    classifier_r=tiny_checkpoints["r"], sigma=0.18, **FAST)
     saved = tmp_path / "config.json"
     pipe.save_config(saved)
     values = json.loads(saved.read_text())
@@ -131,18 +134,20 @@ def test_several_checkpoints_make_an_ensemble(tiny_checkpoints, sample):
     twice = Pipeline(mode="rs", classifier=[tiny_checkpoints["full"]] * 2, sigma=0.25, **FAST)
     assert isinstance(twice.smoothed.voter.classifiers[0], EnsembleClassifier)
     # Averaging a model's logits with its own changes nothing.
-    assert twice.certify_one(images[0], labels[0], 0).counts_top == single.certify_one(images[0], labels[0], 0).counts_top
+    assert (twice.certify_one(images[0], labels[0], 0).counts_top
+            == single.certify_one(images[0], labels[0], 0).counts_top)
 
 
 def test_config_types_are_checked_and_numpy_scalars_stored_as_python_numbers():
     import numpy as np
 
-    config = PipelineConfig(mode="rs", classifier=Path("c.pt"), n=np.int64(500), sigma=np.float32(0.25),
-                            denoiser=Path("d.pt"))
-    assert (type(config.n), type(config.sigma), config.denoiser, config.classifier) == (int, float, "d.pt", ["c.pt"])
+    config = PipelineConfig(mode="rs", classifier=Path("c.pt"), n=np.int64(500),
+                            sigma=np.float32(0.25), denoiser=Path("d.pt"))
+    assert (type(config.n), type(config.sigma), config.denoiser, config.classifier) == (
+        int, float, "d.pt", ["c.pt"])
     json.dumps(config.to_dict())  # saved beside every result
-    for bad in ({"n": "abc"}, {"batch": 1.5}, {"seed": True}, {"sigma": float("nan")}, {"sigma": 1e300},
-                {"alpha": None}, {"device": 3}, {"classifier": 5}):
+    for bad in ({"n": "abc"}, {"batch": 1.5}, {"seed": True}, {"sigma": float("nan")},
+                {"sigma": 1e300}, {"alpha": None}, {"device": 3}, {"classifier": 5}):
         with pytest.raises(ValueError, match="must be"):
             PipelineConfig(**{"mode": "rs", "classifier": "c.pt", **bad})
 
@@ -156,7 +161,8 @@ def test_labels_outside_the_classes_are_refused(tiny_checkpoints, sample):
 
 
 def test_a_saved_result_configuration_is_read_back(tiny_checkpoints, tmp_path):
-    pipe = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], sigma=0.25, dataset="sample", **FAST)
+    pipe = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], sigma=0.25, dataset="sample",
+                    **FAST)
     saved = tmp_path / "out.tsv.config.json"
     pipe.save_config(saved, {"dataset": "sample", "data_dir": None, "skip": 2, "max": 9,
                              "content": {"classifier": []}})

@@ -48,8 +48,10 @@ def test_parts_are_found_by_exact_name_not_as_a_pattern(tmp_path):
             writer.close()
     (tmp_path / "a*.tsv.part1.bak").write_text("junk\n")
     (tmp_path / "a*.tsv.parted").write_text("junk\n")
-    assert existing_parts(tmp_path / "a*.tsv") == [tmp_path / "a*.tsv.part0", tmp_path / "a*.tsv.part1"]
-    assert existing_parts(tmp_path / "r[1].tsv") == [tmp_path / "r[1].tsv.part0", tmp_path / "r[1].tsv.part1"]
+    assert existing_parts(tmp_path / "a*.tsv") == [tmp_path / "a*.tsv.part0",
+                                                   tmp_path / "a*.tsv.part1"]
+    assert existing_parts(tmp_path / "r[1].tsv") == [tmp_path / "r[1].tsv.part0",
+                                                     tmp_path / "r[1].tsv.part1"]
     assert merge(tmp_path / "r[1].tsv", header) == 2
     assert merge(tmp_path / "a*.tsv", header) == 2
     assert (tmp_path / "a*.tsv").read_text() == "idx\tlabel\n0\t6\n1\t6\n"
@@ -66,7 +68,8 @@ def test_the_reader_reads_every_column_the_writer_writes(tmp_path, kind):
     records = [
         CertifyRecord(idx=i, label=1, predict=predict, radius=0.1234567 * (predict != -1),
                       correct=int(predict == 1), time=0.5, p_lower=(0.875,) * branches,
-                      counts_top=(7,) * branches, radius_paper=0.25 if kind is CertificateKind.COUPLED else None,
+                      counts_top=(7,) * branches,
+                      radius_paper=0.25 if kind is CertificateKind.COUPLED else None,
                       nonfinite=i, n_used=40)
         for i, predict in enumerate((1, -1, 2))
     ]

@@ -68,7 +68,8 @@ def test_rs_radius_approaches_exact_distance_as_n_grows():
     f = linear_with_margin(x, target_z=1.0, sigma=sigma, seed=3)
     true_radius = f.margin(x) / float(f.w.norm())
     smooth = Smooth(f, 2, sigma)
-    radii = [smooth.certify(x, 100, n, 0.001, 10_000, seed=1).radius for n in (1_000, 10_000, 100_000)]
+    radii = [smooth.certify(x, 100, n, 0.001, 10_000, seed=1).radius
+             for n in (1_000, 10_000, 100_000)]
     assert radii[0] < radii[1] < radii[2] <= true_radius
     assert radii[2] > 0.97 * true_radius
 
@@ -107,7 +108,8 @@ def test_drs_radius_approaches_exact_distance_as_n_grows():
     x = random_image(11)
     f_l, f_r, exact = two_branch_oracle(x, 1.2, 0.4, sigma, sigma, seed=5)
     dual = DualSmooth(f_l, f_r, 2, sigma)
-    radii = [dual.certify(x, 100, n, 0.001, 10_000, seed=2).radius for n in (1_000, 10_000, 100_000)]
+    radii = [dual.certify(x, 100, n, 0.001, 10_000, seed=2).radius
+             for n in (1_000, 10_000, 100_000)]
     assert radii[0] < radii[1] < radii[2] <= exact
     assert radii[2] > 0.95 * exact
 
@@ -135,10 +137,12 @@ def test_counts_do_not_depend_on_batch_size():
     assert not np.array_equal(smooth.sample_counts(x, 333, 333, seed=(5, 18)), reference)
 
     half = checkerboard_split(x)[0]
-    dual = DualSmooth(linear_with_margin(half, 0.1, 0.5, 1), linear_with_margin(half, 0.2, 0.5, 2), 2, 0.5)
+    dual = DualSmooth(linear_with_margin(half, 0.1, 0.5, 1), linear_with_margin(half, 0.2, 0.5, 2),
+                      2, 0.5)
     certs = [dual.certify(x, 37, 250, 0.01, b, seed=9) for b in (3, 64, 250)]
     assert len({(c.top_class, c.counts_top) for c in certs}) == 1
-    assert all(sum(dual.sample_counts(x, 250, b, seed=9)[j]) == 250 for b in (3, 250) for j in (0, 1))
+    assert all(sum(dual.sample_counts(x, 250, b, seed=9)[j]) == 250
+               for b in (3, 250) for j in (0, 1))
 
 
 def test_predict_finds_the_class_and_abstains_at_a_tie():
@@ -150,7 +154,8 @@ def test_predict_finds_the_class_and_abstains_at_a_tie():
     outcomes = [tie.predict(x, 400, 0.01, 400, seed=s) for s in range(20)]
     assert outcomes.count(ABSTAIN) >= 18
     left, right = checkerboard_split(x)
-    dual = DualSmooth(linear_with_margin(left, 2.0, 0.25, 1), linear_with_margin(right, -0.5, 0.25, 2), 2, 0.25)
+    dual = DualSmooth(linear_with_margin(left, 2.0, 0.25, 1),
+                      linear_with_margin(right, -0.5, 0.25, 2), 2, 0.25)
     assert dual.predict(x, 500, 0.001, 100) == 1
 
 
@@ -214,7 +219,8 @@ def test_coupled_certificate_is_sound_where_the_paper_radius_is_not():
     x = torch.full((1, 2, 2), 0.1)
     # Shifting all 4 pixels by -0.1 flips the mean: the exact radius is ||(0.1,)*4|| = 0.2.
     exact = 0.2
-    smoothed = SmoothedClassifier(MeanDenoiserVoter(), Checkerboard(), 2, (sigma, sigma), CertificateKind.COUPLED)
+    smoothed = SmoothedClassifier(MeanDenoiserVoter(), Checkerboard(), 2, (sigma, sigma),
+                                  CertificateKind.COUPLED)
     cert = smoothed.certify(x, 100, 200_000, 0.001, 50_000)
     assert cert.prediction == 1
     assert cert.radius <= exact
@@ -243,7 +249,8 @@ class Logits(nn.Module):
 
 
 class NanWhenBright(nn.Module):
-    """Class 1 wins, except that samples whose first noisy pixel exceeds 0.5 give NaN for class 0."""
+    """Class 1 wins, except that samples whose first noisy pixel exceeds 0.5 give NaN for
+    class 0."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -365,8 +372,10 @@ def test_malformed_voter_output_is_refused(make, error, message):
 
 
 def test_a_voter_may_return_the_non_finite_vote_itself():
-    votes = FixedVotes(lambda n: torch.stack([torch.full((n,), NONFINITE_VOTE), torch.ones(n, dtype=torch.int32)], 1))
-    counts = SmoothedClassifier(votes, Checkerboard(), 2, (0.25, 0.25)).sample_counts(random_image(0), 30, 8)
+    votes = FixedVotes(lambda n: torch.stack([torch.full((n,), NONFINITE_VOTE),
+                                              torch.ones(n, dtype=torch.int32)], 1))
+    counts = SmoothedClassifier(votes, Checkerboard(), 2,
+                                (0.25, 0.25)).sample_counts(random_image(0), 30, 8)
     assert counts.tolist() == [[0, 0], [0, 30]]
 
 
@@ -385,7 +394,8 @@ def batch_norm_dropout_classifier() -> nn.Module:
 def test_train_mode_modules_run_in_eval_mode_and_keep_their_state():
     x = random_image(6)
     net = batch_norm_dropout_classifier()
-    reference = Smooth(batch_norm_dropout_classifier().eval(), 3, 0.25).sample_counts(x, 200, 200, seed=2)
+    reference = Smooth(batch_norm_dropout_classifier().eval(), 3, 0.25).sample_counts(
+        x, 200, 200, seed=2)
     net.train()
     net[3].eval()  # a caller's mix of modes is restored module by module
     stats = {k: v.clone() for k, v in net.state_dict().items()}

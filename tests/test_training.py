@@ -229,7 +229,8 @@ def test_resume_continues_where_it_stopped(tmp_path):
     state["state_dict"]["head.3.bias"][0] = 1000.0
     state["log"][0]["train_loss"] = 123.0
     torch.save(with_content_hash(state), state_file)
-    with pytest.raises(ValueError, match=r"settings differ .*: lr 0.001 -> 0.5, sigma 0.25 -> 0.5$"):
+    with pytest.raises(ValueError,
+                       match=r"settings differ .*: lr 0.001 -> 0.5, sigma 0.25 -> 0.5$"):
         train(_quick(tmp_path, epochs=2, resume=True, strategy="smoothadv", lr=0.5, sigma=0.5))
     with pytest.raises(ValueError, match="exists; pass --resume"):
         train(_quick(tmp_path, epochs=2, strategy="smoothadv"))

@@ -109,16 +109,19 @@ class NanAbove(nn.Module):
     """A 3-class classifier whose class-2 logit is NaN for inputs with a pixel above 0.9."""
 
     def forward(self, x):
-        logits = torch.stack([x.flatten(1).mean(1), torch.zeros(x.shape[0]), torch.full((x.shape[0],), -1.0)], 1)
+        logits = torch.stack([x.flatten(1).mean(1), torch.zeros(x.shape[0]),
+                              torch.full((x.shape[0],), -1.0)], 1)
         logits[x.flatten(1).amax(1) > 0.9, 2] = float("nan")
         return logits
 
 
 def test_rows_with_non_finite_logits_vote_for_no_class():
-    parts = [torch.rand(6, 1, 8, 4, generator=torch.Generator().manual_seed(j)) * 0.8 for j in (0, 1)]
+    parts = [torch.rand(6, 1, 8, 4, generator=torch.Generator().manual_seed(j)) * 0.8
+             for j in (0, 1)]
     parts[0][[1, 4], 0, 0, 0] = 0.95
     votes = BranchClassifiers([NanAbove(), NanAbove()])(parts)
-    assert votes.tolist() == [[0, 0], [NONFINITE_VOTE, 0], [0, 0], [0, 0], [NONFINITE_VOTE, 0], [0, 0]]
+    assert votes.tolist() == [[0, 0], [NONFINITE_VOTE, 0], [0, 0],
+                              [0, 0], [NONFINITE_VOTE, 0], [0, 0]]
 
 
 def test_a_denoiser_that_outputs_nan_gives_no_votes():

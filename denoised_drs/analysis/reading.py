@@ -98,7 +98,8 @@ def _parse_radius(text: str) -> float:
 
 _PARSERS = {
     **dict(
-        zip(BASE_COLUMNS, (_parse_int, _parse_int, _parse_int, _parse_radius, _parse_int, _parse_seconds))
+        zip(BASE_COLUMNS,
+            (_parse_int, _parse_int, _parse_int, _parse_radius, _parse_int, _parse_seconds))
     ),
     PAPER_RADIUS_COLUMN: _parse_radius,
 }

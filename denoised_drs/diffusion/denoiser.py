@@ -58,7 +58,9 @@ def check_autocast_device(dtype: torch.dtype | None, device: torch.device | str)
 
 def _check_autocast_dtype(dtype: torch.dtype | None) -> None:
     if dtype is not None and dtype not in AUTOCAST_DTYPES:
-        raise ValueError(f"autocast dtype must be torch.bfloat16, torch.float16 or None, got {dtype}")
+        raise ValueError(
+            f"autocast dtype must be torch.bfloat16, torch.float16 or None, got {dtype}"
+        )
 
 
 class OneShotDenoiser(nn.Module):

@@ -117,7 +117,8 @@ PRESETS: Mapping[str, DenoiserPreset] = MappingProxyType(
                 rescale_timesteps=False,
                 checkpoint="256x256_diffusion_uncond.pt",
                 description="guided-diffusion ImageNet 256x256 unconditional model (552.8M "
-                "parameters) used by Carlini et al. (2023); from github.com/openai/guided-diffusion",
+                "parameters) used by Carlini et al. (2023); "
+                "from github.com/openai/guided-diffusion",
             ),
             DenoiserPreset(
                 name="improved-small",

@@ -43,7 +43,8 @@ LOG_COLUMNS = ("epoch", "loss", "lr", "seconds")
 
 
 def timestep_band(abar: np.ndarray, sigma_min: float, sigma_max: float) -> tuple[int, int]:
-    """The inclusive range of diffusion timesteps that serve pixel noise in [sigma_min, sigma_max]."""
+    """The inclusive range of diffusion timesteps that serve pixel noise in
+    [sigma_min, sigma_max]."""
     if not 0 < sigma_min <= sigma_max:
         raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
     return sigma_to_timestep(abar, sigma_min), sigma_to_timestep(abar, sigma_max)
@@ -173,7 +174,8 @@ def train_denoiser(config: DenoiserTrainConfig) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_warmup_lr(step, total_steps, warmup)
     )
-    network, optimizer, loader, scheduler = accelerator.prepare(network, optimizer, loader, scheduler)
+    network, optimizer, loader, scheduler = accelerator.prepare(network, optimizer, loader,
+                                                                scheduler)
     ema = AveragedModel(
         accelerator.unwrap_model(network), multi_avg_fn=get_ema_multi_avg_fn(config.ema)
     )

@@ -314,8 +314,8 @@ def openai_unet(state_dict: Mapping[str, torch.Tensor] | None = None, **flags: A
     The state dict (official key layout) is loaded strictly. With a state dict the
     network is built on the meta device first, so no memory is spent on a random
     initialisation, and the (float32) tensors of ``state_dict`` become the parameters
-    without a copy: do not modify them in place afterwards. The model is returned in eval mode (the checkpoints are used for
-    inference; call ``.train()`` to fine-tune).
+    without a copy: do not modify them in place afterwards. The model is returned in
+    eval mode (the checkpoints are used for inference; call ``.train()`` to fine-tune).
     """
     config = OpenAIUNetConfig.from_flags(**flags)
     if state_dict is None:
@@ -449,7 +449,8 @@ def _fuse_qkv(attn: nn.Module) -> None:
     attn.register_load_state_dict_pre_hook(_fuse_qkv_entries)
 
 
-def _split_qkv_entries(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+def _split_qkv_entries(module: nn.Module, state_dict: dict, prefix: str,
+                       local_metadata: Any) -> None:
     for param in ("weight", "bias"):
         fused = state_dict.pop(f"{prefix}to_qkv.{param}")
         for part, tensor in zip("qkv", fused.chunk(3)):

@@ -268,7 +268,8 @@ def load_ensemble(
     logits of several, or the classifier itself for a single path.
 
     ``kwargs`` are :func:`load_classifier`'s, the same for each file; ``checkpoints``,
-    if given, the files' contents already read by :func:`~denoised_drs.checkpoint_file.load_weights_only`, one per path.
+    if given, the files' contents already read by
+    :func:`~denoised_drs.checkpoint_file.load_weights_only`, one per path.
     """
     if checkpoints is None:
         checkpoints = [None] * len(paths)

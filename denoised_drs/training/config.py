@@ -82,10 +82,12 @@ class TrainConfig:
 
     @classmethod
     def from_recipe(cls, dataset: str, out: str, **overrides: Any) -> TrainConfig:
-        """The dataset's :data:`TRAINING_RECIPES` entry with ``overrides`` (``None`` values ignored)."""
+        """The dataset's :data:`TRAINING_RECIPES` entry with ``overrides`` (``None`` values
+        ignored)."""
         if dataset not in TRAINING_RECIPES:
             raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
-        values = {**TRAINING_RECIPES[dataset], **{k: v for k, v in overrides.items() if v is not None}}
+        values = {**TRAINING_RECIPES[dataset],
+                  **{k: v for k, v in overrides.items() if v is not None}}
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
@@ -122,7 +124,8 @@ class TrainConfig:
                 "consistency needs num-noise >= 2",
             ),
             (
-                math.isfinite(self.lbd) and self.lbd >= 0 and math.isfinite(self.eta) and self.eta >= 0,
+                math.isfinite(self.lbd) and self.lbd >= 0
+                and math.isfinite(self.eta) and self.eta >= 0,
                 "lbd and eta must be non-negative and finite",
             ),
             (
@@ -153,7 +156,8 @@ class TrainConfig:
 
     @property
     def branches(self) -> tuple[str, ...]:
-        """The branches trained, one model each: ``("full",)``, ``("l",)``, ``("r",)`` or ``("l", "r")``."""
+        """The branches trained, one model each: ``("full",)``, ``("l",)``, ``("r",)`` or
+        ``("l", "r")``."""
         return ("l", "r") if self.branch == "both" else (self.branch,)
 
     def out_path(self, branch: str) -> Path:
@@ -178,7 +182,8 @@ class TrainConfig:
         )
 
     def lr_at(self, epoch: int) -> float:
-        """Step schedule: ``lr * gamma ** (number of milestones <= epoch)`` (epochs count from 0)."""
+        """Step schedule: ``lr * gamma ** (number of milestones <= epoch)`` (epochs count
+        from 0)."""
         return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
 
     def resume_settings(self) -> dict[str, Any]:
@@ -189,7 +194,8 @@ class TrainConfig:
         ``epochs`` (a finished run may be extended). Paths are compared resolved, so
         another spelling of the same folder or file is the same setting.
         """
-        free = {"out", "log", "resume", "overwrite", "keep_state", "cpu", "progress", "workers", "epochs"}
+        free = {"out", "log", "resume", "overwrite", "keep_state", "cpu", "progress", "workers",
+                "epochs"}
         values = {k: v for k, v in self.record().items() if k not in free}
         for key in ("data_dir", "init"):
             if values[key] is not None:

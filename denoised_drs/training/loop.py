@@ -66,7 +66,8 @@ def _limit(dataset: Dataset, count: int | None) -> Dataset:
 
 
 def build_spec(config: TrainConfig, branch: str) -> ClassifierSpec:
-    """The classifier spec of one branch; an ``init`` checkpoint of ours fixes arch and normalisation."""
+    """The classifier spec of one branch; an ``init`` checkpoint of ours fixes arch and
+    normalisation."""
     spec = ClassifierSpec.for_dataset(
         config.arch,
         config.dataset,
@@ -87,7 +88,8 @@ def build_spec(config: TrainConfig, branch: str) -> ClassifierSpec:
 
 
 def initial_classifier(config: TrainConfig, spec: ClassifierSpec) -> nn.Module:
-    """The model to train: fresh, or the full-size network of ``config.init``, wrapped for the branch."""
+    """The model to train: fresh, or the full-size network of ``config.init``, wrapped for
+    the branch."""
     full = create_model(spec.arch, **spec.model_options())
     if config.init is not None:
         try:
@@ -132,7 +134,8 @@ def check_outputs(config: TrainConfig) -> None:
     for branch in config.branches:
         tag = "" if branch in ("full", config.branch) else f" ({branch})"
         out, log = config.out_path(branch), config.log_path(branch)
-        outputs.update({f"--out{tag}": out, f"--log{tag}": log, f"the resume state{tag}": state_path(out)})
+        outputs.update({f"--out{tag}": out, f"--log{tag}": log,
+                        f"the resume state{tag}": state_path(out)})
     for path in outputs.values():
         check_output_file(path)
     check_distinct_outputs(outputs)
@@ -141,7 +144,8 @@ def check_outputs(config: TrainConfig) -> None:
     for role, path in outputs.items():
         if role.startswith(("--out", "--log")) and path.exists():
             raise ValueError(
-                f"{role} {path} exists; pass --resume to continue its training or --overwrite to replace it"
+                f"{role} {path} exists; pass --resume to continue its training "
+                "or --overwrite to replace it"
             )
 
 
@@ -157,7 +161,8 @@ def check_resume_settings(config: TrainConfig, saved: Any, resume_file: Path) ->
     ]
     if changed:
         raise ValueError(
-            f"--resume: the training settings differ from those of {resume_file}: {', '.join(changed)}"
+            f"--resume: the training settings differ from those of {resume_file}: "
+            f"{', '.join(changed)}"
         )
 
 
@@ -286,8 +291,10 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
                 torch.save(with_content_hash(snapshot), stream)
             write_log(log, rows)
             accelerator.print(
-                f"[{branch}] epoch {epoch + 1}/{config.epochs} lr {lr:.2e} loss {row['train_loss']:.4f} "
-                f"clean {clean_acc:.4f} noisy@{config.sigma} {noisy_acc:.4f} ({row['epoch_time_s']} s)"
+                f"[{branch}] epoch {epoch + 1}/{config.epochs} lr {lr:.2e} "
+                f"loss {row['train_loss']:.4f} "
+                f"clean {clean_acc:.4f} noisy@{config.sigma} {noisy_acc:.4f} "
+                f"({row['epoch_time_s']} s)"
             )
         accelerator.wait_for_everyone()
     if accelerator.is_main_process and not config.keep_state:

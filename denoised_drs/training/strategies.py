@@ -24,14 +24,16 @@ from torch import nn
 
 
 def noisy_copies(x: torch.Tensor, sigma: float, m: int) -> torch.Tensor:
-    """``m`` noisy copies of each image, shape ``(m * B, ...)``; copy ``i`` of image ``b`` is row ``i * B + b``."""
+    """``m`` noisy copies of each image, shape ``(m * B, ...)``; copy ``i`` of image ``b`` is
+    row ``i * B + b``."""
     noise = torch.randn((m, *x.shape), device=x.device, dtype=x.dtype) * sigma
     return (x.unsqueeze(0) + noise).flatten(0, 1)
 
 
 @dataclass
 class ConsistencyTerms:
-    """The parts of the consistency loss: ``total = cross_entropy + lbd * consistency + eta * entropy``."""
+    """The parts of the consistency loss:
+    ``total = cross_entropy + lbd * consistency + eta * entropy``."""
 
     total: torch.Tensor
     cross_entropy: torch.Tensor
@@ -68,7 +70,8 @@ def consistency_loss(
 def smoothed_soft_loss(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor
 ) -> torch.Tensor:
-    """Per-image ``-log mean_j softmax(model(x + noise_j))[y]``: the soft smoothed classifier's loss.
+    """Per-image ``-log mean_j softmax(model(x + noise_j))[y]``: the soft smoothed
+    classifier's loss.
 
     ``noise`` has shape ``(m, B, ...)``; returns a tensor ``(B,)``.
     """
