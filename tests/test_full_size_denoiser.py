@@ -9,9 +9,9 @@ the real sizes reach (channel counts, head splits, the 4000-step schedule at the
 timesteps).
 """
 
+import importlib.util
 import json
-import math
-import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,25 +22,23 @@ from denoised_drs.diffusion import OneShotDenoiser, load_denoiser_network
 # tests/data/README.md: an exact implementation matches to about 3e-6 in float32 on the
 # CPU; 1e-4 leaves room for other CPUs' summation orders, yet catches any wrong weight.
 TOLERANCE = 1e-4
+BENCH_UNET = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_unet.py"
 
 
-def seeded_state_dict(manifest: dict) -> dict[str, torch.Tensor]:
-    """Every key of the manifest with the reference's seeded weights (README recipe)."""
-    state_dict = {}
-    for key, shape in manifest["state_dict"].items():
-        g = torch.Generator().manual_seed(zlib.crc32(("public:" + key).encode()))
-        if len(shape) > 1:
-            state_dict[key] = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
-        else:
-            base = 1.0 if key.endswith("weight") else 0.0
-            state_dict[key] = base + 0.1 * torch.randn(shape, generator=g)
-    return state_dict
+def seeded_state_dict(manifest_path: Path) -> dict[str, torch.Tensor]:
+    """Every key of the manifest with the reference's seeded weights: the recipe that
+    ``benchmarks/bench_unet.py`` times, so this test also checks the benchmark's weights."""
+    spec = importlib.util.spec_from_file_location("bench_unet", BENCH_UNET)
+    bench_unet = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_unet)
+    return bench_unet.reference_weights(manifest_path)[0]
 
 
 @pytest.fixture(scope="module")
 def official_format_file(tmp_path_factory):
-    manifest = json.loads(reference_path("cifar10_uncond_50M_500K.keys.json").read_text())
-    state_dict = seeded_state_dict(manifest)
+    manifest_path = reference_path("cifar10_uncond_50M_500K.keys.json")
+    manifest = json.loads(manifest_path.read_text())
+    state_dict = seeded_state_dict(manifest_path)
     assert sum(w.numel() for w in state_dict.values()) == manifest["num_parameters"]
     path = tmp_path_factory.mktemp("official") / "cifar10_uncond_50M_500K.pt"
     torch.save(state_dict, path)
