@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
 
 
@@ -33,3 +35,21 @@ def test_tiny_suite_writes_every_measurement(tmp_path):
         assert row["samples_per_s"] > 0 and 0 < row["hours_per_sigma"] <= row["hours"]
         rate = report["presets"][row["preset"]]["precisions"]["bf16"][row["mode"]]["samples_per_s"]
         assert row["hours_per_sigma"] == row["images"] * (row["n0"] + row["n"]) / rate / 3600
+
+
+def test_budget_skips_compilation_and_keeps_the_rest(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("gpu_suite_budget", SCRIPT)
+    suite = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = suite
+    spec.loader.exec_module(suite)
+    out = tmp_path / "suite.json"
+    assert suite.main(["--tiny", "--budget", "0", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    for preset in report["presets"].values():
+        assert "skipped" in preset["precisions"]["bf16+compile"]
+        assert preset["precisions"]["bf16"]["rs"]["samples_per_s"] > 0 and preset["smoke"]["ok"]
+    assert report["expected_gpu_hours"]
+    assert "skipped (over --budget)" in capsys.readouterr().out
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(ValueError, match="--budget"):
+            suite.parse_args(["--tiny", "--budget", bad, "--out", str(out)])
