@@ -11,6 +11,14 @@ weights that ``tests/data/README.md`` specifies, key by key from the manifest
   imported from that directory (the original code is not a dependency and is never
   shipped), with identical weights, behind the same ``OneShotDenoiser`` wrapper.
 
+With ``--ceiling`` it also measures how fast the ours contenders could be at best on
+this CPU: the profiler's self time of the convolutions and linear layers alone (the
+matrix work, whose FLOPs both implementations share) per call, the FLOPs per sample
+(``torch.utils.flop_counter``) and the rate they ran at. ``ceiling_samples_per_s``
+is the throughput if nothing but that matrix work ran (no attention, normalisation,
+activation or copy); the ratio of that to theirs bounds what any rewrite on PyTorch's
+kernels can reach here.
+
 Both networks are first checked to agree (max |difference| of the denoised images).
 The contenders are timed interleaved (A B C C B A ...), each sample being one call on
 the batch; the medians of wall-clock and of process CPU time give samples/s and the
@@ -106,6 +114,50 @@ def time_interleaved(
     )
 
 
+# Convolutions and linear layers: the kernels that do the model's FLOPs (oneDNN on CPU).
+MATRIX_OPS = ("aten::mkldnn_convolution", "aten::addmm", "aten::mm")
+
+
+def matrix_work(call: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Seconds per call spent in :data:`MATRIX_OPS` (profiler self CPU time), and in all."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            call()
+    events = prof.key_averages()
+    matrix = sum(e.self_cpu_time_total for e in events if e.key in MATRIX_OPS)
+    total = sum(e.self_cpu_time_total for e in events)
+    return matrix / 1e6 / repeats, total / 1e6 / repeats
+
+
+def flops_per_sample(denoiser: OneShotDenoiser, x: torch.Tensor) -> float:
+    """FLOPs of one denoising call per sample, as torch's flop counter counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        denoiser(x)
+    return counter.get_total_flops() / len(x)
+
+
+def ceiling(ours: dict[str, OneShotDenoiser], x: torch.Tensor, repeats: int,
+            theirs_cpu_seconds: float | None) -> dict[str, object]:
+    flops = flops_per_sample(ours["ours_fp32"], x)
+    out: dict[str, object] = {"gflop_per_sample": flops / 1e9}
+    for name, denoiser in ours.items():
+        matrix, total = matrix_work(lambda d=denoiser: d(x), repeats)
+        entry = {
+            "matrix_ms_per_sample": 1e3 * matrix / len(x),
+            "other_ms_per_sample": 1e3 * (total - matrix) / len(x),
+            "matrix_gflop_per_s": flops * len(x) / matrix / 1e9,
+            "ceiling_samples_per_s": len(x) / matrix,
+        }
+        if theirs_cpu_seconds is not None:
+            entry["ceiling_ratio_vs_theirs_fp32"] = theirs_cpu_seconds / matrix
+        out[name] = entry
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--original-dir", type=Path,
@@ -115,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=6, help="timed calls per contender")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--ceiling", action="store_true",
+                        help="also profile the matrix work of ours (see the docstring)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -160,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             result[f"ratio_fp32_{label}"] = seconds["theirs_fp32"] / seconds["ours_fp32"]
             result[f"ratio_bf16_vs_theirs_fp32_{label}"] = (
                 seconds["theirs_fp32"] / seconds["ours_bf16"])
+    if args.ceiling:
+        result["ceiling"] = ceiling(ours, x, 2, cpu.get("theirs_fp32"))
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:
