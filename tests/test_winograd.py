@@ -1,0 +1,87 @@
+"""Winograd 3x3 convolutions (NNPACK) for CPU inference: when they are taken, and that
+they agree with the direct convolution and do not depend on the batch."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from denoised_drs.diffusion import get_preset
+from denoised_drs.diffusion.winograd import MIN_SIDE, WinogradConv2d, nnpack_ready, use_winograd
+
+needs_nnpack = pytest.mark.skipif(not nnpack_ready(), reason="this torch build has no NNPACK")
+
+
+def winograd_conv(cin: int = 8, cout: int = 16) -> tuple[WinogradConv2d, nn.Conv2d]:
+    torch.manual_seed(0)
+    direct = nn.Conv2d(cin, cout, 3, padding=1)
+    fast = copy.deepcopy(direct)
+    assert use_winograd(fast) == 1 and type(fast) is WinogradConv2d
+    return fast, direct
+
+
+@needs_nnpack
+def test_inference_takes_winograd_and_matches_the_direct_convolution():
+    fast, direct = winograd_conv()
+    x = torch.randn(5, 8, MIN_SIDE, 24)
+    with torch.inference_mode():
+        assert fast.uses_winograd(x)
+        out, reference = fast(x), direct(x)
+        assert not torch.equal(out, reference)  # really another algorithm
+        assert torch.allclose(out, reference, rtol=0, atol=1e-4 * reference.abs().max())
+        # The same image gives the same bits in any batch (certificates rely on it).
+        alone = torch.cat([fast(x[i : i + 1]) for i in range(len(x))])
+        assert torch.equal(alone, out)
+        # Channels-last input: same result.
+        assert torch.equal(fast(x.contiguous(memory_format=torch.channels_last)), out)
+
+
+def test_other_calls_run_the_layers_own_forward():
+    fast, direct = winograd_conv()
+    small = torch.randn(2, 8, MIN_SIDE - 8, MIN_SIDE - 8)
+    big = torch.randn(2, 8, MIN_SIDE, MIN_SIDE)
+    with torch.inference_mode():
+        assert not fast.uses_winograd(small)
+        assert torch.equal(fast(small), direct(small))
+        assert not fast.uses_winograd(big.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fast.uses_winograd(big)
+    # With gradients on (training), the direct path, and gradients flow.
+    assert not fast.uses_winograd(big)
+    fast(big).sum().backward()
+    assert fast.weight.grad is not None and fast.weight.grad.abs().sum() > 0
+
+
+def test_use_winograd_converts_only_eligible_layers():
+    model = nn.Sequential(
+        nn.Conv2d(4, 4, 3, padding=1),  # yes
+        nn.Conv2d(4, 4, 3, padding=1, stride=2),  # strided: no
+        nn.Conv2d(4, 4, 1),  # 1x1: no
+        nn.Conv2d(4, 4, 3, padding=1, groups=2),  # grouped: no
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),  # padding mode: no
+        nn.Conv2d(4, 4, 3, padding=2, dilation=2),  # dilated: no
+    )
+    state = copy.deepcopy(model.state_dict())
+    assert use_winograd(model) == 1
+    assert [type(m) is WinogradConv2d for m in model] == [True] + [False] * 5
+    assert use_winograd(model) == 0  # idempotent
+    assert model.state_dict().keys() == state.keys()
+
+
+@needs_nnpack
+def test_unet_denoises_within_rounding_of_the_direct_path():
+    """The preset UNets convert their 3x3 layers; outputs agree with the direct path."""
+    torch.manual_seed(1)
+    network = get_preset("improved-small").build_network().eval()
+    direct = copy.deepcopy(network)
+    for module in direct.modules():
+        if type(module) is WinogradConv2d:
+            module.__class__ = nn.Conv2d
+    converted = sum(type(m) is WinogradConv2d for m in network.modules())
+    assert converted > 10
+    x, t = torch.randn(3, 3, 32, 32), torch.tensor([100, 500, 900])
+    with torch.inference_mode():
+        out, reference = network(x, t), direct(x, t)
+    assert not torch.equal(out, reference)
+    assert (out - reference).abs().max() < 1e-4
