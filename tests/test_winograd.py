@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 
 from denoised_drs.diffusion import get_preset
 from denoised_drs.diffusion.winograd import MIN_SIDE, WinogradConv2d, nnpack_ready, use_winograd
@@ -33,8 +34,35 @@ def test_inference_takes_winograd_and_matches_the_direct_convolution():
         # The same image gives the same bits in any batch (certificates rely on it).
         alone = torch.cat([fast(x[i : i + 1]) for i in range(len(x))])
         assert torch.equal(alone, out)
-        # Channels-last input: same result.
-        assert torch.equal(fast(x.contiguous(memory_format=torch.channels_last)), out)
+        # Channels-last input and weights (how the UNet holds them): the same bits.
+        fast_cl = copy.deepcopy(fast).to(memory_format=torch.channels_last)
+        assert fast_cl.weight.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(fast_cl(x.contiguous(memory_format=torch.channels_last)), out)
+
+
+@needs_nnpack
+def test_wide_layers_are_batch_and_thread_invariant():
+    """At 128 channels NNPACK blocks the channels; one image's bits still depend on
+    neither its batch nor the thread count."""
+    fast, direct = winograd_conv(128, 128)
+    x = torch.randn(6, 128, MIN_SIDE, MIN_SIDE)
+    threads = torch.get_num_threads()
+    outputs = {}
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            with torch.inference_mode():
+                assert fast.uses_winograd(x)
+                whole = fast(x)
+                pieces = torch.cat([fast(x[:1]), fast(x[1:3]), fast(x[3:])])
+            assert torch.equal(pieces, whole)
+            outputs[count] = whole
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outputs[1], outputs[2])
+    with torch.inference_mode():
+        reference = direct(x)
+    assert torch.allclose(outputs[1], reference, rtol=0, atol=1e-4 * reference.abs().max())
 
 
 def test_other_calls_run_the_layers_own_forward():
@@ -47,6 +75,18 @@ def test_other_calls_run_the_layers_own_forward():
         assert not fast.uses_winograd(big.double())
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not fast.uses_winograd(big)
+            assert torch.equal(fast(big), direct(big))
+        with torch.backends.nnpack.flags(enabled=False):  # switched off by the user
+            assert not fast.uses_winograd(big)
+            assert torch.equal(fast(big), direct(big))
+    # Forward-mode AD (NNPACK has no tangent formula): the direct path.
+    with torch.no_grad(), forward_ad.dual_level():
+        dual = forward_ad.make_dual(big, torch.ones_like(big))
+        assert not fast.uses_winograd(dual)
+        out = forward_ad.unpack_dual(fast(dual))
+        expected = forward_ad.unpack_dual(direct(dual))
+        assert torch.equal(out.primal, expected.primal)
+        assert torch.equal(out.tangent, expected.tangent)
     # With gradients on (training), the direct path, and gradients flow.
     assert not fast.uses_winograd(big)
     fast(big).sum().backward()
@@ -60,13 +100,31 @@ def test_use_winograd_converts_only_eligible_layers():
         nn.Conv2d(4, 4, 1),  # 1x1: no
         nn.Conv2d(4, 4, 3, padding=1, groups=2),  # grouped: no
         nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),  # padding mode: no
-        nn.Conv2d(4, 4, 3, padding=2, dilation=2),  # dilated: no
+        nn.Conv2d(4, 4, 3, padding=1, dilation=2),  # dilated: no
     )
     state = copy.deepcopy(model.state_dict())
     assert use_winograd(model) == 1
     assert [type(m) is WinogradConv2d for m in model] == [True] + [False] * 5
     assert use_winograd(model) == 0  # idempotent
     assert model.state_dict().keys() == state.keys()
+
+
+@pytest.mark.parametrize("settings", [
+    {"kernel_size": 3, "padding": 1, "dilation": 2},
+    {"kernel_size": 3, "padding": 1, "padding_mode": "reflect"},
+    {"kernel_size": 3, "padding": 1, "groups": 2},
+    {"kernel_size": 3, "padding": 1, "stride": 2},
+    {"kernel_size": 5, "padding": 2},
+])
+def test_a_layer_of_another_shape_always_runs_the_direct_convolution(settings):
+    torch.manual_seed(0)
+    direct = nn.Conv2d(8, 8, **settings)
+    fast = WinogradConv2d(8, 8, **settings)
+    fast.load_state_dict(direct.state_dict())
+    x = torch.randn(2, 8, MIN_SIDE, MIN_SIDE)
+    with torch.inference_mode():
+        assert not fast.uses_winograd(x)
+        assert torch.equal(fast(x), direct(x))
 
 
 @needs_nnpack

@@ -82,7 +82,8 @@ class OneShotDenoiser(nn.Module):
             "sample" (x0) or "v_prediction". None means the scheduler's, or "epsilon"
             for an array of abar_t; one that contradicts the scheduler is refused.
         chunk_size: at most this many images per network call (bounds peak memory);
-            None sends the whole batch at once. Results do not depend on it.
+            None sends the whole batch at once. Results agree to float32 rounding
+            (about 1e-5), not bit for bit: oneDNN's kernels depend on the batch size.
         autocast_dtype: None computes in float32; torch.bfloat16 / torch.float16 run the
             network under ``torch.autocast``. Setting it (here or later through the
             attribute) converts, in place and once, the weights of the network's linear
