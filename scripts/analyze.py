@@ -7,6 +7,8 @@ Prints the Markdown table and writes table.md, table.tex and certified_accuracy.
 into --out. ``--paper-radius`` adds, for files with a ``radius_paper`` column, a row
 "NAME (paper radius, not certified)". ``--bounds-plot PATH`` writes the RS/DRS radius
 upper-bound curves (the paper's Figure 1(b)); it may be used without any TSV.
+``--common-images`` keeps only the images that every file has, so an unfinished run
+(its ``.part0`` file) can be set beside finished ones on the same images.
 
 Every input is read and every output rendered before anything is written, so bad
 input (missing file, malformed TSV, --names count mismatch, negative radius) leaves
@@ -16,8 +18,11 @@ no partial outputs: one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from denoised_drs import analysis
 from denoised_drs.atomic_file import atomic_write
@@ -51,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="only images whose idx is a multiple of this (e.g. 20 on an every-10th run)",
+    )
+    parser.add_argument(
+        "--common-images",
+        action="store_true",
+        help="only the images present in every file (e.g. an unfinished .part0 beside "
+        "finished runs)",
     )
     parser.add_argument("--max-radius", type=float, help="x-axis limit of the accuracy plot")
     parser.add_argument("--title", help="title of the accuracy plot")
@@ -91,9 +102,14 @@ def _render(args: argparse.Namespace) -> tuple[str | None, dict[Path, bytes]]:
     markdown = None
     if args.tsv:
         names = args.names or [Path(path).stem for path in args.tsv]
+        loaded = [analysis.load_results(path).every(args.every) for path in args.tsv]
+        if args.common_images:
+            common = functools.reduce(np.intersect1d, [results.idx for results in loaded])
+            if common.size == 0:
+                raise ValueError("--common-images: no image is in every file")
+            loaded = [results.restricted_to(common) for results in loaded]
         runs = []
-        for path, name in zip(args.tsv, names):
-            results = analysis.load_results(path).every(args.every)
+        for results, name in zip(loaded, names):
             runs += analysis.runs_from_results(results, name, args.paper_radius)
         table = analysis.certified_table(runs, args.radii)
         markdown = analysis.to_markdown(table)

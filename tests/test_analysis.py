@@ -491,3 +491,34 @@ def test_script_every_tabulates_the_subset(tmp_path, rs_tsv):
     # idx 0, 3, 6, 9: correct with radii 0.10 and 0.50 -> 50% at 0, 25% at 0.25 and 0.50.
     assert result.stdout.splitlines()[2].startswith(
         "| RS | **50.0** | **25.0** | **25.0** | **0.0** |")
+
+
+def test_restricted_to_keeps_the_named_images_with_all_their_columns(tmp_path, drs_tsv):
+    kept = analysis.load_results(drs_tsv).restricted_to(np.array([2, 0, 99]))
+    assert kept.idx.tolist() == [0, 2] and kept.radius_paper.tolist() == [0.57, 0.0]
+    with pytest.raises(ValueError, match="none of its images"):
+        analysis.load_results(drs_tsv).restricted_to(np.array([99]))
+
+
+def test_script_common_images_compares_an_unfinished_run_on_its_images(tmp_path, rs_tsv):
+    # An unfinished run: the first 4 images only (radii 0.10, 0.25, 0.25, 0.50, all correct).
+    part = write_tsv(tmp_path / "run.tsv.part0", ROWS[:4])
+    args = [str(rs_tsv), str(part), "--names", "RS", "partial", "--out", "out"]
+    result = run_script(*args, "--common-images", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # Both rows over the same 4 images: 100% at 0, 75% at 0.25, 25% at 0.5.
+    rows = result.stdout.splitlines()[2:4]
+    assert rows[0].startswith("| RS | **100.0** | **75.0** | **25.0** | **0.0** |")
+    assert rows[1].startswith("| partial | **100.0** | **75.0** | **25.0** | **0.0** |")
+    # Without the option, RS keeps its 10 images (60% at 0).
+    result = run_script(*args, cwd=tmp_path)
+    assert result.stdout.splitlines()[2].startswith("| RS | 60.0 |")
+
+
+def test_script_common_images_refuses_disjoint_files(tmp_path, capsys):
+    first = write_tsv(tmp_path / "a.tsv", ROWS[:3])
+    second = write_tsv(tmp_path / "b.tsv", ROWS[5:])
+    code = run_main([str(first), str(second), "--common-images", "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 2 and "no image is in every file" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -62,6 +62,17 @@ class Results:
         keep = self.idx % step == 0
         if not keep.any():
             raise ValueError(f"{self.path}: no image index is a multiple of {step}")
+        return self._rows(keep)
+
+    def restricted_to(self, indices: np.ndarray) -> Results:
+        """The rows whose ``idx`` is in ``indices``: to compare an unfinished run
+        (a ``.part`` file) with finished ones on the same images."""
+        keep = np.isin(self.idx, indices)
+        if not keep.any():
+            raise ValueError(f"{self.path}: none of its images is among the images kept")
+        return self._rows(keep)
+
+    def _rows(self, keep: np.ndarray) -> Results:
         return replace(
             self,
             **{name: getattr(self, name)[keep] for name in BASE_COLUMNS},
