@@ -98,7 +98,7 @@ class Pipeline:
     None) and normalised by ``mean`` / ``std`` when given; its number of classes is
     ``num_classes`` or its own ``num_classes`` attribute. A denoiser module maps noisy
     images in [0, 1] to denoised ones (e.g. a :class:`OneShotDenoiser` for the same
-    sigma); it is used as given (``autocast`` and ``denoiser_chunk`` do not apply).
+    sigma); it is used as given (``autocast``, ``denoiser_chunk`` and ``compile`` do not apply).
     The configuration records them as ``"<in-memory>"``, so such a pipeline cannot be
     saved (:meth:`save_config` raises ValueError, and so does the resumable runner).
     """
@@ -238,8 +238,11 @@ class Pipeline:
             checkpoint_path=config.denoiser_checkpoint,
             chunk_size=config.denoiser_chunk,
             autocast_dtype=AUTOCAST.get(config.autocast) if config.autocast else None,
-        )
-        return denoiser.to(self.device)
+        ).to(self.device)
+        if config.compile:
+            # The network only: the denoiser's chunking, scaling and autocast stay eager.
+            denoiser.network = torch.compile(denoiser.network)
+        return denoiser
 
     def _module_denoiser(self, denoiser: nn.Module | Sequence[nn.Module]) -> nn.Module:
         if not isinstance(denoiser, nn.Module):

@@ -25,7 +25,7 @@ from denoised_drs.errors import check_output_file
 from denoised_drs.pipeline import Pipeline
 from denoised_drs.pipeline_config import PipelineConfig
 
-_RESULT_NEUTRAL = ("batch", "denoiser_chunk", "device")
+_RESULT_NEUTRAL = ("batch", "compile", "denoiser_chunk", "device")
 """Settings that change speed, memory or where the work runs, never which rows are valid."""
 _BY_CONTENT = ("classifier", "classifier_l", "classifier_r", "denoiser", "denoiser_checkpoint",
                "data_dir", "max", "content")
@@ -172,7 +172,7 @@ def check_or_save_config(
     and a ``content`` record: the resolved path and sha256 of every checkpoint, the
     data source, the certified indices and a sha256 over their images and labels.
     A resume is accepted when (1) every setting equals the saved one, except the
-    result-neutral ones (batch, denoiser_chunk, device) and those compared by
+    result-neutral ones (batch, compile, denoiser_chunk, device) and those compared by
     content (checkpoint paths, data_dir, max); (2) every checkpoint's sha256 equals
     the saved one, in order; and (3) the current dataset's images and labels at the
     *saved* indices hash to the saved sha256, so the rows already written were

@@ -115,14 +115,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the process's accelerator)")
     run.add_argument("--autocast", choices=("bf16", "fp16"), help="half-precision denoiser (GPU)")
     run.add_argument("--denoiser-chunk", type=int, help="max images per denoiser call")
+    run.add_argument("--compile", action="store_true", default=None,
+                     help="torch.compile the denoiser's network (GPU: about 2x in bf16; "
+                     "CPU: no faster)")
     return parser.parse_args(argv)
 
 
 PIPELINE_KEYS = ("mode", "classifier", "classifier_l", "classifier_r", "denoiser",
                  "denoiser_checkpoint", "denoise", "sigma", "sigma_r", "n0", "n", "alpha",
-                 "batch", "seed", "device", "autocast", "denoiser_chunk", "adaptive", "radii",
-                 "dataset", "arch", "num_classes", "classifier_size", "interpolation", "mean",
-                 "std", "image_size")
+                 "batch", "seed", "device", "autocast", "denoiser_chunk", "compile", "adaptive",
+                 "radii", "dataset", "arch", "num_classes", "classifier_size", "interpolation",
+                 "mean", "std", "image_size")
 
 
 def flag_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_classifier
 
 from denoised_drs.cli import run_script
@@ -138,6 +139,7 @@ BAD_INPUTS = {
     "skip 0": (["--skip", "0"], "skip must be a positive integer"),
     "unknown device": (["--device", "tpu9"], "device"),
     "output is a directory": (["--outfile", "INPUTS"], "is a directory"),
+    "compile without a denoiser": (["--compile"], "there is no denoiser"),
 }
 
 
@@ -256,6 +258,19 @@ def test_resume_accepts_other_spellings_devices_batches_and_a_larger_max(
     # ... and the shorter selection may resume the extended run again.
     assert certify_main(rs_args("model.pt", "out.tsv")) == 0
     assert rows_without_time(tmp_path / "out.tsv") == extended
+
+
+def test_resume_accepts_compile_switched_on_or_off(certify_main, tiny_checkpoints, tmp_path,
+                                                   monkeypatch):
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module: real_compile(module, backend="eager"))
+    denoised = ["--denoiser", tiny_checkpoints["denoiser"], "--N", "10", "--N0", "5"]
+    assert certify_main(rs_args(tiny_checkpoints["full"], tmp_path / "ref.tsv", *denoised)) == 0
+    out = tmp_path / "out.tsv"
+    assert certify_main(rs_args(tiny_checkpoints["full"], out, *denoised, "--max", "2")) == 0
+    resumed = rs_args(tiny_checkpoints["full"], out, *denoised, "--compile")
+    assert certify_main(resumed) == 0
+    assert rows_without_time(out) == rows_without_time(tmp_path / "ref.tsv")
 
 
 def test_resume_refuses_other_data(certify_main, tiny_checkpoints, tmp_path):

@@ -86,6 +86,8 @@ def test_denoised_modes_pick_their_certificates(tiny_checkpoints, sample):
         ({"denoise": "both"}, "denoise"),
         ({"autocast": "fp8"}, "autocast"),
         ({"classifier": []}, "classifier"),
+        ({"compile": True}, "no denoiser"),
+        ({"compile": 1}, "compile must be true or false"),
     ],
 )
 def test_impossible_settings_are_rejected(tiny_checkpoints, bad, message):
@@ -198,3 +200,26 @@ def test_fp16_autocast_on_a_cpu_is_refused_before_any_model_loads(tiny_checkpoin
     with pytest.raises(ValueError, match="fp16 autocast on a CPU"):
         Pipeline(mode="rs", classifier=tiny_checkpoints["full"], sigma=0.25,
                  denoiser=tiny_checkpoints["denoiser"], autocast="fp16", device="cpu")
+
+
+def test_compile_wraps_the_loaded_denoisers_network(tiny_checkpoints, sample, monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def compile_eagerly(module, **options):  # inductor would spend a minute compiling
+        compiled.append(module)
+        return real_compile(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    images, labels = sample
+    common = {"mode": "rs", "classifier": tiny_checkpoints["full"],
+              "denoiser": tiny_checkpoints["denoiser"], "sigma": 0.5, **FAST}
+    eager = Pipeline(**common)
+    pipe = Pipeline(**common, compile=True)
+    assert compiled == [pipe.denoiser.network._orig_mod] and not hasattr(
+        eager.denoiser.network, "_orig_mod")
+    with torch.inference_mode():
+        noisy = images[:2].clamp(0, 1)
+        assert torch.allclose(pipe.denoiser(noisy), eager.denoiser(noisy), atol=1e-5)
+    assert pipe.certify_one(images[1], labels[1], 1).n_used == FAST["n"]
+    assert PipelineConfig.from_dict(pipe.config.to_dict()).compile is True

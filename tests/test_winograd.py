@@ -143,3 +143,14 @@ def test_unet_denoises_within_rounding_of_the_direct_path():
         out, reference = network(x, t), direct(x, t)
     assert not torch.equal(out, reference)
     assert (out - reference).abs().max() < 1e-4
+
+
+@needs_nnpack
+def test_torch_compile_traces_the_direct_path():
+    # The NNPACK op has no meta kernel: tracing it fails, so compiled code must not see it.
+    fast, direct = winograd_conv()
+    compiled = torch.compile(fast, backend="eager")
+    x = torch.randn(2, 8, MIN_SIDE, MIN_SIDE)
+    with torch.inference_mode():
+        assert fast.uses_winograd(x)  # eager calls still take Winograd
+        assert torch.equal(compiled(x), direct(x))

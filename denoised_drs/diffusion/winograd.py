@@ -10,11 +10,12 @@ when oneDNN is switched off. :class:`WinogradConv2d` picks it per layer.
 Guarantees and limits:
 
 * It is taken only for float32 CPU inference (gradients off, autocast off, no
-  forward-mode tangents, NNPACK not switched off through ``torch.backends.nnpack``)
+  forward-mode tangents, not inside ``torch.compile``, NNPACK not switched off
+  through ``torch.backends.nnpack``)
   of 3x3, stride-1, padding-1, ungrouped, undilated, zero-padded convolutions on
   images at least :data:`MIN_SIDE` pixels on each side; every other call runs the
   layer's own ``nn.Conv2d.forward``. Training is unchanged. TorchScript cannot script
-  the layer (``torch.compile`` can).
+  the layer; ``torch.compile`` traces its direct path.
 * The choice never depends on the batch size, and NNPACK's result for one image is
   the same, bit for bit, whatever the batch it is in or the thread count (tested at
   1 and 2 threads, up to 128 channels): these layers add no dependence on the batch.
@@ -33,6 +34,11 @@ import functools
 import torch
 from torch import nn
 from torch.autograd import forward_ad
+
+try:
+    from torch.compiler import is_compiling
+except ImportError:  # torch < 2.3
+    from torch._dynamo import is_compiling
 
 MIN_SIDE = 16
 """Smallest height and width given to Winograd: at 8x8 and below oneDNN is as fast or
@@ -91,6 +97,9 @@ class WinogradConv2d(nn.Conv2d):
             and not _autocast_on()
             and not _has_tangent(x)
             and not _has_tangent(self.weight)
+            # torch.compile cannot trace the NNPACK op (it has no meta kernel); a
+            # compiled network gets the direct convolution, which its compiler handles.
+            and not is_compiling()
             and nnpack_ready()
         )
 
