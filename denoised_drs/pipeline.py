@@ -19,10 +19,11 @@ The result for an image depends only on the seed and the image's index.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,9 +241,27 @@ class Pipeline:
             autocast_dtype=AUTOCAST.get(config.autocast) if config.autocast else None,
         ).to(self.device)
         if config.compile:
+            from torch._dynamo import is_dynamo_supported
+
+            if not is_dynamo_supported():
+                raise ValueError("compile: torch.compile does not support this Python and torch")
             # The network only: the denoiser's chunking, scaling and autocast stay eager.
             denoiser.network = torch.compile(denoiser.network)
         return denoiser
+
+    @contextlib.contextmanager
+    def _eager_denoiser(self) -> Iterator[None]:
+        """The denoiser's network uncompiled for the duration (a no-op without compile)."""
+        network = getattr(self.denoiser, "network", None)
+        original = getattr(network, "_orig_mod", None)
+        if original is None:
+            yield
+            return
+        self.denoiser.network = original
+        try:
+            yield
+        finally:
+            self.denoiser.network = network
 
     def _module_denoiser(self, denoiser: nn.Module | Sequence[nn.Module]) -> nn.Module:
         if not isinstance(denoiser, nn.Module):
@@ -304,7 +323,9 @@ class Pipeline:
         parts = self.smoothed.partition.split(probe)
         fresh = probe if getattr(self.smoothed.voter, "needs_fresh_noise", False) else None
         try:
-            with torch.inference_mode():
+            # Eager: compiling for this one-image probe would build a graph that
+            # certification never uses, and a compile error would read as a shape error.
+            with torch.inference_mode(), self._eager_denoiser():
                 per_sample = peak_bytes_per_sample(self.smoothed.voter,
                                                    lambda: self.smoothed.voter(parts, fresh))
         except (RuntimeError, ValueError) as error:

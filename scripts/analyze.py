@@ -7,8 +7,9 @@ Prints the Markdown table and writes table.md, table.tex and certified_accuracy.
 into --out. ``--paper-radius`` adds, for files with a ``radius_paper`` column, a row
 "NAME (paper radius, not certified)". ``--bounds-plot PATH`` writes the RS/DRS radius
 upper-bound curves (the paper's Figure 1(b)); it may be used without any TSV.
-``--common-images`` keeps only the images that every file has, so an unfinished run
-(its ``.part0`` file) can be set beside finished ones on the same images.
+``--common-images`` keeps only the images that every file has, so an unfinished
+single-process run (its ``.part0`` file, whole lines only) can be set beside finished
+ones on the same images.
 
 Every input is read and every output rendered before anything is written, so bad
 input (missing file, malformed TSV, --names count mismatch, negative radius) leaves
@@ -60,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--common-images",
         action="store_true",
-        help="only the images present in every file (e.g. an unfinished .part0 beside "
-        "finished runs)",
+        help="only the images present in every file (e.g. an unfinished single-process "
+        "run's .part0 beside finished runs)",
     )
     parser.add_argument("--max-radius", type=float, help="x-axis limit of the accuracy plot")
     parser.add_argument("--title", help="title of the accuracy plot")
@@ -107,6 +108,7 @@ def _render(args: argparse.Namespace) -> tuple[str | None, dict[Path, bytes]]:
             common = functools.reduce(np.intersect1d, [results.idx for results in loaded])
             if common.size == 0:
                 raise ValueError("--common-images: no image is in every file")
+            print(f"--common-images: the {common.size} images in every file", file=sys.stderr)
             loaded = [results.restricted_to(common) for results in loaded]
         runs = []
         for results, name in zip(loaded, names):

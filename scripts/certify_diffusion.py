@@ -115,9 +115,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the process's accelerator)")
     run.add_argument("--autocast", choices=("bf16", "fp16"), help="half-precision denoiser (GPU)")
     run.add_argument("--denoiser-chunk", type=int, help="max images per denoiser call")
-    run.add_argument("--compile", action="store_true", default=None,
-                     help="torch.compile the denoiser's network (GPU: about 2x in bf16; "
-                     "CPU: no faster)")
+    run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                     help="torch.compile the denoiser's network (GPU: about 2x in bf16; CPU: "
+                     "no faster in bf16, slower in float32)")
     return parser.parse_args(argv)
 
 
@@ -190,6 +190,8 @@ def run_default(args, state) -> None:
         for key in ("classifier", "classifier_l", "classifier_r", "denoiser"):
             if key in run_settings:
                 resolved[key] = str(CHECKPOINTS / run_settings[key])
+        if "denoiser" not in run_settings:
+            resolved.pop("compile", None)  # compiles the denoiser; the plain runs have none
         out = outdir / f"{name}.tsv"
         run_one(args, resolved, out, state)
         if state.is_main_process:

@@ -262,14 +262,23 @@ def test_resume_accepts_other_spellings_devices_batches_and_a_larger_max(
 
 def test_resume_accepts_compile_switched_on_or_off(certify_main, tiny_checkpoints, tmp_path,
                                                    monkeypatch):
+    compiled = []
     real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda module: real_compile(module, backend="eager"))
+
+    def compile_eagerly(module):
+        compiled.append(module)
+        return real_compile(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
     denoised = ["--denoiser", tiny_checkpoints["denoiser"], "--N", "10", "--N0", "5"]
     assert certify_main(rs_args(tiny_checkpoints["full"], tmp_path / "ref.tsv", *denoised)) == 0
     out = tmp_path / "out.tsv"
-    assert certify_main(rs_args(tiny_checkpoints["full"], out, *denoised, "--max", "2")) == 0
-    resumed = rs_args(tiny_checkpoints["full"], out, *denoised, "--compile")
-    assert certify_main(resumed) == 0
+    assert certify_main(rs_args(tiny_checkpoints["full"], out, *denoised, "--max", "1")) == 0
+    assert certify_main(rs_args(tiny_checkpoints["full"], out, *denoised, "--max", "2",
+                                "--compile")) == 0
+    assert len(compiled) == 1
+    assert certify_main(rs_args(tiny_checkpoints["full"], out, *denoised, "--no-compile")) == 0
+    assert len(compiled) == 1
     assert rows_without_time(out) == rows_without_time(tmp_path / "ref.tsv")
 
 
@@ -345,3 +354,21 @@ def test_bad_labels_and_rgb_images_are_refused_before_any_file(
         certify_main(rs_args(tiny_checkpoints["full"], tmp_path / "out" / "r.tsv",
                              "--data-dir", str(data)))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_embedded_default_compiles_only_its_denoised_runs(certify_main, tmp_path,
+                                                               monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def compile_eagerly(module):
+        compiled.append(module)
+        return real_compile(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    args = ["--compile", "--N0", "5", "--N", "10", "--max", "1", "--device", "cpu",
+            "--outdir", str(tmp_path)]
+    assert certify_main(args) == 0
+    # Denoised RS, DRS joint and DRS split; the plain RS and DRS runs have no denoiser.
+    assert len(compiled) == 3
+    assert (tmp_path / "table.md").is_file()

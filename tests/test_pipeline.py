@@ -86,7 +86,7 @@ def test_denoised_modes_pick_their_certificates(tiny_checkpoints, sample):
         ({"denoise": "both"}, "denoise"),
         ({"autocast": "fp8"}, "autocast"),
         ({"classifier": []}, "classifier"),
-        ({"compile": True}, "no denoiser"),
+        ({"compile": True}, "no denoiser"),  # it compiles the denoiser
         ({"compile": 1}, "compile must be true or false"),
     ],
 )
@@ -203,12 +203,16 @@ def test_fp16_autocast_on_a_cpu_is_refused_before_any_model_loads(tiny_checkpoin
 
 
 def test_compile_wraps_the_loaded_denoisers_network(tiny_checkpoints, sample, monkeypatch):
-    compiled = []
+    compiled, graphs = [], []
     real_compile = torch.compile
+
+    def count_graphs(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
 
     def compile_eagerly(module, **options):  # inductor would spend a minute compiling
         compiled.append(module)
-        return real_compile(module, backend="eager")
+        return real_compile(module, backend=count_graphs)
 
     monkeypatch.setattr(torch, "compile", compile_eagerly)
     images, labels = sample
@@ -218,8 +222,12 @@ def test_compile_wraps_the_loaded_denoisers_network(tiny_checkpoints, sample, mo
     pipe = Pipeline(**common, compile=True)
     assert compiled == [pipe.denoiser.network._orig_mod] and not hasattr(
         eager.denoiser.network, "_orig_mod")
+    network = pipe.denoiser.network
+    pipe.check_image_shape((1, 28, 28))  # its one-image probe runs eagerly: no graph
+    assert graphs == [] and pipe.denoiser.network is network
     with torch.inference_mode():
         noisy = images[:2].clamp(0, 1)
         assert torch.allclose(pipe.denoiser(noisy), eager.denoiser(noisy), atol=1e-5)
+    assert len(graphs) == 1
     assert pipe.certify_one(images[1], labels[1], 1).n_used == FAST["n"]
     assert PipelineConfig.from_dict(pipe.config.to_dict()).compile is True
