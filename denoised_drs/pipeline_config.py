@@ -66,10 +66,11 @@ class PipelineConfig:
     the r branch its own noise level. ``autocast`` is None, "bf16" or "fp16".
     ``compile`` runs the loaded denoiser's network through ``torch.compile`` (on an
     H200, 2.0-2.3x the eager bf16 throughput of the 50M and 552M UNets,
-    ``benchmarks/gpu_suite.py``; on this project's CPU no faster in bf16, and slower in
-    float32, where it gives up the Winograd convolutions). It needs a denoiser loaded
-    from a file or preset (an in-memory one is used as given). Like ``batch`` and
-    ``device`` it changes only float rounding, never which rows are valid.
+    ``benchmarks/gpu_suite.py``; on this project's CPU no faster in bf16, and in float32
+    it gives up the Winograd convolutions, which eager inference uses: not measured).
+    It needs a denoiser loaded from a file or preset (an in-memory one is used as
+    given). Like ``batch`` and ``device`` it changes only float rounding, never which
+    rows are valid.
     ``adaptive`` certifies by :mod:`denoised_drs.adaptive` with ``n`` as the maximum
     sample count, at the target ``radii`` (ascending; adaptive only) if given.
 

@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--denoiser-chunk", type=int, help="max images per denoiser call")
     run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                      help="torch.compile the denoiser's network (GPU: about 2x in bf16; CPU: "
-                     "no faster in bf16, slower in float32)")
+                     "no faster in bf16, and float32 loses the Winograd convolutions)")
     return parser.parse_args(argv)
 
 
