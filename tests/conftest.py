@@ -1,6 +1,7 @@
 """Shared fixtures: tiny checkpoints written the way users' own files are."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -49,3 +50,23 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
         "denoiser_deep": str(write_denoiser(root / "denoiser_deep.pt", image_size=32,
                                             channel_mult="1,1,1,1")),
     }
+
+
+@pytest.fixture
+def compile_calls(monkeypatch) -> SimpleNamespace:
+    """``torch.compile`` replaced by a recording one whose backend runs the traced graphs
+    eagerly (inductor would spend a minute compiling): ``.modules`` holds what was
+    compiled, ``.graphs`` each graph traced."""
+    calls = SimpleNamespace(modules=[], graphs=[])
+    real_compile = torch.compile
+
+    def count_graphs(graph, example_inputs):
+        calls.graphs.append(graph)
+        return graph.forward
+
+    def compile_eagerly(module, **options):
+        calls.modules.append(module)
+        return real_compile(module, backend=count_graphs)
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    return calls

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import write_classifier
 
 from denoised_drs.cli import run_script
@@ -261,15 +260,8 @@ def test_resume_accepts_other_spellings_devices_batches_and_a_larger_max(
 
 
 def test_resume_accepts_compile_switched_on_or_off(certify_main, tiny_checkpoints, tmp_path,
-                                                   monkeypatch):
-    compiled = []
-    real_compile = torch.compile
-
-    def compile_eagerly(module):
-        compiled.append(module)
-        return real_compile(module, backend="eager")
-
-    monkeypatch.setattr(torch, "compile", compile_eagerly)
+                                                   compile_calls):
+    compiled = compile_calls.modules
     denoised = ["--denoiser", tiny_checkpoints["denoiser"], "--N", "10", "--N0", "5"]
     assert certify_main(rs_args(tiny_checkpoints["full"], tmp_path / "ref.tsv", *denoised)) == 0
     out = tmp_path / "out.tsv"
@@ -357,18 +349,10 @@ def test_bad_labels_and_rgb_images_are_refused_before_any_file(
 
 
 def test_the_embedded_default_compiles_only_its_denoised_runs(certify_main, tmp_path,
-                                                               monkeypatch):
-    compiled = []
-    real_compile = torch.compile
-
-    def compile_eagerly(module):
-        compiled.append(module)
-        return real_compile(module, backend="eager")
-
-    monkeypatch.setattr(torch, "compile", compile_eagerly)
+                                                               compile_calls):
     args = ["--compile", "--N0", "5", "--N", "10", "--max", "1", "--device", "cpu",
             "--outdir", str(tmp_path)]
     assert certify_main(args) == 0
     # Denoised RS, DRS joint and DRS split; the plain RS and DRS runs have no denoiser.
-    assert len(compiled) == 3
+    assert len(compile_calls.modules) == 3
     assert (tmp_path / "table.md").is_file()

@@ -202,19 +202,8 @@ def test_fp16_autocast_on_a_cpu_is_refused_before_any_model_loads(tiny_checkpoin
                  denoiser=tiny_checkpoints["denoiser"], autocast="fp16", device="cpu")
 
 
-def test_compile_wraps_the_loaded_denoisers_network(tiny_checkpoints, sample, monkeypatch):
-    compiled, graphs = [], []
-    real_compile = torch.compile
-
-    def count_graphs(graph, example_inputs):
-        graphs.append(graph)
-        return graph.forward
-
-    def compile_eagerly(module, **options):  # inductor would spend a minute compiling
-        compiled.append(module)
-        return real_compile(module, backend=count_graphs)
-
-    monkeypatch.setattr(torch, "compile", compile_eagerly)
+def test_compile_wraps_the_loaded_denoisers_network(tiny_checkpoints, sample, compile_calls):
+    compiled, graphs = compile_calls.modules, compile_calls.graphs
     images, labels = sample
     common = {"mode": "rs", "classifier": tiny_checkpoints["full"],
               "denoiser": tiny_checkpoints["denoiser"], "sigma": 0.5, **FAST}
