@@ -2,7 +2,8 @@
 
 For each mode, on the test images with index a multiple of --skip below --max: fixed N
 for each --fixed value, and adaptive (denoised_drs.adaptive) for each --n-max value,
-with the target --radii and without radii. Reports, side by side, certified accuracy at
+with the target --radii and without radii (at the default tolerance and at each
+--tolerance). Reports, side by side, certified accuracy at
 each radius, ACR (with radii the radius is the largest target certified, so ACR is
 quantised there), mean samples per image (n_used) and wall time; writes JSON and a
 Markdown table. Runs go cheapest first (fixed N = 100,000 last).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--N0", dest="n0", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=0.001)
     parser.add_argument("--radii", nargs="+", type=float, default=[0.25, 0.5, 0.75])
+    parser.add_argument("--tolerance", nargs="+", type=float, default=[], metavar="T",
+                        help="also run adaptive without radii at these tolerances (l2 radius "
+                        "that more samples may still add when sampling stops)")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="write the results here (JSON)")
@@ -74,6 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n0 < 1 or min(args.fixed) < 1 or min(args.n_max) < 1:
         raise ValueError("--fixed, --n-max and --N0 must be positive")
+    if not all(t > 0 and math.isfinite(t) for t in args.tolerance):
+        raise ValueError("--tolerance values must be positive radii")
     return args
 
 
@@ -87,6 +94,9 @@ def contenders(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
                          {"n": n_max, "adaptive": True, "radii": args.radii}))
         adaptive.append((n_max, f"adaptive n_max={n_max}, no radii",
                          {"n": n_max, "adaptive": True}))
+        adaptive.extend((n_max, f"adaptive n_max={n_max}, no radii, tolerance {t:g}",
+                         {"n": n_max, "adaptive": True, "tolerance": t})
+                        for t in args.tolerance)
     # An adaptive run costs at most its n_max, usually far less: it goes before a fixed
     # run of the same size.
     runs = sorted(fixed + adaptive, key=lambda run: (run[0], run[1].startswith("fixed")))

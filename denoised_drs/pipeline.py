@@ -351,7 +351,8 @@ class Pipeline:
         seed = (config.seed, idx)
         if config.adaptive:
             cert = self.smoothed.certify_adaptive(
-                image, config.n0, config.n, config.alpha, config.batch, seed, config.radii
+                image, config.n0, config.n, config.alpha, config.batch, seed, config.radii,
+                config.tolerance,
             )
         else:
             cert = self.smoothed.certify(image, config.n0, config.n, config.alpha, config.batch,

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from denoised_drs.adaptive import check_radii
+from denoised_drs.adaptive import check_radii, check_tolerance
 from denoised_drs.errors import first_line
 from denoised_drs.modes import CertificateKind, Denoise, Mode, certificate_for, choices
 from denoised_drs.noise import FLOAT32_MAX
@@ -72,7 +72,10 @@ class PipelineConfig:
     given). Like ``batch`` and ``device`` it changes only float rounding, never which
     rows are valid.
     ``adaptive`` certifies by :mod:`denoised_drs.adaptive` with ``n`` as the maximum
-    sample count, at the target ``radii`` (ascending; adaptive only) if given.
+    sample count, at the target ``radii`` (ascending; adaptive only) if given; without
+    radii, ``tolerance`` (an l2 radius; default 0.05 sigma) is how much radius more
+    samples may still be expected to add when sampling stops (a stopping rule: it
+    changes results, never their soundness).
 
     How classifier checkpoints are read and fed (None = the default in brackets):
     ``arch`` names the architecture of a file that records none (``resnet50``,
@@ -107,6 +110,7 @@ class PipelineConfig:
     compile: bool = False
     adaptive: bool = False
     radii: list[float] | None = None
+    tolerance: float | None = None
     dataset: str | None = None
     arch: str | None = None
     num_classes: int | None = None
@@ -164,6 +168,10 @@ class PipelineConfig:
             ):
                 raise ValueError(f"radii must be a list of numbers, got {self.radii!r}")
             self.radii = list(check_radii(self.radii))
+        if self.tolerance is not None:
+            if not self.adaptive:
+                raise ValueError("tolerance applies to adaptive certification only (set adaptive)")
+            self.tolerance = check_tolerance(self.tolerance, self.radii)
         if self.batch < 1:
             raise ValueError(f"batch must be positive, got {self.batch}")
         if self.denoise not in choices(Denoise):

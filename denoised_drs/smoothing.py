@@ -361,16 +361,19 @@ class SmoothedClassifier:
         batch_size: int,
         seed: int | Sequence[int] = 0,
         radii: Sequence[float] | None = None,
+        tolerance: float | None = None,
     ) -> Certificate:
         """CERTIFY with early stopping, sound at the same ``alpha``; see
         :mod:`denoised_drs.adaptive`.
 
         Draws at most ``n_max`` estimation samples (``Certificate.n_used`` says how
-        many). With ``radii`` (ascending) the radius is the largest target certified.
+        many). With ``radii`` (ascending) the radius is the largest target certified;
+        without, sampling stops once more samples are unlikely to add more than
+        ``tolerance`` of radius (default 0.05 sigma).
         """
         from denoised_drs.adaptive import certify_adaptive
 
-        return certify_adaptive(self, x, n0, n_max, alpha, batch_size, seed, radii)
+        return certify_adaptive(self, x, n0, n_max, alpha, batch_size, seed, radii, tolerance)
 
 
 class Smooth(SmoothedClassifier):

@@ -108,6 +108,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cert.add_argument("--radii", nargs="+", type=float, metavar="R",
                       help="with --adaptive: ascending target radii; the radius reported is "
                       "the largest one certified")
+    cert.add_argument("--tolerance", type=float, metavar="T",
+                      help="with --adaptive, without --radii: stop once more samples are "
+                      "unlikely to add more than T of radius (default 0.05 sigma)")
     run = parser.add_argument_group("run")
     run.add_argument("--outfile", help="result TSV (default results/<mode>.tsv)")
     run.add_argument("--outdir", default="outputs/default",
@@ -124,8 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 PIPELINE_KEYS = ("mode", "classifier", "classifier_l", "classifier_r", "denoiser",
                  "denoiser_checkpoint", "denoise", "sigma", "sigma_r", "n0", "n", "alpha",
                  "batch", "seed", "device", "autocast", "denoiser_chunk", "compile", "adaptive",
-                 "radii", "dataset", "arch", "num_classes", "classifier_size", "interpolation",
-                 "mean", "std", "image_size")
+                 "radii", "tolerance", "dataset", "arch", "num_classes", "classifier_size",
+                 "interpolation", "mean", "std", "image_size")
 
 
 def flag_settings(args: argparse.Namespace) -> dict[str, Any]:

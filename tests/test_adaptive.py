@@ -50,8 +50,9 @@ class VoteOracle:
         return np.stack([finite - ones, ones], axis=1)
 
 
-def false_certification_rate(oracle, exact, radii, n_max=4000):
-    certs = [adaptive.certify_adaptive(oracle, None, 20, n_max, ALPHA, 1000, seed=(t,), radii=radii)
+def false_certification_rate(oracle, exact, radii, n_max=4000, tolerance=None):
+    certs = [adaptive.certify_adaptive(oracle, None, 20, n_max, ALPHA, 1000, seed=(t,), radii=radii,
+                                       tolerance=tolerance)
              for t in range(TRIALS)]
     assert all(c.n_used <= n_max for c in certs)
     return np.mean([c.prediction == 1 and c.radius >= exact for c in certs])
@@ -139,6 +140,45 @@ def test_nonfinite_votes_count_against_the_top_class():
     assert cert.radius_paper is not None and cert.radius_paper >= cert.radius
 
 
+@pytest.mark.parametrize("case", [RS_ORACLE, DRS_ORACLE], ids=["rs", "drs"])
+def test_a_larger_tolerance_stops_sooner_and_stays_sound(case):
+    oracle, exact, _ = case
+    assert false_certification_rate(oracle, exact, None, tolerance=0.2) <= RATE_BOUND
+    default, loose = (
+        [adaptive.certify_adaptive(oracle, None, 20, 100_000, 0.001, 10_000, seed=(t,),
+                                   tolerance=tolerance) for t in range(20)]
+        for tolerance in (None, 0.05)
+    )
+    # Same seed, same votes at every look: a looser rule stops at the same look or an
+    # earlier one (default 0.0125 here: about 30,000 / 44,000 samples; 0.05: a few
+    # thousand), and gives up about the tolerance at most.
+    assert all(c.n_used <= d.n_used for c, d in zip(loose, default))
+    assert np.mean([c.n_used for c in loose]) < np.mean([d.n_used for d in default]) / 4
+    assert all(d.radius - 0.05 - 0.01 <= c.radius <= exact for c, d in zip(loose, default))
+
+
+@pytest.mark.parametrize("tolerance", [0.0, -0.1, float("inf"), float("nan"), "0.1", True])
+def test_bad_tolerance_is_refused(tolerance):
+    smooth = Smooth(Linear(torch.ones(4), 0.0), 2, SIGMA)
+    with pytest.raises(ValueError, match="tolerance"):
+        smooth.certify_adaptive(torch.zeros(1, 2, 2), 10, 100, 0.01, 10, tolerance=tolerance)
+    with pytest.raises(ValueError, match="tolerance"):
+        PipelineConfig(mode="rs", classifier="c.pt", adaptive=True, tolerance=tolerance)
+
+
+def test_tolerance_needs_adaptive_and_no_radii():
+    with pytest.raises(ValueError, match="adaptive"):
+        PipelineConfig(mode="rs", classifier="c.pt", tolerance=0.1)
+    with pytest.raises(ValueError, match="without radii"):
+        PipelineConfig(mode="rs", classifier="c.pt", adaptive=True, radii=[0.25], tolerance=0.1)
+    smooth = Smooth(Linear(torch.ones(4), 0.0), 2, SIGMA)
+    with pytest.raises(ValueError, match="without radii"):
+        smooth.certify_adaptive(torch.zeros(1, 2, 2), 10, 100, 0.01, 10, radii=[0.25],
+                                tolerance=0.1)
+    assert PipelineConfig(mode="rs", classifier="c.pt", adaptive=True,
+                          tolerance=np.float32(0.125)).tolerance == 0.125
+
+
 @pytest.mark.parametrize("radii", [[], [0.5, 0.25], [0.25, float("inf")], [-0.1, 0.2], [0.0, 0.1]])
 def test_bad_radii_are_refused(radii):
     smooth = Smooth(Linear(torch.ones(4), 0.0), 2, SIGMA)
@@ -193,3 +233,54 @@ def test_command_line_adaptive_with_radii(tiny_checkpoints, tmp_path):
     refused = run([*common, "--radii", "0.25", "--outfile", str(tmp_path / "no.tsv")])
     assert (refused.returncode == 2 and "adaptive" in refused.stderr
             and not (tmp_path / "no.tsv").exists())
+
+
+def test_command_line_tolerance_is_saved_and_checked_on_resume(tiny_checkpoints, tmp_path):
+    import json
+
+    from test_certify_script import run
+
+    common = ["--dataset", "sample", "--skip", "3", "--mode", "rs", "--classifier",
+              tiny_checkpoints["full"], "--sigma", "0.5", "--N0", "10", "--N", "400",
+              "--device", "cpu", "--adaptive"]
+    out = tmp_path / "loose.tsv"
+    done = run([*common, "--max", "3", "--tolerance", "0.2", "--outfile", str(out)])
+    assert done.returncode == 0, done.stderr
+    config = tmp_path / "loose.tsv.config.json"
+    assert json.loads(config.read_text())["tolerance"] == 0.2
+    refused = run([*common, "--max", "6", "--tolerance", "0.1", "--outfile", str(out)])
+    assert refused.returncode == 2 and "tolerance was 0.2, now 0.1" in refused.stderr
+    assert len(out.read_text().splitlines()) == 2
+
+    # A run saved before tolerance existed (no such key) resumes at the default.
+    plain = tmp_path / "plain.tsv"
+    assert run([*common, "--max", "3", "--outfile", str(plain)]).returncode == 0
+    saved = json.loads((tmp_path / "plain.tsv.config.json").read_text())
+    assert saved.pop("tolerance") is None
+    (tmp_path / "plain.tsv.config.json").write_text(json.dumps(saved))
+    resumed = run([*common, "--max", "6", "--outfile", str(plain)])
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(plain.read_text().splitlines()) == 3
+
+    alone = run([*common[:-1], "--max", "3", "--tolerance", "0.1",
+                 "--outfile", str(tmp_path / "no.tsv")])
+    assert (alone.returncode == 2 and "adaptive" in alone.stderr
+            and not (tmp_path / "no.tsv").exists())
+
+
+def test_benchmark_runs_each_tolerance_without_radii():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_adaptive.py"
+    spec = importlib.util.spec_from_file_location("bench_adaptive", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--fixed", "1000", "--n-max", "1000", "--tolerance", "0.05", "0.1"])
+    runs = dict(bench.contenders(args))
+    assert runs["adaptive n_max=1000, no radii, tolerance 0.05"] == {
+        "n": 1000, "adaptive": True, "tolerance": 0.05}
+    assert "tolerance" not in runs["adaptive n_max=1000, no radii"]
+    assert list(runs)[-1] == "fixed N=1000" and len(runs) == 5
+    with pytest.raises(ValueError, match="tolerance"):
+        bench.parse_args(["--tolerance", "0"])

@@ -216,7 +216,9 @@ def test_compile_wraps_the_loaded_denoisers_network(tiny_checkpoints, sample, co
     assert graphs == [] and pipe.denoiser.network is network
     with torch.inference_mode():
         noisy = images[:2].clamp(0, 1)
-        assert torch.allclose(pipe.denoiser(noisy), eager.denoiser(noisy), atol=1e-5)
+        # Compiled, the 3x3 convolutions run direct instead of Winograd (eager float32 on
+        # CPU): about 1e-5 apart, more on some CPUs (1.3e-5 on one with AMX).
+        assert torch.allclose(pipe.denoiser(noisy), eager.denoiser(noisy), atol=1e-4)
     assert len(graphs) == 1
     assert pipe.certify_one(images[1], labels[1], 1).n_used == FAST["n"]
     assert PipelineConfig.from_dict(pipe.config.to_dict()).compile is True
