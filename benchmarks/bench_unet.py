@@ -6,8 +6,9 @@ weights that ``tests/data/README.md`` specifies, key by key from the manifest
 32-px images:
 
 * ours, float32: :class:`~denoised_drs.diffusion.OneShotDenoiser` on the preset's network
-  (its 3x3 convolutions on 16 px and larger through NNPACK's Winograd kernel,
-  :mod:`denoised_drs.diffusion.winograd`);
+  (its 3x3 convolutions on 16 px and larger through NNPACK's Winograd kernel where that
+  pays on this CPU, :mod:`denoised_drs.diffusion.winograd`; ``--winograd on|off``
+  forces it, and the JSON records which path ran);
 * ours, bf16: the same with ``autocast_dtype=torch.bfloat16`` (weights held in bf16);
 * theirs, float32 (only with ``--original-dir``): improved-diffusion's ``UNetModel``,
   imported from that directory (the original code is not a dependency and is never
@@ -47,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from denoised_drs.diffusion import OneShotDenoiser, get_preset
+from denoised_drs.diffusion import OneShotDenoiser, get_preset, winograd
 
 # The reference data the tests read too (tests/reference_data.py).
 REFERENCE = Path(
@@ -177,9 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--ceiling", action="store_true",
                         help="also profile the matrix work of ours (see the docstring)")
+    parser.add_argument("--winograd", choices=("auto", "on", "off"), default="auto",
+                        help="ours fp32: Winograd where it pays (auto, the library's "
+                        "default), or forced on / off")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    winograd.set_winograd({"auto": None, "on": True, "off": False}[args.winograd])
     torch.manual_seed(0)
     state_dict, flags = reference_weights(args.manifest)
     preset = get_preset(PRESET)
@@ -203,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, object] = {
         "batch": args.batch, "image_size": 32, "repeats": args.repeats,
         "threads": torch.get_num_threads(), "sigma": SIGMA,
+        "winograd": args.winograd,
+        "winograd_taken": winograd.nnpack_ready() and winograd.winograd_pays(),
         "num_parameters": sum(p.numel() for p in ours["ours_fp32"].network.parameters()),
         "max_abs_diff_bf16_vs_fp32": float(
             (outputs["ours_bf16"] - outputs["ours_fp32"]).abs().max()),

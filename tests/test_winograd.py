@@ -8,10 +8,18 @@ import torch
 from torch import nn
 from torch.autograd import forward_ad
 
-from denoised_drs.diffusion import get_preset
+from denoised_drs.diffusion import get_preset, winograd
 from denoised_drs.diffusion.winograd import MIN_SIDE, WinogradConv2d, nnpack_ready, use_winograd
 
 needs_nnpack = pytest.mark.skipif(not nnpack_ready(), reason="this torch build has no NNPACK")
+
+
+@pytest.fixture(autouse=True)
+def winograd_wherever_eligible():
+    """The tests below check the Winograd path itself, on any CPU: not only where it pays."""
+    previous = winograd.set_winograd(True)
+    yield
+    winograd.set_winograd(previous)
 
 
 def winograd_conv(cin: int = 8, cout: int = 16) -> tuple[WinogradConv2d, nn.Conv2d]:
@@ -154,3 +162,43 @@ def test_torch_compile_traces_the_direct_path():
     with torch.inference_mode():
         assert fast.uses_winograd(x)  # eager calls still take Winograd
         assert torch.equal(compiled(x), direct(x))
+
+
+@needs_nnpack
+@pytest.mark.parametrize("faster", [True, False])
+def test_winograd_is_taken_only_where_a_timed_layer_ran_faster(monkeypatch, faster):
+    winograd.set_winograd(None)
+    winograd._calibrated.cache_clear()
+    timed = []
+
+    def fake_best_seconds(run, repeats=3):
+        timed.append(run)
+        # direct first, then Winograd: 1.0 s against 0.5 s (or 2.0 s when slower).
+        return 1.0 if len(timed) % 2 else (0.5 if faster else 2.0)
+
+    monkeypatch.setattr(winograd, "_best_seconds", fake_best_seconds)
+    fast, direct = winograd_conv()
+    try:
+        with torch.inference_mode():
+            for batch in (1, 7):  # the choice never reads the caller's batch
+                x = torch.randn(batch, 8, MIN_SIDE, MIN_SIDE)
+                assert fast.uses_winograd(x) is faster
+                assert torch.equal(fast(x), direct(x)) is not faster
+    finally:
+        winograd._calibrated.cache_clear()
+    assert len(timed) == 2  # timed once (per thread count), not per call
+    assert winograd.set_winograd(False) is None
+    with torch.inference_mode():
+        assert not fast.uses_winograd(torch.randn(1, 8, MIN_SIDE, MIN_SIDE))
+
+
+@needs_nnpack
+def test_the_real_timing_decides_once_per_thread_count():
+    winograd.set_winograd(None)
+    winograd._calibrated.cache_clear()
+    try:
+        choice = winograd.winograd_pays()
+        assert isinstance(choice, bool) and winograd.winograd_pays() is choice
+        assert winograd._calibrated.cache_info().misses == 1
+    finally:
+        winograd._calibrated.cache_clear()

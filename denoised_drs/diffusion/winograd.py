@@ -5,7 +5,14 @@ oneDNN's direct convolutions already run at about this CPU class's peak FLOP rat
 by scheduling alone. Winograd's F(6x6, 3x3) algorithm computes a 3x3 convolution with
 several times fewer multiplications; NNPACK implements it for float32 on x86 and
 ARM, and PyTorch carries it (``torch._nnpack_spatial_convolution``), but only picks it
-when oneDNN is switched off. :class:`WinogradConv2d` picks it per layer.
+when oneDNN is switched off. :class:`WinogradConv2d` picks it per layer, on CPUs where
+it pays: fewer multiplications do not always win. NNPACK's kernels use 256-bit vectors;
+on a CPU whose oneDNN direct kernels run full-width AVX-512 (the project's newer
+machines, which also have AMX) Winograd ran every layer of the 50M UNet at 0.6x the
+direct speed, while on an AVX-512 CPU without AMX it was faster. So the first eligible
+call in a process times one fixed layer both ways (:func:`winograd_pays`, once per
+thread count, about 0.1 s) and takes Winograd only if it is at least :data:`PAYOFF`
+times faster; :func:`set_winograd` overrides that.
 
 Guarantees and limits:
 
@@ -16,7 +23,8 @@ Guarantees and limits:
   images at least :data:`MIN_SIDE` pixels on each side; every other call runs the
   layer's own ``nn.Conv2d.forward``. Training is unchanged. TorchScript cannot script
   the layer; ``torch.compile`` traces its direct path.
-* The choice never depends on the batch size, and NNPACK's result for one image is
+* The choice never depends on the batch size (the timing uses a fixed input, not the
+  caller's), and NNPACK's result for one image is
   the same, bit for bit, whatever the batch it is in or the thread count (tested at
   1 and 2 threads, up to 128 channels): these layers add no dependence on the batch.
   The rest of a network still runs oneDNN, whose kernels depend on the batch size
@@ -24,12 +32,16 @@ Guarantees and limits:
   float32 rounding, not bit for bit.
 * Winograd rounds differently: outputs differ from the direct convolution by about
   1e-5 of their scale (max |difference| of the full 50M UNet's output from the
-  original improved-diffusion code: 2e-5; the direct path: 3e-6).
+  original improved-diffusion code: 2e-5; the direct path: 3e-6). Which path a CPU
+  takes is therefore a rounding matter, like the batch size or the device: it never
+  changes which results are valid, and the timing margin (1.6x one way or the other
+  on the machines measured) keeps the choice stable on one machine.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 
 import torch
 from torch import nn
@@ -43,6 +55,60 @@ except ImportError:  # torch < 2.3
 MIN_SIDE = 16
 """Smallest height and width given to Winograd: at 8x8 and below oneDNN is as fast or
 faster (measured on the 50M UNet's layers, one core)."""
+
+
+PAYOFF = 1.2
+"""Winograd is taken only where it ran the calibration layer at least this much faster."""
+_CALIBRATION_SHAPE = (4, 128, 32, 32)
+"""Batch, channels (in and out) and side of the calibration layer: the 50M UNet's widest."""
+
+_forced: bool | None = None
+
+
+def set_winograd(enabled: bool | None) -> bool | None:
+    """Force the Winograd path on (True) or off (False) for every eligible call, or let
+    :func:`winograd_pays` decide (None, the default). Returns the previous setting."""
+    global _forced
+    previous, _forced = _forced, enabled
+    return previous
+
+
+def _best_seconds(run, repeats: int = 3) -> float:
+    run()  # warm-up: first calls allocate and (NNPACK) initialise
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@functools.cache
+def _calibrated(threads: int) -> bool:
+    batch, channels, side, _ = _CALIBRATION_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, channels, side, side, generator=generator)
+    weight = torch.randn(channels, channels, 3, 3, generator=generator) / (9 * channels) ** 0.5
+    bias = torch.zeros(channels)
+    # The UNet holds activations and weights channels-last, which oneDNN prefers.
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    weight_cl = weight.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        direct = _best_seconds(lambda: torch.nn.functional.conv2d(x_cl, weight_cl, bias, 1, 1))
+        winograd = _best_seconds(
+            lambda: torch._nnpack_spatial_convolution(x, weight, bias, (1, 1), (1, 1))
+        )
+    return direct >= PAYOFF * winograd
+
+
+def winograd_pays() -> bool:
+    """Whether eligible calls take Winograd: the :func:`set_winograd` setting if any,
+    else whether NNPACK ran a fixed 128-channel 32-px layer at least :data:`PAYOFF`
+    times faster than oneDNN's direct convolution, timed once per process and thread
+    count (never on the caller's data, so never dependent on the batch)."""
+    if _forced is not None:
+        return _forced
+    return _nnpack_initialised() and _calibrated(torch.get_num_threads())
 
 
 @functools.cache
@@ -101,6 +167,7 @@ class WinogradConv2d(nn.Conv2d):
             # compiled network gets the direct convolution, which its compiler handles.
             and not is_compiling()
             and nnpack_ready()
+            and winograd_pays()
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,4 +190,5 @@ def use_winograd(module: nn.Module) -> int:
     return converted
 
 
-__all__ = ["MIN_SIDE", "WinogradConv2d", "nnpack_ready", "use_winograd"]
+__all__ = ["MIN_SIDE", "PAYOFF", "WinogradConv2d", "nnpack_ready", "set_winograd",
+           "use_winograd", "winograd_pays"]
