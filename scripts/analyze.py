@@ -7,9 +7,11 @@ Prints the Markdown table and writes table.md, table.tex and certified_accuracy.
 into --out. ``--paper-radius`` adds, for files with a ``radius_paper`` column, a row
 "NAME (paper radius, not certified)". ``--bounds-plot PATH`` writes the RS/DRS radius
 upper-bound curves (the paper's Figure 1(b)); it may be used without any TSV.
-``--common-images`` keeps only the images that every file has, so an unfinished
-single-process run (its ``.part0`` file, whole lines only) can be set beside finished
-ones on the same images.
+A TSV argument may name the output of an unfinished run (``OUT`` while its rows are
+still in ``OUT.part0``, ``OUT.part1``, ... of its processes): its rows so far are read,
+joined (stderr says how many, from how many files). ``--common-images`` keeps only the
+images that every file has, so such a run can be set beside finished ones on the same
+images.
 
 Every input is read and every output rendered before anything is written, so bad
 input (missing file, malformed TSV, --names count mismatch, negative radius) leaves
@@ -29,13 +31,16 @@ from denoised_drs import analysis
 from denoised_drs.atomic_file import atomic_write
 from denoised_drs.cli import ArgumentParser, run_script
 from denoised_drs.errors import check_distinct_outputs, check_output_file
+from denoised_drs.results import existing_parts
 
 PROG = "analyze.py"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("tsv", nargs="*", help="certify output files (Cohen's format)")
+    parser.add_argument("tsv", nargs="*",
+                        help="certify output files (Cohen's format); an unfinished run's OUT "
+                        "reads its part files")
     parser.add_argument("--names", nargs="+", help="one run name per file (default: file names)")
     parser.add_argument(
         "--radii",
@@ -61,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--common-images",
         action="store_true",
-        help="only the images present in every file (e.g. an unfinished single-process "
-        "run's .part0 beside finished runs)",
+        help="only the images present in every file (e.g. an unfinished run beside "
+        "finished ones)",
     )
     parser.add_argument("--max-radius", type=float, help="x-axis limit of the accuracy plot")
     parser.add_argument("--title", help="title of the accuracy plot")
@@ -78,6 +83,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--bound-family", choices=analysis.BOUND_FAMILIES, default="gaussian")
     return parser
+
+
+def _load(path: str) -> analysis.Results:
+    parts = existing_parts(Path(path))
+    if parts:
+        files = len(parts) + Path(path).is_file()
+        results = analysis.load_run(path)
+        print(f"{path}: unfinished run, {len(results)} rows so far from {files} files",
+              file=sys.stderr)
+        return results
+    return analysis.load_results(path)
 
 
 def _render(args: argparse.Namespace) -> tuple[str | None, dict[Path, bytes]]:
@@ -103,7 +119,7 @@ def _render(args: argparse.Namespace) -> tuple[str | None, dict[Path, bytes]]:
     markdown = None
     if args.tsv:
         names = args.names or [Path(path).stem for path in args.tsv]
-        loaded = [analysis.load_results(path).every(args.every) for path in args.tsv]
+        loaded = [_load(path).every(args.every) for path in args.tsv]
         if args.common_images:
             common = functools.reduce(np.intersect1d, [results.idx for results in loaded])
             if common.size == 0:

@@ -522,3 +522,44 @@ def test_script_common_images_refuses_disjoint_files(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 2 and "no image is in every file" in captured.err
     assert len(captured.err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_load_run_joins_an_unfinished_runs_files_in_idx_order(tmp_path, rs_tsv):
+    # Two processes (ranks take alternate images) extending an earlier run in OUT.
+    out = write_tsv(tmp_path / "run.tsv", ROWS[:2])
+    write_tsv(tmp_path / "run.tsv.part1", [ROWS[3], ROWS[5], ROWS[7]])
+    write_tsv(tmp_path / "run.tsv.part0", [ROWS[2], ROWS[4], ROWS[6]])
+    joined = analysis.load_run(out)
+    assert joined.idx.tolist() == list(range(8))
+    reference = analysis.load_results(rs_tsv)
+    for name in ("label", "predict", "radius", "correct", "time"):
+        assert getattr(joined, name).tolist() == getattr(reference, name)[:8].tolist()
+    # Only parts (OUT not written yet); a finished file alone reads as itself.
+    out.unlink()
+    assert analysis.load_run(out).idx.tolist() == [2, 3, 4, 5, 6, 7]
+    assert analysis.load_run(rs_tsv).idx.tolist() == list(range(10))
+    with pytest.raises(FileNotFoundError):
+        analysis.load_run(tmp_path / "never.tsv")
+
+
+def test_load_run_refuses_repeated_images_and_mixed_columns(tmp_path):
+    write_tsv(tmp_path / "a.tsv.part0", ROWS[:3])
+    write_tsv(tmp_path / "a.tsv.part1", ROWS[2:4])
+    with pytest.raises(ValueError, match="more than one of its part files"):
+        analysis.load_run(tmp_path / "a.tsv")
+    write_tsv(tmp_path / "b.tsv.part0", ROWS[:2], HEADER + "\tn_used", extra=[[9], [9]])
+    write_tsv(tmp_path / "b.tsv.part1", ROWS[2:4])
+    with pytest.raises(ValueError, match="different columns"):
+        analysis.load_run(tmp_path / "b.tsv")
+
+
+def test_script_reads_an_unfinished_multi_process_run(tmp_path, rs_tsv):
+    write_tsv(tmp_path / "run.tsv.part0", ROWS[0:4:2])
+    write_tsv(tmp_path / "run.tsv.part1", ROWS[1:4:2])
+    args = [str(rs_tsv), "run.tsv", "--names", "RS", "partial", "--out", "out"]
+    result = run_script(*args, "--common-images", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "run.tsv: unfinished run, 4 rows so far from 2 files" in result.stderr
+    rows = result.stdout.splitlines()[2:4]
+    assert rows[0].startswith("| RS | **100.0** | **75.0** | **25.0** | **0.0** |")
+    assert rows[1].startswith("| partial | **100.0** | **75.0** | **25.0** | **0.0** |")

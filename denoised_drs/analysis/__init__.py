@@ -10,7 +10,8 @@ place of ``radius``.
 
 One job per module:
 
-* :mod:`.reading`: :func:`load_results`, a validated :class:`Results`;
+* :mod:`.reading`: :func:`load_results`, a validated :class:`Results`, and
+  :func:`load_run`, the rows so far of a run still in its part files;
 * :mod:`.metrics`: certified accuracy, ACR and samples per image (definitions there),
   :class:`Run` and :func:`certified_table`;
 * :mod:`.tables`: Markdown and LaTeX tables;
@@ -45,7 +46,7 @@ from denoised_drs.analysis.plots import (
     radius_grid,
     save_png,
 )
-from denoised_drs.analysis.reading import Results, load_results
+from denoised_drs.analysis.reading import Results, load_results, load_run
 from denoised_drs.analysis.tables import escape_latex, escape_markdown, to_latex, to_markdown
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "escape_markdown",
     "figure_png_bytes",
     "load_results",
+    "load_run",
     "radius_bounds_figure",
     "radius_grid",
     "rs_radius_upper_bound",

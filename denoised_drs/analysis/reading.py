@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from denoised_drs.results import BASE_COLUMNS, PAPER_RADIUS_COLUMN
+from denoised_drs.results import BASE_COLUMNS, PAPER_RADIUS_COLUMN, existing_parts
 
 # Python's str(timedelta), which Cohen's certify.py writes: "0:00:01.234567" or
 # "2 days, 3:04:05.5".
@@ -197,6 +197,39 @@ def load_results(path: str | os.PathLike) -> Results:
     return Results(path=str(path), **base, extra=extra)
 
 
+def load_run(path: str | os.PathLike) -> Results:
+    """The results of the run writing ``path``: the file itself when the run is
+    finished, else its rows so far, joined and sorted by ``idx``.
+
+    A running or interrupted run keeps its rows in part files ``path.part<rank>``, one
+    per process, and, if it extends an earlier run (a larger ``--max``), in ``path``
+    too; the run merges them into ``path`` when it ends. Each file is read by
+    :func:`load_results` (so a torn last line of a killed process is refused, where
+    resuming the run would drop it); the files must share their columns and no image
+    may appear twice. Raises ``FileNotFoundError`` when neither exists.
+    """
+    path = Path(path)
+    files = ([path] if path.is_file() else []) + existing_parts(path)
+    if len(files) <= 1:
+        return load_results(files[0] if files else path)
+    loaded = [load_results(file) for file in files]
+    if len({tuple(results.extra) for results in loaded}) > 1:
+        raise ValueError(f"{path}: its part files have different columns")
+    idx = np.concatenate([results.idx for results in loaded])
+    if np.unique(idx).size != idx.size:
+        raise ValueError(f"{path}: an image appears in more than one of its part files")
+    order = np.argsort(idx, kind="stable")
+
+    def joined(columns: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(columns)[order]
+
+    return Results(
+        path=str(path),
+        **{name: joined([getattr(r, name) for r in loaded]) for name in BASE_COLUMNS},
+        extra={name: joined([r.extra[name] for r in loaded]) for name in loaded[0].extra},
+    )
+
+
 def _extra_column(values: list) -> np.ndarray:
     try:
         return np.asarray(values, dtype=np.float64)
@@ -204,4 +237,4 @@ def _extra_column(values: list) -> np.ndarray:
         return np.asarray(values, dtype=str)
 
 
-__all__ = ["Results", "load_results"]
+__all__ = ["Results", "load_results", "load_run"]
