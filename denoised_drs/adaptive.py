@@ -65,7 +65,7 @@ procedure (for ``p`` above ``alpha^(1/n)``, ``n`` unanimous votes have probabili
 above ``alpha``), and that bound keeps growing with ``n`` (0.883 at 33,333 samples,
 0.953 at 100,000, sigma 0.25, alpha 0.001). On data where most images are unanimous,
 radii close to those of ``n_max`` samples need close to ``n_max`` samples
-(results/README.md, "the tolerance").
+(results/README.md, "Adaptive without radii: the tolerance").
 
 References: Horvath et al., "Boosting Randomized Smoothing with Variance Reduced
 Classifiers", ICLR 2022 (adaptive sampling for predetermined radii, alpha spread
@@ -78,6 +78,7 @@ Confidence Sequences", NeurIPS 2024 (validity at every look).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -154,14 +155,18 @@ def check_tolerance(tolerance: float | None, radii: Sequence[float] | None) -> f
     without ``radii`` (with radii the targets decide when to stop)."""
     if tolerance is None:
         return None
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.floating)):
+    if isinstance(tolerance, (bool, np.bool_)) or not isinstance(tolerance, numbers.Real):
         raise ValueError(f"tolerance must be a number, got {tolerance!r}")
-    if not (math.isfinite(tolerance) and tolerance > 0):
-        raise ValueError(f"tolerance must be a positive finite radius, got {tolerance}")
+    try:
+        value = float(tolerance)
+    except OverflowError:
+        value = math.inf
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"tolerance must be a positive finite radius, got {value:g}")
     if radii is not None:
         raise ValueError("tolerance applies without radii only (with radii the targets "
                          "decide when sampling stops)")
-    return float(tolerance)
+    return value
 
 
 @dataclass(frozen=True)

@@ -73,9 +73,9 @@ class PipelineConfig:
     rows are valid.
     ``adaptive`` certifies by :mod:`denoised_drs.adaptive` with ``n`` as the maximum
     sample count, at the target ``radii`` (ascending; adaptive only) if given; without
-    radii, ``tolerance`` (an l2 radius; default 0.05 sigma) is how much radius more
-    samples may still be expected to add when sampling stops (a stopping rule: it
-    changes results, never their soundness).
+    radii, ``tolerance`` (an l2 radius; default 0.05 times the largest sigma) is how
+    much radius more samples may still be expected to add when sampling stops (a
+    stopping rule: it changes results, never their soundness).
 
     How classifier checkpoints are read and fed (None = the default in brackets):
     ``arch`` names the architecture of a file that records none (``resnet50``,

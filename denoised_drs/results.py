@@ -134,7 +134,7 @@ def existing_parts(out: Path) -> list[Path]:
     return [part_path(out, rank) for rank in sorted(ranks)]
 
 
-def _complete_lines(path: Path) -> list[str]:
+def complete_lines(path: Path) -> list[str]:
     """The complete (newline-terminated) lines of ``path``; a torn last line is dropped."""
     text = path.read_text()
     lines = text.split("\n")
@@ -148,7 +148,7 @@ def read_rows(paths: Iterable[Path], header: Sequence[str]) -> dict[int, str]:
     for path in paths:
         if not path.is_file():
             continue
-        lines = _complete_lines(path)
+        lines = complete_lines(path)
         if not lines:
             continue
         if lines[0] != expected:
@@ -173,7 +173,7 @@ class PartWriter:
         self.path = path
         if path.exists():
             # Drop a torn last line left by a killed run before appending.
-            keep = _complete_lines(path)
+            keep = complete_lines(path)
             path.write_text("".join(line + "\n" for line in keep))
         self.handle = open(path, "a")
         if path.stat().st_size == 0:

@@ -369,7 +369,7 @@ class SmoothedClassifier:
         Draws at most ``n_max`` estimation samples (``Certificate.n_used`` says how
         many). With ``radii`` (ascending) the radius is the largest target certified;
         without, sampling stops once more samples are unlikely to add more than
-        ``tolerance`` of radius (default 0.05 sigma).
+        ``tolerance`` of radius (default 0.05 times the largest sigma).
         """
         from denoised_drs.adaptive import certify_adaptive
 

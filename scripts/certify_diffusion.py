@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       "the largest one certified")
     cert.add_argument("--tolerance", type=float, metavar="T",
                       help="with --adaptive, without --radii: stop once more samples are "
-                      "unlikely to add more than T of radius (default 0.05 sigma)")
+                      "unlikely to add more than T of radius (default 0.05 x the largest sigma)")
     run = parser.add_argument_group("run")
     run.add_argument("--outfile", help="result TSV (default results/<mode>.tsv)")
     run.add_argument("--outdir", default="outputs/default",

@@ -157,7 +157,8 @@ def test_a_larger_tolerance_stops_sooner_and_stays_sound(case):
     assert all(d.radius - 0.05 - 0.01 <= c.radius <= exact for c, d in zip(loose, default))
 
 
-@pytest.mark.parametrize("tolerance", [0.0, -0.1, float("inf"), float("nan"), "0.1", True])
+@pytest.mark.parametrize("tolerance", [0.0, -0.1, float("inf"), float("nan"), 10**400, "0.1", True,
+                                       np.bool_(True)])
 def test_bad_tolerance_is_refused(tolerance):
     smooth = Smooth(Linear(torch.ones(4), 0.0), 2, SIGMA)
     with pytest.raises(ValueError, match="tolerance"):
@@ -175,8 +176,9 @@ def test_tolerance_needs_adaptive_and_no_radii():
     with pytest.raises(ValueError, match="without radii"):
         smooth.certify_adaptive(torch.zeros(1, 2, 2), 10, 100, 0.01, 10, radii=[0.25],
                                 tolerance=0.1)
-    assert PipelineConfig(mode="rs", classifier="c.pt", adaptive=True,
-                          tolerance=np.float32(0.125)).tolerance == 0.125
+    for number in (np.float32(0.125), np.int64(2), 1):
+        assert PipelineConfig(mode="rs", classifier="c.pt", adaptive=True,
+                              tolerance=number).tolerance == float(number)
 
 
 @pytest.mark.parametrize("radii", [[], [0.5, 0.25], [0.25, float("inf")], [-0.1, 0.2], [0.0, 0.1]])

@@ -542,15 +542,36 @@ def test_load_run_joins_an_unfinished_runs_files_in_idx_order(tmp_path, rs_tsv):
         analysis.load_run(tmp_path / "never.tsv")
 
 
-def test_load_run_refuses_repeated_images_and_mixed_columns(tmp_path):
+def test_load_run_refuses_conflicting_rows_and_mixed_columns(tmp_path):
     write_tsv(tmp_path / "a.tsv.part0", ROWS[:3])
-    write_tsv(tmp_path / "a.tsv.part1", ROWS[2:4])
-    with pytest.raises(ValueError, match="more than one of its part files"):
+    write_tsv(tmp_path / "a.tsv.part1", [ROWS[2][:3] + (0.5,) + ROWS[2][4:], ROWS[3]])
+    with pytest.raises(ValueError, match="image 2 has different rows in .*part0 and .*part1"):
         analysis.load_run(tmp_path / "a.tsv")
     write_tsv(tmp_path / "b.tsv.part0", ROWS[:2], HEADER + "\tn_used", extra=[[9], [9]])
     write_tsv(tmp_path / "b.tsv.part1", ROWS[2:4])
-    with pytest.raises(ValueError, match="different columns"):
+    with pytest.raises(ValueError, match="b.tsv.part1 has other columns than .*b.tsv.part0"):
         analysis.load_run(tmp_path / "b.tsv")
+
+
+def test_load_run_reads_a_run_as_resuming_would(tmp_path):
+    out = tmp_path / "run.tsv"
+    # Just merged: OUT holds every row, a part not yet deleted repeats some.
+    write_tsv(out, ROWS[:4])
+    write_tsv(tmp_path / "run.tsv.part0", ROWS[1:3])
+    assert analysis.load_run(out).idx.tolist() == [0, 1, 2, 3]
+    out.unlink()
+    # A process still on its first image (header only), and a row being written.
+    (tmp_path / "run.tsv.part1").write_text(HEADER + "\n")
+    with open(tmp_path / "run.tsv.part0", "a") as handle:
+        handle.write("4\t5\t5\t0.7")
+    assert analysis.load_run(out).idx.tolist() == [1, 2]
+    # A column numeric in one part and text in the other keeps its text.
+    write_tsv(tmp_path / "c.tsv.part0", ROWS[:1], HEADER + "\tnote", extra=[[7138]])
+    write_tsv(tmp_path / "c.tsv.part1", ROWS[1:2], HEADER + "\tnote", extra=[["x"]])
+    assert analysis.load_run(tmp_path / "c.tsv").extra["note"].tolist() == ["7138", "x"]
+    (tmp_path / "d.tsv.part0").write_text(HEADER + "\n")
+    with pytest.raises(ValueError, match="no result rows yet"):
+        analysis.load_run(tmp_path / "d.tsv")
 
 
 def test_script_reads_an_unfinished_multi_process_run(tmp_path, rs_tsv):

@@ -192,6 +192,31 @@ def test_winograd_is_taken_only_where_a_timed_layer_ran_faster(monkeypatch, fast
         assert not fast.uses_winograd(torch.randn(1, 8, MIN_SIDE, MIN_SIDE))
 
 
+def test_set_winograd_takes_only_true_false_or_none():
+    for value in ("off", 0, 1, "on"):
+        with pytest.raises(ValueError, match="True, False or None"):
+            winograd.set_winograd(value)
+    assert winograd.winograd_pays() is True  # the fixture's setting is kept
+
+
+@needs_nnpack
+def test_a_failing_timing_means_the_direct_path(monkeypatch):
+    winograd.set_winograd(None)
+    winograd._calibrated.cache_clear()
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("NNPACK SpatialConvolution_updateOutput failed")
+
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", refuse)
+    fast, direct = winograd_conv()
+    try:
+        x = torch.randn(2, 8, MIN_SIDE, MIN_SIDE)
+        with torch.inference_mode():
+            assert not fast.uses_winograd(x) and torch.equal(fast(x), direct(x))
+    finally:
+        winograd._calibrated.cache_clear()
+
+
 @needs_nnpack
 def test_the_real_timing_decides_once_per_thread_count():
     winograd.set_winograd(None)

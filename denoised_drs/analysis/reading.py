@@ -16,7 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from denoised_drs.results import BASE_COLUMNS, PAPER_RADIUS_COLUMN, existing_parts
+from denoised_drs.results import (
+    BASE_COLUMNS,
+    PAPER_RADIUS_COLUMN,
+    complete_lines,
+    existing_parts,
+)
 
 # Python's str(timedelta), which Cohen's certify.py writes: "0:00:01.234567" or
 # "2 days, 3:04:05.5".
@@ -135,8 +140,12 @@ def load_results(path: str | os.PathLike) -> Results:
         raise FileNotFoundError(f"{path}: no such file")
     with open(path, encoding="utf-8") as handle:
         lines = handle.read().splitlines()
+    return _parse(path, list(enumerate(lines, start=1)))
 
-    numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+
+def _parse(path: Path, lines: list[tuple[int, str]]) -> Results:
+    """The checks of :func:`load_results` on ``(line number, text)`` pairs of ``path``."""
+    numbered = [(number, line) for number, line in lines if line.strip()]
     if not numbered:
         raise ValueError(f"{path}: empty file, expected a header {' '.join(BASE_COLUMNS)}")
     header_line, header = numbered[0][0], numbered[0][1].strip().split("\t")
@@ -203,31 +212,41 @@ def load_run(path: str | os.PathLike) -> Results:
 
     A running or interrupted run keeps its rows in part files ``path.part<rank>``, one
     per process, and, if it extends an earlier run (a larger ``--max``), in ``path``
-    too; the run merges them into ``path`` when it ends. Each file is read by
-    :func:`load_results` (so a torn last line of a killed process is refused, where
-    resuming the run would drop it); the files must share their columns and no image
-    may appear twice. Raises ``FileNotFoundError`` when neither exists.
+    too; the run merges them into ``path`` when it ends. As when the run resumes, a
+    torn last line of a part file (a row being written, or a killed process) is left
+    out, and so is a part file with no row yet. Each file is checked as by
+    :func:`load_results`; the files must share their header, and an image found in two
+    files (``path`` and a part just merged into it) must have the same row in both.
+    Raises ``FileNotFoundError`` when there is no such file or part file.
     """
     path = Path(path)
-    files = ([path] if path.is_file() else []) + existing_parts(path)
-    if len(files) <= 1:
-        return load_results(files[0] if files else path)
-    loaded = [load_results(file) for file in files]
-    if len({tuple(results.extra) for results in loaded}) > 1:
-        raise ValueError(f"{path}: its part files have different columns")
-    idx = np.concatenate([results.idx for results in loaded])
-    if np.unique(idx).size != idx.size:
-        raise ValueError(f"{path}: an image appears in more than one of its part files")
-    order = np.argsort(idx, kind="stable")
-
-    def joined(columns: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(columns)[order]
-
-    return Results(
-        path=str(path),
-        **{name: joined([getattr(r, name) for r in loaded]) for name in BASE_COLUMNS},
-        extra={name: joined([r.extra[name] for r in loaded]) for name in loaded[0].extra},
-    )
+    parts = existing_parts(path)
+    if not parts:
+        return load_results(path)
+    sources = [(path, load_results(path), None)] if path.is_file() else []
+    for part in parts:
+        lines = list(enumerate(complete_lines(part), start=1))
+        if len(lines) > 1:
+            sources.append((part, _parse(part, lines), lines))
+    if not sources:
+        raise ValueError(f"{path}: no result rows yet in its part files")
+    header, first = None, sources[0][0]
+    rows: dict[int, tuple[str, Path]] = {}
+    for file, results, lines in sources:
+        if lines is None:
+            with open(file, encoding="utf-8") as handle:
+                lines = list(enumerate(handle.read().splitlines(), start=1))
+        lines = [line for _, line in lines if line.strip()]
+        if header is None:
+            header = lines[0]
+        elif lines[0] != header:
+            raise ValueError(f"{path}: {file} has other columns than {first}")
+        for line, idx in zip(lines[1:], results.idx.tolist()):
+            seen = rows.setdefault(idx, (line, file))
+            if seen[0] != line:
+                raise ValueError(f"{path}: image {idx} has different rows in {seen[1]} and {file}")
+    joined = [(0, header)] + [(0, rows[idx][0]) for idx in sorted(rows)]
+    return _parse(path, joined)
 
 
 def _extra_column(values: list) -> np.ndarray:

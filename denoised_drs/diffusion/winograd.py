@@ -34,13 +34,16 @@ Guarantees and limits:
   1e-5 of their scale (max |difference| of the full 50M UNet's output from the
   original improved-diffusion code: 2e-5; the direct path: 3e-6). Which path a CPU
   takes is therefore a rounding matter, like the batch size or the device: it never
-  changes which results are valid, and the timing margin (1.6x one way or the other
-  on the machines measured) keeps the choice stable on one machine.
+  changes which results are valid. The margin measured (Winograd 1.6x slower per
+  layer on one machine, faster on the other) makes the choice usually the same on one
+  machine, but a heavily loaded CPU can time it either way, so processes or resumed
+  runs may take different paths: a difference in rounding only.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import time
 
 import torch
@@ -69,6 +72,8 @@ def set_winograd(enabled: bool | None) -> bool | None:
     """Force the Winograd path on (True) or off (False) for every eligible call, or let
     :func:`winograd_pays` decide (None, the default). Returns the previous setting."""
     global _forced
+    if not isinstance(enabled, (bool, type(None))):
+        raise ValueError(f"set_winograd takes True, False or None, got {enabled!r}")
     previous, _forced = _forced, enabled
     return previous
 
@@ -83,21 +88,28 @@ def _best_seconds(run, repeats: int = 3) -> float:
     return best
 
 
+_calibration_lock = threading.Lock()
+
+
 @functools.cache
 def _calibrated(threads: int) -> bool:
+    # The calls forward makes, on channels-last activations and weights as the UNet
+    # holds them (forward copies both to contiguous for NNPACK, so the timing does too).
     batch, channels, side, _ = _CALIBRATION_SHAPE
+    cpu = {"dtype": torch.float32, "device": "cpu"}
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, channels, side, side, generator=generator)
-    weight = torch.randn(channels, channels, 3, 3, generator=generator) / (9 * channels) ** 0.5
-    bias = torch.zeros(channels)
-    # The UNet holds activations and weights channels-last, which oneDNN prefers.
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    weight_cl = weight.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        direct = _best_seconds(lambda: torch.nn.functional.conv2d(x_cl, weight_cl, bias, 1, 1))
-        winograd = _best_seconds(
-            lambda: torch._nnpack_spatial_convolution(x, weight, bias, (1, 1), (1, 1))
-        )
+    x = torch.randn(batch, channels, side, side, generator=generator, **cpu)
+    weight = torch.randn(channels, channels, 3, 3, generator=generator, **cpu)
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight = (weight / (9 * channels) ** 0.5).contiguous(memory_format=torch.channels_last)
+    bias = torch.zeros(channels, **cpu)
+    try:
+        with torch.inference_mode():
+            direct = _best_seconds(lambda: torch.nn.functional.conv2d(x, weight, bias, 1, 1))
+            winograd = _best_seconds(lambda: torch._nnpack_spatial_convolution(
+                x.contiguous(), weight.contiguous(), bias, (1, 1), (1, 1)))
+    except RuntimeError:  # NNPACK refused this CPU or build: the direct path, for good
+        return False
     return direct >= PAYOFF * winograd
 
 
@@ -108,7 +120,10 @@ def winograd_pays() -> bool:
     count (never on the caller's data, so never dependent on the batch)."""
     if _forced is not None:
         return _forced
-    return _nnpack_initialised() and _calibrated(torch.get_num_threads())
+    if not _nnpack_initialised():
+        return False
+    with _calibration_lock:  # concurrent first calls would disturb each other's timing
+        return _calibrated(torch.get_num_threads())
 
 
 @functools.cache
