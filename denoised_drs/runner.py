@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,6 +54,39 @@ class SingleProcess:
 
     def wait_for_everyone(self) -> None:
         return None
+
+
+def _accelerator_available() -> bool:
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, MPS, ...
+    return accelerator.is_available() if accelerator else torch.cuda.is_available()
+
+
+def launched_state(device: str | None) -> ProcessState:
+    """``accelerate.PartialState`` of this process, joined to the others of its launch.
+
+    Processes started together (``accelerate launch --multi_gpu``, torchrun) set
+    ``WORLD_SIZE``; on a machine without an accelerator they join through gloo on the
+    CPU, with or without ``device="cpu"`` (accelerate joins CPU processes only when
+    asked, and each would otherwise certify every image). Raises ValueError when the
+    processes of a launch did not join, rather than letting each do all the work.
+    ``accelerate launch --cpu`` starts one process whatever ``--num_processes`` says.
+    (torchrun's own command line cannot pass the script's ``--max``: it reads it as
+    an abbreviation of its ``--max-restarts``.)
+    """
+    from accelerate import PartialState
+
+    world = os.environ.get("WORLD_SIZE")
+    launched = world is not None and world.isdigit() and int(world) > 1
+    cpu = device == "cpu" or (launched and device is None and not _accelerator_available())
+    state = PartialState(cpu=cpu)
+    if launched and state.num_processes != int(world):
+        raise ValueError(
+            f"launched as {world} processes, but they did not join ({state.num_processes} "
+            f"seen on {state.device}); pass --device cpu to run them on CPUs"
+        )
+    return state
 
 
 def select_indices(length: int, skip: int = 1, max_index: int | None = None) -> list[int]:
@@ -268,6 +302,9 @@ def certify_dataset(
         out.parent.mkdir(parents=True, exist_ok=True)
         check_or_save_config(pipe, out, extra_config or {}, dataset, indices, data_source)
     state.wait_for_everyone()
+    if progress and state.is_main_process and state.num_processes > 1:
+        print(f"{out}: {state.num_processes} processes, one part file each, merged at the end",
+              file=sys.stderr)
     mine = list(indices)[state.process_index :: state.num_processes]
     done = results.read_rows([out, *results.existing_parts(out)], header)
     todo = [i for i in mine if i not in done]

@@ -211,11 +211,11 @@ def run_default(args, state) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keep_freed_memory()  # up to 2x faster on CPUs; see denoised_drs.cpu_memory
-    from accelerate import PartialState
+    from denoised_drs.runner import launched_state
 
     settings = config_settings(args) if args.config else {}
     check_dataset_args(args)
-    state = PartialState(cpu=args.device == "cpu")
+    state = launched_state(args.device)
     if args.config is None and not (args.classifier or args.classifier_l or args.classifier_r):
         run_default(args, state)
         return 0

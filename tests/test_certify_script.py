@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_classifier
 
 from denoised_drs.cli import run_script
@@ -72,10 +73,19 @@ def drs_joint_args(ckpt, out, n="60"):
 def test_two_processes_equal_one_process(tiny_checkpoints, tmp_path):
     one = run(drs_joint_args(tiny_checkpoints, tmp_path / "one.tsv"))
     assert one.returncode == 0, one.stderr
-    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
-    two = run(drs_joint_args(tiny_checkpoints, tmp_path / "two.tsv"), launcher=launcher)
+    # Two processes that really shard (`accelerate launch --cpu` would start one; its
+    # --multi_gpu launcher starts torch.distributed's): on a machine without accelerator
+    # they join on the CPU even without --device cpu.
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no")
+    args = drs_joint_args(tiny_checkpoints, tmp_path / "two.tsv")
+    if not torch.cuda.is_available():
+        args = args[:-2]
+        assert args[-2] == "--outfile"
+    two = run(args, launcher=launcher)
     assert two.returncode == 0, two.stderr
+    assert "two.tsv: 2 processes, one part file each" in two.stderr
     expected = rows_without_time(tmp_path / "one.tsv")
     assert expected[0] == ["idx", "label", "predict", "radius", "correct", "pA_l", "pA_r",
                            "count_l", "count_r", "radius_paper", "nonfinite", "n_used"]
