@@ -90,8 +90,8 @@ def _load(path: str) -> analysis.Results:
     if parts:
         files = len(parts) + Path(path).is_file()
         results = analysis.load_run(path)
-        print(f"{path}: unfinished run, {len(results)} rows so far from {files} files",
-              file=sys.stderr)
+        print(f"{path}: unfinished run, {len(results)} rows so far from {files} "
+              f"file{'s' if files > 1 else ''}", file=sys.stderr)
         return results
     return analysis.load_results(path)
 
