@@ -271,13 +271,12 @@ def test_command_line_tolerance_is_saved_and_checked_on_resume(tiny_checkpoints,
 
 
 def test_benchmark_runs_each_tolerance_without_radii():
-    import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_adaptive.py"
-    spec = importlib.util.spec_from_file_location("bench_adaptive", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from module_files import load_module
+
+    bench = load_module(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_adaptive.py",
+                        "bench_adaptive")
     args = bench.parse_args(["--fixed", "1000", "--n-max", "1000", "--tolerance", "0.05", "0.1"])
     runs = dict(bench.contenders(args))
     assert runs["adaptive n_max=1000, no radii, tolerance 0.05"] == {

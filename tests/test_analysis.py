@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from matplotlib.image import imread
+from module_files import load_module
 
 from denoised_drs import analysis, cli
 
@@ -433,10 +433,7 @@ def test_script_malformed_tsv_exits_2_without_outputs(tmp_path, rs_tsv):
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("analyze_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(SCRIPT, "analyze_script")
 
 
 def run_main(argv: list[str]) -> int:

@@ -16,7 +16,6 @@ and after a change are measured.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import math
 import os
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from module_files import load_module
 
 import denoised_drs
 from denoised_drs.cli import run_script
@@ -498,11 +498,7 @@ _SCRIPTS: dict[str, object] = {}
 
 def _script(name: str):
     if name not in _SCRIPTS:
-        spec = importlib.util.spec_from_file_location(f"corpus_{name}",
-                                                      REPO / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _SCRIPTS[name] = module
+        _SCRIPTS[name] = load_module(REPO / "scripts" / f"{name}.py", f"corpus_{name}")
     return _SCRIPTS[name]
 
 

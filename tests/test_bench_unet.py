@@ -1,11 +1,11 @@
 """benchmarks/bench_unet.py --ceiling: the matrix-work bound is computed from real profiles."""
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from module_files import load_module
 
 from denoised_drs.diffusion import OneShotDenoiser, get_preset
 
@@ -13,10 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_unet.py"
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_unet_ceiling", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return load_module(SCRIPT, "bench_unet_ceiling")
 
 
 def test_ceiling_bounds_throughput_by_the_matrix_work():

@@ -7,7 +7,6 @@ exit path itself.
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_classifier
+from module_files import load_module
 
 from denoised_drs.cli import run_script
 
@@ -37,10 +37,7 @@ def run(args, launcher=(sys.executable,), **kwargs):
 
 @pytest.fixture(scope="module")
 def certify_main():
-    spec = importlib.util.spec_from_file_location("certify_diffusion_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_module(SCRIPT, "certify_diffusion_script").main
 
 
 def run_in_process(certify_main, args) -> subprocess.CompletedProcess:

@@ -1,7 +1,6 @@
 """The scripts' error contract: bad input -> one line and exit 2; a bug -> one line and exit 1."""
 
 import ast
-import importlib.util
 import os
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from module_files import load_module
 
 from denoised_drs.checkpoint_file import load_weights_only
 from denoised_drs.cli import run_script
@@ -52,11 +52,7 @@ def test_unreadable_checkpoints_are_a_value_error_naming_the_file(tmp_path):
 
 
 def load_train_denoiser():
-    spec = importlib.util.spec_from_file_location("train_denoiser",
-                                                  REPO / "scripts" / "train_denoiser.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(REPO / "scripts" / "train_denoiser.py", "train_denoiser")
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -1,21 +1,16 @@
 """benchmarks/dry_run_reproduce.py: every command of docs/reproduce.md runs on stand-ins."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from module_files import load_module
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dry_run_reproduce.py"
 
 
 @pytest.fixture(scope="module")
 def dry_run():
-    spec = importlib.util.spec_from_file_location("dry_run_reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_module(SCRIPT, "dry_run_reproduce")
 
 
 def test_every_command_of_the_document_is_found(dry_run, tmp_path):

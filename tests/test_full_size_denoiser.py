@@ -9,12 +9,12 @@ the real sizes reach (channel counts, head splits, the 4000-step schedule at the
 timesteps).
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from module_files import load_module
 from reference_data import reference_path
 
 from denoised_drs.diffusion import OneShotDenoiser, load_denoiser_network
@@ -28,10 +28,7 @@ BENCH_UNET = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_unet.py
 def seeded_state_dict(manifest_path: Path) -> dict[str, torch.Tensor]:
     """Every key of the manifest with the reference's seeded weights: the recipe that
     ``benchmarks/bench_unet.py`` times, so this test also checks the benchmark's weights."""
-    spec = importlib.util.spec_from_file_location("bench_unet", BENCH_UNET)
-    bench_unet = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_unet)
-    return bench_unet.reference_weights(manifest_path)[0]
+    return load_module(BENCH_UNET, "bench_unet").reference_weights(manifest_path)[0]
 
 
 @pytest.fixture(scope="module")

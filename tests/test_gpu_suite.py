@@ -1,20 +1,16 @@
 """benchmarks/gpu_suite.py --tiny: the GPU suite's code runs on the CPU and writes its JSON."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from module_files import load_module
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
 
 
 def test_tiny_suite_writes_every_measurement(tmp_path):
-    spec = importlib.util.spec_from_file_location("gpu_suite", SCRIPT)
-    suite = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = suite  # dataclasses look their module up there
-    spec.loader.exec_module(suite)
+    suite = load_module(SCRIPT, "gpu_suite")
     out = tmp_path / "suite.json"
     assert suite.main(["--tiny", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -38,10 +34,7 @@ def test_tiny_suite_writes_every_measurement(tmp_path):
 
 
 def test_budget_skips_compilation_and_keeps_the_rest(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("gpu_suite_budget", SCRIPT)
-    suite = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = suite
-    spec.loader.exec_module(suite)
+    suite = load_module(SCRIPT, "gpu_suite_budget")
     out = tmp_path / "suite.json"
     assert suite.main(["--tiny", "--budget", "0", "--out", str(out)]) == 0
     report = json.loads(out.read_text())

@@ -1,12 +1,12 @@
 """Off-the-shelf classifiers behind a denoiser: --arch, sizes, normalisation, ImageNet layout."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from module_files import load_module
 from torch import nn
 
 from denoised_drs.cli import run_script
@@ -20,10 +20,7 @@ VIT = "timm:vit_tiny_patch16_224"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("certify_diffusion", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(SCRIPT, "certify_diffusion")
 
 
 def run_cli(argv, capsys):

@@ -1,20 +1,17 @@
 """benchmarks/simulate_adaptive.py: adaptive certification simulated on vote counts."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from module_files import load_module
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "simulate_adaptive.py"
 HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\tpA\tcount\tnonfinite\tn_used"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("simulate_adaptive", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(SCRIPT, "simulate_adaptive")
 
 
 def test_a_larger_tolerance_draws_fewer_samples_and_never_adds_radius(tmp_path, capsys):

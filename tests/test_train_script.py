@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from module_files import load_module
 
 from denoised_drs.cli import run_script
 from denoised_drs.models import load_classifier
@@ -17,10 +17,7 @@ SCRIPT = ROOT / "scripts" / "train_base.py"
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("train_base", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(SCRIPT, "train_base")
 
 
 QUICK = [
