@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from denoised_drs import analysis
+from denoised_drs.adaptive import check_tolerance
 from denoised_drs.cli import run_script
 from denoised_drs.data import get_dataset
 from denoised_drs.pipeline import Pipeline
@@ -79,8 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n0 < 1 or min(args.fixed) < 1 or min(args.n_max) < 1:
         raise ValueError("--fixed, --n-max and --N0 must be positive")
-    if not all(t > 0 and math.isfinite(t) for t in args.tolerance):
-        raise ValueError("--tolerance values must be positive radii")
+    for tolerance in args.tolerance:
+        check_tolerance(tolerance, None)
     return args
 
 

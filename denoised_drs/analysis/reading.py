@@ -138,9 +138,12 @@ def load_results(path: str | os.PathLike) -> Results:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    return _parse(path, _numbered_lines(path))
+
+
+def _numbered_lines(path: Path) -> list[tuple[int, str]]:
     with open(path, encoding="utf-8") as handle:
-        lines = handle.read().splitlines()
-    return _parse(path, list(enumerate(lines, start=1)))
+        return list(enumerate(handle.read().splitlines(), start=1))
 
 
 def _parse(path: Path, lines: list[tuple[int, str]]) -> Results:
@@ -223,28 +226,25 @@ def load_run(path: str | os.PathLike) -> Results:
     parts = existing_parts(path)
     if not parts:
         return load_results(path)
-    sources = [(path, load_results(path), None)] if path.is_file() else []
-    for part in parts:
-        lines = list(enumerate(complete_lines(part), start=1))
-        if len(lines) > 1:
-            sources.append((part, _parse(part, lines), lines))
-    if not sources:
-        raise ValueError(f"{path}: no result rows yet in its part files")
-    header, first = None, sources[0][0]
+    sources = [(path, _numbered_lines(path))] if path.is_file() else []
+    sources += [(part, list(enumerate(complete_lines(part), start=1))) for part in parts]
+    header, first = None, None
     rows: dict[int, tuple[str, Path]] = {}
-    for file, results, lines in sources:
-        if lines is None:
-            with open(file, encoding="utf-8") as handle:
-                lines = list(enumerate(handle.read().splitlines(), start=1))
-        lines = [line for _, line in lines if line.strip()]
+    for file, numbered in sources:
+        lines = [line for _, line in numbered if line.strip()]
+        if file != path and len(lines) <= 1:
+            continue  # a process that has not finished an image yet
+        indices = _parse(file, numbered).idx.tolist()
         if header is None:
-            header = lines[0]
+            header, first = lines[0], file
         elif lines[0] != header:
             raise ValueError(f"{path}: {file} has other columns than {first}")
-        for line, idx in zip(lines[1:], results.idx.tolist()):
+        for line, idx in zip(lines[1:], indices):
             seen = rows.setdefault(idx, (line, file))
             if seen[0] != line:
                 raise ValueError(f"{path}: image {idx} has different rows in {seen[1]} and {file}")
+    if header is None:
+        raise ValueError(f"{path}: no result rows yet in its part files")
     joined = [(0, header)] + [(0, rows[idx][0]) for idx in sorted(rows)]
     return _parse(path, joined)
 
