@@ -251,17 +251,19 @@ class Pipeline:
 
     @contextlib.contextmanager
     def _eager_denoiser(self) -> Iterator[None]:
-        """The denoiser's network uncompiled for the duration (a no-op without compile)."""
-        network = getattr(self.denoiser, "network", None)
-        original = getattr(network, "_orig_mod", None)
-        if original is None:
-            yield
-            return
-        self.denoiser.network = original
+        """Every denoiser's network uncompiled for the duration (a no-op without compile)."""
+        compiled = [
+            (module, module.network)
+            for module in self.smoothed.voter.modules()
+            if getattr(getattr(module, "network", None), "_orig_mod", None) is not None
+        ]
+        for module, network in compiled:
+            module.network = network._orig_mod
         try:
             yield
         finally:
-            self.denoiser.network = network
+            for module, network in compiled:
+                module.network = network
 
     def _module_denoiser(self, denoiser: nn.Module | Sequence[nn.Module]) -> nn.Module:
         if not isinstance(denoiser, nn.Module):
@@ -273,6 +275,18 @@ class Pipeline:
                 f"the pipeline's is {self.config.sigma}"
             )
         return denoiser.to(self.device).eval()
+
+    def _denoiser_at(self, sigma: float) -> nn.Module:
+        """The denoiser for inputs carrying noise ``sigma`` (the same network)."""
+        if sigma == self.config.sigma:
+            return self.denoiser
+        at_sigma = getattr(self.denoiser, "at_sigma", None)
+        if at_sigma is None:
+            raise ValueError(
+                "sigma_r needs a denoiser that can be set to another noise level (a "
+                "OneShotDenoiser); this in-memory denoiser has no at_sigma"
+            )
+        return at_sigma(sigma)
 
     def _build_smoothed(self) -> SmoothedClassifier:
         config = self.config
@@ -298,7 +312,10 @@ class Pipeline:
         elif config.denoise == Denoise.JOINT:
             voter = JointDenoisedBranches(self.denoiser, classifier_l, classifier_r)
         else:
-            voter = SplitDenoisedBranches(self.denoiser, classifier_l, classifier_r, config.sigma)
+            voter = SplitDenoisedBranches(
+                [self.denoiser, self._denoiser_at(sigma_r)], classifier_l, classifier_r,
+                (config.sigma, sigma_r),
+            )
         return SmoothedClassifier(
             voter, partition, num_classes, (config.sigma, sigma_r), device=self.device
         )

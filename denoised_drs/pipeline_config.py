@@ -62,8 +62,8 @@ class PipelineConfig:
     ``classifier`` (RS) or ``classifier_l`` / ``classifier_r`` (DRS) are checkpoint
     paths; several paths make an ensemble (logits averaged). ``denoiser`` is None, a
     preset name (with ``denoiser_checkpoint``), a denoised_drs denoiser checkpoint
-    file, or a diffusers directory. ``sigma_r`` (DRS without a denoiser only) gives
-    the r branch its own noise level. ``autocast`` is None, "bf16" or "fp16".
+    file, or a diffusers directory. ``sigma_r`` (DRS without a denoiser or with split
+    denoising) gives the r branch its own noise level. ``autocast`` is None, "bf16" or "fp16".
     ``compile`` runs the loaded denoiser's network through ``torch.compile`` (on an
     H200, 2.0-2.3x the eager bf16 throughput of the 50M and 552M UNets,
     ``benchmarks/gpu_suite.py``; on this project's CPU no faster in bf16, and in float32
@@ -191,8 +191,13 @@ class PipelineConfig:
                 raise ValueError(
                     f"mode {Mode.DRS.value!r} needs classifier_l and classifier_r checkpoints"
                 )
-            if self.denoiser is not None and self.sigma_r not in (None, self.sigma):
-                raise ValueError("with a denoiser both branches share one sigma")
+            if (self.denoiser is not None and self.denoise == Denoise.JOINT
+                    and self.sigma_r not in (None, self.sigma)):
+                raise ValueError(
+                    "joint denoising needs one sigma: the denoiser sees the merged image once "
+                    "and assumes the same noise level at every pixel; use denoise split for "
+                    "a sigma per branch"
+                )
 
     def _validate_classifier_fields(self) -> None:
         from denoised_drs.data import DATASETS

@@ -110,23 +110,39 @@ class SplitDenoisedBranches(nn.Module):
 
     Branch ``j`` fills the other half's positions from its own noisy pixels plus
     fresh independent noise (:meth:`Checkerboard.fill_missing`), so every pixel
-    carries noise of level ``sigma``, denoises that image and classifies its own
-    half of the result. Each branch is a function of its own sub-image (and noise
-    independent of the other branch), so the independent DRS radius holds. The two
-    branches share one batched denoiser call of ``2N`` images.
+    carries noise of the branch's level ``sigma_j``, denoises that image with the
+    denoiser for ``sigma_j`` and classifies its own half of the result. Each branch is
+    a function of its own sub-image (and noise independent of the other branch), so
+    the independent DRS radius holds, with each branch at its own sigma.
+
+    ``sigma`` is one level for both branches or one per branch; ``denoiser`` one module
+    or one per branch (each for its branch's sigma, e.g.
+    :meth:`~denoised_drs.diffusion.OneShotDenoiser.at_sigma`). When both branches use
+    the same denoiser they share one batched call of ``2N`` images.
     """
 
     needs_fresh_noise = True
     certificate = CertificateKind.INDEPENDENT
 
     def __init__(
-        self, denoiser: nn.Module, classifier_l: nn.Module, classifier_r: nn.Module, sigma: float
+        self,
+        denoiser: nn.Module | Sequence[nn.Module],
+        classifier_l: nn.Module,
+        classifier_r: nn.Module,
+        sigma: float | Sequence[float],
     ) -> None:
         super().__init__()
-        self.denoiser = denoiser
+        denoisers = [denoiser] * 2 if isinstance(denoiser, nn.Module) else list(denoiser)
+        sigmas = [sigma] * 2 if isinstance(sigma, (int, float)) else list(sigma)
+        if len(denoisers) != 2 or len(sigmas) != 2:
+            raise ValueError(
+                f"split denoising has two branches: got {len(denoisers)} denoisers "
+                f"and {len(sigmas)} sigmas"
+            )
+        self.denoisers = nn.ModuleList(denoisers)
         self.classifiers = nn.ModuleList([classifier_l, classifier_r])
         self.partition = Checkerboard()
-        self.sigma = float(sigma)
+        self.sigmas = tuple(float(s) for s in sigmas)
 
     def forward(
         self, noisy_parts: Sequence[torch.Tensor], fresh_noise: torch.Tensor | None = None
@@ -134,10 +150,13 @@ class SplitDenoisedBranches(nn.Module):
         if fresh_noise is None:
             raise ValueError("split denoising needs fresh noise for the missing pixels")
         filled = [
-            self.partition.fill_missing(j, part, self.sigma, fresh_noise)
-            for j, part in enumerate(noisy_parts)
+            self.partition.fill_missing(j, part, sigma, fresh_noise)
+            for j, (part, sigma) in enumerate(zip(noisy_parts, self.sigmas))
         ]
-        denoised = self.denoiser(torch.cat(filled)).chunk(2)
+        if self.denoisers[0] is self.denoisers[1]:
+            denoised = self.denoisers[0](torch.cat(filled)).chunk(2)
+        else:
+            denoised = [denoiser(image) for denoiser, image in zip(self.denoisers, filled)]
         own_halves = [self.partition.split(image)[j] for j, image in enumerate(denoised)]
         return _votes(self.classifiers, own_halves)
 

@@ -95,7 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            "centre-cropped to S (default 224)")
     cert = parser.add_argument_group("certification")
     cert.add_argument("--sigma", type=float)
-    cert.add_argument("--sigma-r", type=float, help="the r branch's sigma (DRS without denoiser)")
+    cert.add_argument("--sigma-r", type=float,
+                      help="the r branch's sigma (DRS without a denoiser, or --denoise split)")
     cert.add_argument("--N0", dest="n0", type=int, help="selection samples (default 100)")
     cert.add_argument("--N", dest="n", type=int,
                       help="estimation samples (default 100000); with --adaptive the maximum")

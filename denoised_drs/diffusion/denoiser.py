@@ -155,6 +155,20 @@ class OneShotDenoiser(nn.Module):
             **options,
         )
 
+    def at_sigma(self, sigma: float) -> OneShotDenoiser:
+        """This denoiser for inputs carrying noise ``sigma`` instead: the same network
+        object (shared, not copied; compiled or not), schedule, timestep scale, prediction
+        type, chunk size and autocast, with the timestep matched to ``sigma``."""
+        return OneShotDenoiser(
+            self.network,
+            self.alphas_cumprod,
+            sigma,
+            timestep_scale=self.timestep_scale,
+            prediction_type=self.prediction_type,
+            chunk_size=self.chunk_size,
+            autocast_dtype=self.autocast_dtype,
+        )
+
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         return self._autocast_dtype
