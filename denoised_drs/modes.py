@@ -13,8 +13,10 @@ Four concepts, and how they follow from one another:
   sub-image). Configuration ``mode``, ``--mode``; ``--target`` of training.
 * :class:`PartitionName`, how a mode cuts an image into branches: ``identity`` for
   ``rs`` (the whole image) and ``checkerboard`` for ``drs``
-  (:func:`partition_for`). :func:`denoised_drs.partition.get_partition` takes either
-  name.
+  (:func:`partition_for`), or ``drs-release`` for ``drs``, the partition the DRS
+  authors' released code trained its classifiers on (configuration ``partition``,
+  ``--partition``). :func:`denoised_drs.partition.get_partition` takes a partition's
+  or a mode's name.
 * :class:`Denoise`, how DRS uses a denoiser: ``joint`` (merge both noisy halves,
   denoise once, split) or ``split`` (each branch denoises an image filled in from its
   own half). Configuration ``denoise``, ``--denoise``; ignored without a denoiser
@@ -46,6 +48,9 @@ class PartitionName(str, Enum):
     """One part, the whole image (RS)."""
     CHECKERBOARD = "checkerboard"
     """Two parts, pixels with i + j even and odd (DRS)."""
+    DRS_RELEASE = "drs-release"
+    """Two parts, as the DRS authors' released code cuts them (DRS, to run their
+    classifiers): :class:`denoised_drs.partition.DrsRelease`."""
 
 
 class Denoise(str, Enum):

@@ -290,7 +290,7 @@ class Pipeline:
 
     def _build_smoothed(self) -> SmoothedClassifier:
         config = self.config
-        partition = get_partition(config.mode)
+        partition = get_partition(config.partition or config.mode)
         if config.mode == Mode.RS:
             classifier, num_classes = self._classifier("classifier", None)
             if self.denoiser is not None:
@@ -310,11 +310,11 @@ class Pipeline:
         if self.denoiser is None:
             voter: nn.Module = BranchClassifiers([classifier_l, classifier_r])
         elif config.denoise == Denoise.JOINT:
-            voter = JointDenoisedBranches(self.denoiser, classifier_l, classifier_r)
+            voter = JointDenoisedBranches(self.denoiser, classifier_l, classifier_r, partition)
         else:
             voter = SplitDenoisedBranches(
                 [self.denoiser, self._denoiser_at(sigma_r)], classifier_l, classifier_r,
-                (config.sigma, sigma_r),
+                (config.sigma, sigma_r), partition,
             )
         return SmoothedClassifier(
             voter, partition, num_classes, (config.sigma, sigma_r), device=self.device

@@ -40,7 +40,7 @@ RESULT_RECORD_KEYS = ("data_dir", "skip", "max", "content")
 certified and the content hashes, see denoised_drs.runner); ``from_file`` skips them.
 ``dataset`` is a configuration field itself."""
 OPTIONAL_FIELDS = ("sigma_r", "denoiser", "denoiser_checkpoint", "device", "autocast",
-                   "denoiser_chunk")
+                   "denoiser_chunk", "partition")
 
 
 def _as_paths(value: str | Sequence[str] | None) -> list[str]:
@@ -63,7 +63,10 @@ class PipelineConfig:
     paths; several paths make an ensemble (logits averaged). ``denoiser`` is None, a
     preset name (with ``denoiser_checkpoint``), a denoised_drs denoiser checkpoint
     file, or a diffusers directory. ``sigma_r`` (DRS without a denoiser or with split
-    denoising) gives the r branch its own noise level. ``autocast`` is None, "bf16" or "fp16".
+    denoising) gives the r branch its own noise level. ``partition`` names how images
+    are cut into sub-images (None: the mode's own, identity for rs and checkerboard for
+    drs; ``drs-release`` for classifiers trained by the DRS authors' released code).
+    ``autocast`` is None, "bf16" or "fp16".
     ``compile`` runs the loaded denoiser's network through ``torch.compile`` (on an
     H200, 2.0-2.3x the eager bf16 throughput of the 50M and 552M UNets,
     ``benchmarks/gpu_suite.py``; on this project's CPU no faster in bf16, and in float32
@@ -79,7 +82,9 @@ class PipelineConfig:
 
     How classifier checkpoints are read and fed (None = the default in brackets):
     ``arch`` names the architecture of a file that records none (``resnet50``,
-    ``cifar_resnet110``, ``timm:<name>``, ...); ``num_classes`` [the dataset's];
+    ``cifar_resnet110``, ``timm:<name>``, ...), or lists one per ensemble member (in
+    file order; for DRS the same list serves the l and the r ensemble);
+    ``num_classes`` [the dataset's];
     ``classifier_size`` S, the classifier's square input, to which the (denoised)
     image or sub-image is resized [the model's: timm ``pretrained_cfg``, the file's
     record, else the dataset's]; ``interpolation`` for that resize, ``nearest``,
@@ -97,6 +102,7 @@ class PipelineConfig:
     denoiser: str | None = None
     denoiser_checkpoint: str | None = None
     denoise: str = Denoise.JOINT.value
+    partition: str | None = None
     sigma: float = 0.25
     sigma_r: float | None = None
     n0: int = 100
@@ -112,7 +118,7 @@ class PipelineConfig:
     radii: list[float] | None = None
     tolerance: float | None = None
     dataset: str | None = None
-    arch: str | None = None
+    arch: str | list[str] | None = None
     num_classes: int | None = None
     classifier_size: int | None = None
     interpolation: str | None = None
@@ -181,6 +187,7 @@ class PipelineConfig:
                 f"autocast must be one of {sorted(AUTOCAST)} or None, got {self.autocast!r}"
             )
         self._validate_classifier_fields()
+        self._validate_partition()
         if self.mode == Mode.RS:
             if not self.classifier:
                 raise ValueError(f"mode {Mode.RS.value!r} needs a classifier checkpoint")
@@ -209,8 +216,7 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
         if self.dataset is not None and self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        if self.arch == "":
-            raise ValueError("arch is empty; name an architecture, e.g. resnet50 or timm:<name>")
+        self._validate_arch()
         if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
@@ -233,6 +239,44 @@ class PipelineConfig:
             raise ValueError(
                 f"mean and std need as many values, got {len(self.mean)} and {len(self.std)}"
             )
+
+    def _validate_partition(self) -> None:
+        if self.partition is None:
+            return
+        from denoised_drs.partition import PARTITIONS
+
+        parts = 1 if self.mode == Mode.RS else 2
+        names = sorted(n for n, cls in PARTITIONS.items()
+                       if cls.num_parts == parts and n not in choices(Mode))
+        if self.partition not in names:
+            raise ValueError(
+                f"partition must be one of {names} for mode {self.mode!r}, "
+                f"got {self.partition!r}"
+            )
+
+    def _validate_arch(self) -> None:
+        """``arch``: one name for every classifier file, or one per ensemble member
+        (a one-name list is stored as the name)."""
+        arch = self.arch
+        if arch is None:
+            return
+        names = arch if isinstance(arch, list) else [arch]
+        if not names or not all(isinstance(a, str) and a for a in names):
+            raise ValueError(
+                f"arch must name an architecture (e.g. resnet50 or timm:<name>) or list one "
+                f"per ensemble member, got {arch!r}"
+            )
+        if len(names) == 1:
+            self.arch = names[0]
+            return
+        ensembles = {"classifier": self.classifier} if self.mode == Mode.RS else {
+            "classifier_l": self.classifier_l, "classifier_r": self.classifier_r}
+        for name, paths in ensembles.items():
+            if paths and len(paths) != len(names):
+                raise ValueError(
+                    f"arch lists {len(names)} architectures, one per ensemble member, but "
+                    f"{name} has {len(paths)} file(s)"
+                )
 
     def _check_types(self) -> None:
         # Values from JSON/YAML files arrive unchecked; a wrong type must fail here,
@@ -257,12 +301,13 @@ class PipelineConfig:
         for name in ("num_classes", "classifier_size", "image_size"):
             if getattr(self, name) is not None:
                 check(name, numbers.Integral, "an integer")
-        for name in ("dataset", "arch", "interpolation"):
+        for name in ("dataset", "interpolation"):
             if getattr(self, name) is not None:
                 check(name, str, "a string")
         for name in ("sigma", "sigma_r", "alpha"):
             check(name, numbers.Real, "a number")
-        for name in ("mode", "denoise", "denoiser", "denoiser_checkpoint", "device", "autocast"):
+        for name in ("mode", "denoise", "denoiser", "denoiser_checkpoint", "device", "autocast",
+                     "partition"):
             check(name, str, "a string")
 
     @property

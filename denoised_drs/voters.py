@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from denoised_drs.modes import CertificateKind
-from denoised_drs.partition import Checkerboard
+from denoised_drs.partition import Checkerboard, Partition
 
 NONFINITE_VOTE = -1
 """The vote of a sample whose logits hold a NaN or an infinity: a vote for no class."""
@@ -85,18 +85,19 @@ class JointDenoisedBranches(nn.Module):
 
     One denoiser call per noise sample serves both branches. Both branches then
     depend on the whole noisy image, so only the coupled radius
-    ``sigma (z_l + z_r) / 2`` is sound.
+    ``sigma (z_l + z_r) / 2`` is sound. ``partition`` (default: the checkerboard) is the
+    two-part partition of the engine's sub-images.
     """
 
     needs_fresh_noise = False
     certificate = CertificateKind.COUPLED
 
     def __init__(self, denoiser: nn.Module, classifier_l: nn.Module,
-                 classifier_r: nn.Module) -> None:
+                 classifier_r: nn.Module, partition: Partition | None = None) -> None:
         super().__init__()
         self.denoiser = denoiser
         self.classifiers = nn.ModuleList([classifier_l, classifier_r])
-        self.partition = Checkerboard()
+        self.partition = Checkerboard() if partition is None else partition
 
     def forward(
         self, noisy_parts: Sequence[torch.Tensor], fresh_noise: torch.Tensor | None = None
@@ -114,6 +115,8 @@ class SplitDenoisedBranches(nn.Module):
     denoiser for ``sigma_j`` and classifies its own half of the result. Each branch is
     a function of its own sub-image (and noise independent of the other branch), so
     the independent DRS radius holds, with each branch at its own sigma.
+    ``partition`` (default: the checkerboard) is the two-part partition of the
+    engine's sub-images.
 
     ``sigma`` is one level for both branches or one per branch; ``denoiser`` one module
     or one per branch (each for its branch's sigma, e.g.
@@ -130,6 +133,7 @@ class SplitDenoisedBranches(nn.Module):
         classifier_l: nn.Module,
         classifier_r: nn.Module,
         sigma: float | Sequence[float],
+        partition: Partition | None = None,
     ) -> None:
         super().__init__()
         denoisers = [denoiser] * 2 if isinstance(denoiser, nn.Module) else list(denoiser)
@@ -141,7 +145,7 @@ class SplitDenoisedBranches(nn.Module):
             )
         self.denoisers = nn.ModuleList(denoisers)
         self.classifiers = nn.ModuleList([classifier_l, classifier_r])
-        self.partition = Checkerboard()
+        self.partition = Checkerboard() if partition is None else partition
         self.sigmas = tuple(float(s) for s in sigmas)
 
     def forward(

@@ -75,11 +75,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="none, a preset name, a denoiser checkpoint or a diffusers folder")
     model.add_argument("--denoiser-checkpoint", help="official OpenAI checkpoint for a preset")
     model.add_argument("--denoise", choices=choices(Denoise), help="DRS denoising mode")
+    model.add_argument("--partition", choices=("identity", "checkerboard", "drs-release"),
+                       help="how images are cut into sub-images (default: the mode's; "
+                       "drs-release: as the DRS authors' code, for their checkpoints)")
     clf = parser.add_argument_group(
         "classifiers", "how classifier files are read and fed; defaults come from the model's "
         "own configuration (timm's pretrained_cfg), else from the dataset's")
-    clf.add_argument("--arch", help="architecture of a checkpoint that records none: resnet50, "
-                     "cifar_resnet110, timm:<name>, ...")
+    clf.add_argument("--arch", nargs="+", metavar="ARCH",
+                     help="architecture of a checkpoint that records none: resnet50, "
+                     "cifar_resnet110, timm:<name>, ...; one per ensemble member (in file "
+                     "order) for an ensemble of different architectures")
     clf.add_argument("--num-classes", type=int, help="number of classes (default: the dataset's)")
     clf.add_argument("--classifier-size", type=int, metavar="S",
                      help="the classifier's square input; "
@@ -126,10 +131,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 PIPELINE_KEYS = ("mode", "classifier", "classifier_l", "classifier_r", "denoiser",
-                 "denoiser_checkpoint", "denoise", "sigma", "sigma_r", "n0", "n", "alpha",
-                 "batch", "seed", "device", "autocast", "denoiser_chunk", "compile", "adaptive",
-                 "radii", "tolerance", "dataset", "arch", "num_classes", "classifier_size",
-                 "interpolation", "mean", "std", "image_size")
+                 "denoiser_checkpoint", "denoise", "partition", "sigma", "sigma_r", "n0", "n",
+                 "alpha", "batch", "seed", "device", "autocast", "denoiser_chunk", "compile",
+                 "adaptive", "radii", "tolerance", "dataset", "arch", "num_classes",
+                 "classifier_size", "interpolation", "mean", "std", "image_size")
 
 
 def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
