@@ -148,9 +148,15 @@ class Pipeline:
     # -- construction ------------------------------------------------------------
 
     def _classifier(self, field_name: str, branch: str | None) -> tuple[nn.Module, int]:
-        """The (ensemble) classifier of ``field_name`` and its number of classes."""
+        """The (ensemble) classifier of ``field_name`` and its number of classes.
+
+        Each path is a checkpoint file or a transformers classifier folder; ``config.arch``
+        is one architecture for all of them or a list of one per path (for DRS the same
+        list serves the l and the r ensemble).
+        """
         from denoised_drs.models import (
             load_ensemble,
+            member_archs,
             prepare_for_inference,
             read_classifier_spec,
         )
@@ -162,26 +168,27 @@ class Pipeline:
         for path in paths:
             if path == IN_MEMORY:
                 raise ValueError(f"{field_name} is {IN_MEMORY!r}: pass the nn.Module itself")
-            if not Path(path).is_file():
+            if not Path(path).exists():
                 raise FileNotFoundError(f"classifier checkpoint not found: {path}")
+        archs = member_archs(config.arch, len(paths))
         options = {
-            "arch": config.arch,
             "dataset": config.dataset,
             "num_classes": config.num_classes,
             "interpolation": config.interpolation,
         }
-        # Each file is read once: its content serves the class check and the loading.
-        checkpoints = [load_weights_only(path) for path in paths]
+        # Each file is read once: its content serves the class check and the loading
+        # (a folder is read by transformers when loaded).
+        checkpoints = [None if Path(p).is_dir() else load_weights_only(p) for p in paths]
         classes = {
-            read_classifier_spec(p, c, **options).num_classes
-            for p, c in zip(paths, checkpoints)
+            read_classifier_spec(p, c, arch=a, **options).num_classes
+            for p, c, a in zip(paths, checkpoints, archs)
         }
         if len(classes) != 1:
             raise ValueError(
                 f"the classifiers {paths} disagree on the number of classes: {sorted(classes)}"
             )
         model = load_ensemble(
-            paths, checkpoints=checkpoints, branch=branch, device=self.device,
+            paths, arch=archs, checkpoints=checkpoints, branch=branch, device=self.device,
             classifier_size=config.classifier_size, mean=config.mean, std=config.std, **options,
         )
         return prepare_for_inference(model, self.device), classes.pop()

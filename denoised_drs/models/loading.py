@@ -2,7 +2,7 @@
 
 Three kinds of file are understood, all read by
 :func:`~denoised_drs.checkpoint_file.load_weights_only` (``torch.load`` with
-``weights_only=True``, or safetensors):
+``weights_only=True``, or safetensors), and one kind of folder:
 
 * our own checkpoints (:data:`CHECKPOINT_FORMAT`): a dict with the
   :class:`ClassifierSpec` fields, the bare network's ``state_dict`` and a
@@ -11,7 +11,10 @@ Three kinds of file are understood, all read by
   SmoothAdv and consistency repositories, saved from
   ``Sequential(NormalizeLayer, model)`` (often under ``DataParallel``), so keys look
   like ``1.module.conv1.weight`` or ``module.1.conv1.weight``;
-* plain state dicts (torchvision, timm), possibly with a ``module.`` prefix.
+  the DRS authors' files record the dataset as ``arch`` (:data:`DATASET_ARCHS`);
+* plain state dicts (torchvision, timm), possibly with a ``module.`` prefix;
+* Hugging Face transformers image classifiers, a folder as ``save_pretrained`` writes
+  it (:mod:`.hf_folder`; needs ``pip install -e '.[hf]'``).
 
 A file whose keys do not fit the architecture gets a ValueError naming the
 architecture and the first missing / unexpected / wrongly shaped key
@@ -34,7 +37,8 @@ from denoised_drs.data import DATASET_INFO
 from denoised_drs.partition import INTERPOLATIONS
 from denoised_drs.state_dicts import find_state_dict
 
-from .registry import TIMM_PREFIX, create_model
+from .hf_folder import folder_defaults, is_model_folder, load_hf_network
+from .registry import TIMM_PREFIX, create_model, model_defaults
 from .weights import load_weights
 from .wrappers import (
     EnsembleClassifier,
@@ -46,8 +50,9 @@ from .wrappers import (
 CHECKPOINT_FORMAT = "denoised_drs.classifier"
 CHECKPOINT_VERSION = 1
 BRANCHES = ("full", "l", "r")
-
-
+DATASET_ARCHS = {"cifar10": "cifar_resnet110", "imagenet": "resnet50"}
+"""The DRS authors' training scripts record the dataset as ``arch``; these are the
+networks they trained on it (Cohen et al.'s ResNet-110, torchvision's ResNet-50)."""
 
 @dataclass
 class ClassifierSpec:
@@ -144,24 +149,42 @@ def is_own_checkpoint(obj: Mapping[str, Any]) -> bool:
 def read_classifier_spec(
     path: str | os.PathLike, checkpoint: Mapping[str, Any] | None = None, **overrides: Any
 ) -> ClassifierSpec:
-    """The :class:`ClassifierSpec` of a checkpoint, with ``overrides`` applied.
+    """The :class:`ClassifierSpec` of a checkpoint file or classifier folder, with
+    ``overrides`` applied.
 
-    Our checkpoints carry it; for foreign files, ``arch`` comes from the file's
-    ``arch`` entry or the overrides, and the rest from ``dataset`` (default:
-    ``cifar10`` for ``cifar_resnet*``, ``imagenet`` otherwise).
+    Our checkpoints carry it. For foreign files ``arch`` comes from the file's
+    ``arch`` entry or the overrides (a DRS authors' file recording ``"cifar10"`` or
+    ``"imagenet"`` means :data:`DATASET_ARCHS`' network for that dataset; a given
+    dataset must then be it), the input size, interpolation and normalisation from
+    the architecture (:func:`~.registry.model_defaults`), the rest from ``dataset``
+    (default: ``cifar10`` for ``cifar_resnet*``, ``imagenet`` otherwise). A folder's
+    come from its transformers configuration (:func:`~.hf_folder.folder_defaults`).
+    A given ``arch`` that contradicts a recorded one is refused.
     """
-    obj = load_weights_only(path) if checkpoint is None else checkpoint
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if is_model_folder(path):
+        return _folder_spec(path, overrides)
+    obj = load_weights_only(path) if checkpoint is None else checkpoint
     if is_own_checkpoint(obj):
         version = obj.get("version", CHECKPOINT_VERSION)
         if version > CHECKPOINT_VERSION:
             raise ValueError(f"{path} has checkpoint version {version}; this library reads <= 1")
         return ClassifierSpec.from_dict({**obj, **overrides})
     recorded, arch = obj.get("arch"), overrides.pop("arch", None)
-    if isinstance(recorded, str) and arch is not None and arch != recorded:
+    recorded = recorded if isinstance(recorded, str) else None
+    recorded_dataset = recorded if recorded in DATASET_ARCHS else None
+    if recorded_dataset is not None:
+        recorded = DATASET_ARCHS[recorded_dataset]
+        given = overrides.get("dataset", recorded_dataset)
+        if given != recorded_dataset:
+            raise ValueError(
+                f"{path} records a {recorded_dataset} classifier ('arch': "
+                f"{recorded_dataset!r}, a {recorded}), but dataset {given!r} was given"
+            )
+    if recorded is not None and arch is not None and arch != recorded:
         raise ValueError(f"{path} records architecture {recorded!r}, but arch {arch!r} was given")
     arch = arch or recorded
-    if not isinstance(arch, str):
+    if arch is None:
         raise ValueError(
             f"{path} is not a classifier checkpoint this library can rebuild: it records no "
             "architecture; name it with --arch (API: arch=NAME), e.g. resnet50 or timm:<name>"
@@ -169,31 +192,29 @@ def read_classifier_spec(
     dataset = overrides.pop("dataset", None) or (
         "cifar10" if arch.startswith("cifar_resnet") else "imagenet"
     )
-    return ClassifierSpec.for_dataset(arch, dataset, **{**timm_defaults(arch), **overrides})
+    return ClassifierSpec.for_dataset(arch, dataset, **{**model_defaults(arch), **overrides})
+
+
+def _folder_spec(path: str | os.PathLike, overrides: dict[str, Any]) -> ClassifierSpec:
+    """The spec of a transformers classifier folder: its record, then ``overrides``."""
+    recorded = folder_defaults(path)
+    for name in ("arch", "num_classes"):
+        given = overrides.pop(name, None)
+        if given is not None and given != recorded[name]:
+            raise ValueError(
+                f"{path} holds a {recorded['arch']} with {recorded['num_classes']} classes, "
+                f"but {name} {given!r} was given"
+            )
+    arch = recorded.pop("arch")
+    dataset = overrides.pop("dataset", None) or "imagenet"
+    return ClassifierSpec.for_dataset(arch, dataset, **{**recorded, **overrides})
 
 
 def timm_defaults(arch: str) -> dict[str, Any]:
-    """The preprocessing a ``timm:<name>`` model was trained with (its ``pretrained_cfg``).
-
-    Returns ``mean``, ``std``, ``input_size`` and ``interpolation`` (those timm names;
-    an interpolation this library lacks is left out), or ``{}`` for other
-    architectures. ViT and BEiT, for example, use mean = std = 0.5, not ImageNet's.
-    """
-    if not arch.startswith(TIMM_PREFIX):
-        return {}
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(arch[len(TIMM_PREFIX) :])
-    if cfg is None:
-        return {}
-    values: dict[str, Any] = {}
-    if cfg.mean is not None and cfg.std is not None:
-        values["mean"], values["std"] = tuple(cfg.mean), tuple(cfg.std)
-    if cfg.input_size is not None:
-        values["input_size"] = tuple(cfg.input_size[-2:])
-    if cfg.interpolation in INTERPOLATIONS:
-        values["interpolation"] = cfg.interpolation
-    return values
+    """The preprocessing a ``timm:<name>`` model was trained with (its ``pretrained_cfg``:
+    ``mean``, ``std``, ``input_size``, ``interpolation``), or ``{}`` for other
+    architectures; :func:`~.registry.model_defaults` for timm names."""
+    return model_defaults(arch) if arch.startswith(TIMM_PREFIX) else {}
 
 
 def load_classifier(
@@ -226,17 +247,22 @@ def load_classifier(
     one is refused). ``classifier_size`` S makes the classifier's input S x S, and
     ``mean`` / ``std`` its normalisation. A foreign checkpoint's defaults come from
     the model's own configuration (timm's ``pretrained_cfg``: mean, std, input size,
-    interpolation), then from ``dataset``. When ``classifier_size`` is given, or a
-    foreign timm file's ``pretrained_cfg`` names the input size, the returned
-    classifier takes any image or sub-image and resizes it to that size by
-    ``interpolation`` (:class:`ResizedClassifier`); otherwise a full classifier takes
-    its images as they are and a branch its sub-images of exactly half its input width.
+    interpolation; the input a registered network was made for, e.g. 224 x 224
+    bilinear for ``resnet50``: :func:`~.registry.model_defaults`), then from
+    ``dataset``. When ``classifier_size`` is given, or the model's configuration
+    names its input size, the returned classifier takes any image or sub-image and
+    resizes it to that size by ``interpolation`` (:class:`ResizedClassifier`; a DRS
+    sub-image (H, W/2) becomes the full square); otherwise a full classifier takes its
+    images as they are and a branch its sub-images of exactly half its input width.
+    A timm file saved at another input size is adapted by timm's rules (position
+    embeddings resampled, :mod:`.timm_weights`).
+
+    ``path`` may also be a transformers classifier folder (:mod:`.hf_folder`): its
+    ``preprocessor_config.json`` gives the defaults of the input size, normalisation
+    and interpolation, and it is always resized to its input size.
     """
-    obj = load_weights_only(path) if checkpoint is None else checkpoint
     size = None if classifier_size is None else (int(classifier_size), int(classifier_size))
-    spec = read_classifier_spec(
-        path,
-        obj,
+    options = dict(
         arch=arch,
         dataset=dataset,
         num_classes=num_classes,
@@ -246,36 +272,70 @@ def load_classifier(
         mean=None if mean is None else tuple(mean),
         std=None if std is None else tuple(std),
     )
+    if is_model_folder(path):
+        spec = read_classifier_spec(path, **options)
+        full = NormalizedClassifier(load_hf_network(path), spec.mean, spec.std)
+        return _resized(full, spec).to(device).eval()
+    obj = load_weights_only(path) if checkpoint is None else checkpoint
+    spec = read_classifier_spec(path, obj, **options)
     try:
         full = create_model(spec.arch, **spec.model_options())
         load_weights(full.model, find_state_dict(obj), spec.arch)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    named_size = not is_own_checkpoint(obj) and spec.arch.startswith(TIMM_PREFIX)
+    named_size = not is_own_checkpoint(obj) and "input_size" in model_defaults(spec.arch)
     if size is None and not named_size:
         return spec.wrap(full).to(device).eval()
-    resized = ResizedClassifier(full, spec.input_size, spec.interpolation)  # type: ignore[arg-type]
-    return resized.to(device).eval()
+    return _resized(full, spec).to(device).eval()
+
+
+def _resized(full: nn.Module, spec: ClassifierSpec) -> ResizedClassifier:
+    return ResizedClassifier(full, spec.input_size, spec.interpolation)  # type: ignore[arg-type]
+
+
+def member_archs(
+    arch: str | Sequence[str | None] | None, count: int
+) -> list[str | None]:
+    """One ``arch`` per ensemble member: a name (or None) for all ``count`` members, or a
+    sequence of one per member, in order (ValueError when its length is not ``count``)."""
+    if arch is None or isinstance(arch, str):
+        return [arch] * count
+    archs = list(arch)
+    if len(archs) != count:
+        raise ValueError(
+            f"got {len(archs)} architectures for {count} classifier(s); give one name for "
+            "all or one per classifier"
+        )
+    return archs
 
 
 def load_ensemble(
     paths: Sequence[str | os.PathLike],
     *,
-    checkpoints: Sequence[Mapping[str, Any]] | None = None,
+    arch: str | Sequence[str | None] | None = None,
+    checkpoints: Sequence[Mapping[str, Any] | None] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """The classifiers at ``paths`` as one: an :class:`EnsembleClassifier` averaging the
     logits of several, or the classifier itself for a single path.
 
-    ``kwargs`` are :func:`load_classifier`'s, the same for each file; ``checkpoints``,
-    if given, the files' contents already read by
-    :func:`~denoised_drs.checkpoint_file.load_weights_only`, one per path.
+    ``arch`` is one name for every file, or a sequence of one per path, in order
+    (:func:`member_archs`); as for :func:`load_classifier`, a file recording another
+    architecture than its entry is refused. The other ``kwargs`` are
+    :func:`load_classifier`'s, the same for each file; ``checkpoints``, if given, the
+    files' contents already read by
+    :func:`~denoised_drs.checkpoint_file.load_weights_only`, one per path (None for a
+    classifier folder, or to read the file).
     """
     if checkpoints is None:
         checkpoints = [None] * len(paths)
     if len(checkpoints) != len(paths):
         raise ValueError(f"got {len(checkpoints)} checkpoint contents for {len(paths)} paths")
-    members = [load_classifier(p, checkpoint=c, **kwargs) for p, c in zip(paths, checkpoints)]
+    archs = member_archs(arch, len(paths))
+    members = [
+        load_classifier(p, arch=a, checkpoint=c, **kwargs)
+        for p, a, c in zip(paths, archs, checkpoints)
+    ]
     return members[0] if len(members) == 1 else EnsembleClassifier(members).eval()
 
 

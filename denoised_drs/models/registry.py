@@ -4,17 +4,21 @@ Names: ``cifar_resnet20``, ``cifar_resnet56``, ``cifar_resnet110`` (Cohen et al.
 ``resnet50`` (torchvision, ``weights=None``), ``small_cnn`` (28x28 grey images) and
 ``timm:<name>`` for any timm model (``pretrained=False``). Every builder takes
 ``num_classes``, ``in_channels`` and ``input_size = (H, W)``; :func:`create_model` is
-the one way the package builds a classifier by name.
+the one way the package builds a classifier by name. :func:`model_defaults` gives the
+input a network was made for (``resnet50``: 224 x 224, bilinear, as torchvision's
+ImageNet weights; timm models: their ``pretrained_cfg``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import nn
 
 from denoised_drs.checkpoint_file import load_weights_only
+from denoised_drs.partition import INTERPOLATIONS, InterpolationMode
 from denoised_drs.state_dicts import find_state_dict
 
 from .cifar_resnet import CifarResNet
@@ -24,19 +28,66 @@ from .wrappers import NormalizedClassifier, normalization_for
 
 ModelBuilder = Callable[[int, int, tuple[int, int]], nn.Module]
 _REGISTRY: dict[str, ModelBuilder] = {}
+_INPUT_DEFAULTS: dict[str, dict[str, Any]] = {}
 TIMM_PREFIX = "timm:"
 
 
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator: register ``builder(num_classes, in_channels, input_size)`` under ``name``."""
+def register_model(
+    name: str,
+    *,
+    input_size: tuple[int, int] | None = None,
+    interpolation: InterpolationMode | None = None,
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator: register ``builder(num_classes, in_channels, input_size)`` under ``name``.
+
+    ``input_size`` (and ``interpolation``) name the input the network was made for:
+    a foreign file of this architecture is then fed its images resized to it, unless
+    the caller names another size (see :func:`model_defaults`). Networks that take
+    their images as they are (the CIFAR ResNets, SmallCNN) register none.
+    """
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+    defaults: dict[str, Any] = {}
+    if input_size is not None:
+        defaults["input_size"] = (int(input_size[0]), int(input_size[1]))
+    if interpolation is not None:
+        defaults["interpolation"] = interpolation
 
     def decorate(builder: ModelBuilder) -> ModelBuilder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
         _REGISTRY[name] = builder
+        if defaults:
+            _INPUT_DEFAULTS[name] = defaults
         return builder
 
     return decorate
+
+
+def model_defaults(arch: str) -> dict[str, Any]:
+    """The input the network ``arch`` was made for: any of ``input_size`` (H, W),
+    ``interpolation``, ``mean`` and ``std``, or ``{}`` when it names none.
+
+    Registered names give what they were registered with (``resnet50``: 224 x 224,
+    bilinear); ``timm:<name>`` gives timm's ``pretrained_cfg`` (an interpolation this
+    library lacks is left out). ViT and BEiT, for example, use mean = std = 0.5, not
+    ImageNet's.
+    """
+    if not arch.startswith(TIMM_PREFIX):
+        return dict(_INPUT_DEFAULTS.get(arch, {}))
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch[len(TIMM_PREFIX) :])
+    if cfg is None:
+        return {}
+    values: dict[str, Any] = {}
+    if cfg.mean is not None and cfg.std is not None:
+        values["mean"], values["std"] = tuple(cfg.mean), tuple(cfg.std)
+    if cfg.input_size is not None:
+        values["input_size"] = tuple(cfg.input_size[-2:])
+    if cfg.interpolation in INTERPOLATIONS:
+        values["interpolation"] = cfg.interpolation
+    return values
 
 
 def list_models() -> list[str]:
@@ -60,7 +111,8 @@ def _small_cnn(num_classes: int, in_channels: int, input_size: tuple[int, int]) 
     return SmallCNN(num_classes, in_channels, input_size)
 
 
-@register_model("resnet50")
+# torchvision's ImageNet ResNet-50s (and Cohen et al.'s) take 224-px crops, resized bilinearly.
+@register_model("resnet50", input_size=(224, 224), interpolation="bilinear")
 def _resnet50(num_classes: int, in_channels: int, input_size: tuple[int, int]) -> nn.Module:
     from torchvision.models import resnet50
 

@@ -5,8 +5,11 @@ Checkpoints from the public smoothing code bases (Cohen et al., SmoothAdv,
 consistency) were saved from ``Sequential(NormalizeLayer, model)``, often under
 ``DataParallel``, so their keys look like ``1.module.conv1.weight`` or
 ``module.1.conv1.weight``; ours hold ``NormalizedClassifier.model``'s keys. Both
-load into the bare network. Used by :func:`~denoised_drs.models.registry.create_model`
-(``checkpoint_path``) and :mod:`.loading`.
+load into the bare network. A timm model built for another input size than the
+file's gets the file adapted first, as timm adapts pretrained weights
+(:mod:`.timm_weights`: position embeddings resampled). Used by
+:func:`~denoised_drs.models.registry.create_model` (``checkpoint_path``) and
+:mod:`.loading`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch
 from torch import nn
 
 from denoised_drs.state_dicts import check_state_dict, strip_prefixes
+
+from .timm_weights import fit_timm_state_dict, is_timm_model, shapes_differ
 
 # Names a normalisation layer's buffers have had in the public smoothing code bases.
 _NORMALIZE_BUFFER_NAMES = {"mean", "std", "means", "sds", "mu", "sigma"}
@@ -48,8 +53,14 @@ def strip_wrapper_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
 
 def load_weights(network: nn.Module, state_dict: Mapping[str, torch.Tensor], arch: str) -> None:
     """Load ``state_dict`` (prefixes stripped) into ``network`` strictly, or explain the misfit
-    in one line (:class:`~denoised_drs.state_dicts.StateDictMismatchError`)."""
+    in one line (:class:`~denoised_drs.state_dicts.StateDictMismatchError`).
+
+    Only for a timm ``network`` whose shapes differ from the file's, the file is
+    first adapted by timm's own rules (:func:`~.timm_weights.fit_timm_state_dict`).
+    """
     sd = strip_wrapper_prefixes(state_dict)
+    if is_timm_model(network) and shapes_differ(sd, network):
+        sd = fit_timm_state_dict(sd, network)
     check_state_dict(
         sd,
         network.state_dict(),
