@@ -191,7 +191,7 @@ BAD_OPTIONS = {
     "unknown timm model": (["--arch", "timm:no_such_net"], "timm has no model"),
     "unknown arch": (["--arch", "resnet5"], "unknown architecture"),
     "arch of the wrong shape": (["--arch", "resnet50"], "do not fit architecture 'resnet50'"),
-    "empty arch": (["--arch", ""], "arch is empty"),
+    "empty arch": (["--arch", ""], "arch must name an architecture"),
 }
 
 

@@ -155,7 +155,8 @@ def read_classifier_spec(
     Our checkpoints carry it. For foreign files ``arch`` comes from the file's
     ``arch`` entry or the overrides (a DRS authors' file recording ``"cifar10"`` or
     ``"imagenet"`` means :data:`DATASET_ARCHS`' network for that dataset; a given
-    dataset must then be it), the input size, interpolation and normalisation from
+    dataset must then be it, and its sub-images are upsampled by nearest, as their code
+    does), the input size, interpolation and normalisation from
     the architecture (:func:`~.registry.model_defaults`), the rest from ``dataset``
     (default: ``cifar10`` for ``cifar_resnet*``, ``imagenet`` otherwise). A folder's
     come from its transformers configuration (:func:`~.hf_folder.folder_defaults`).
@@ -192,7 +193,11 @@ def read_classifier_spec(
     dataset = overrides.pop("dataset", None) or (
         "cifar10" if arch.startswith("cifar_resnet") else "imagenet"
     )
-    return ClassifierSpec.for_dataset(arch, dataset, **{**model_defaults(arch), **overrides})
+    defaults = model_defaults(arch)
+    if recorded_dataset is not None:
+        # Their code upsamples each sub-image to the full size by nearest (DDS/imagenet/DRM.py).
+        defaults["interpolation"] = "nearest"
+    return ClassifierSpec.for_dataset(arch, dataset, **{**defaults, **overrides})
 
 
 def _folder_spec(path: str | os.PathLike, overrides: dict[str, Any]) -> ClassifierSpec:
