@@ -158,12 +158,18 @@ def load_hf_network(folder: str | os.PathLike) -> HFImageClassifier:
     folder = Path(folder)
     _check_folder(folder)
     transformers = _transformers()
+    # transformers draws a progress bar on stderr per load; a script's stderr is for errors.
+    bar_was_on = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()
     try:
         model, info = transformers.AutoModelForImageClassification.from_pretrained(
             str(folder), local_files_only=True, output_loading_info=True
         )
     except (OSError, ValueError, KeyError) as err:
         raise ValueError(f"{folder}: {first_line(err)}") from None
+    finally:
+        if bar_was_on:
+            transformers.utils.logging.enable_progress_bar()
     missing = sorted(info.get("missing_keys", ()))
     if missing:
         raise ValueError(
