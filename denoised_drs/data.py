@@ -7,18 +7,23 @@
 * ``"cifar10"``: a torchvision-format folder (``cifar-10-batches-py``), default
   ``$CIFAR10_DIR`` or ``./data/cifar10``;
 * ``"imagenet"``: an ImageFolder with ``train/`` and ``val/``, default ``$IMAGENET_DIR``
-  (as in Cohen et al.'s code); val images are resized to 256 and centre-cropped to 224
-  (``image_size`` S: short side resized to max(S, 256), centre-cropped to S);
+  (as in Cohen et al.'s code); val images are resized to 256 and centre-cropped to 224.
+  ``image_size`` S of 224 and above: short side resized to max(S, 256), centre-cropped
+  to S; below 224 (:data:`WHOLE_IMAGE_BELOW`): the whole image downsampled to S x S, as
+  ImageNet 32x32 / 64x64 are made (Chrabaszcz et al. 2017), not a crop;
 * ``"sample"``: 100 Fashion-MNIST test images bundled with the package.
 
 Nothing is downloaded: a missing folder raises FileNotFoundError saying what was
-looked for and how to get it. :data:`DATASET_INFO` holds each dataset's class count,
-image shape and normalisation constants, the one table the rest of the package reads.
+looked for and how to get it; a CIFAR-10 file that is missing or fails torchvision's
+MD5 check is named in a FileNotFoundError or ValueError. :data:`DATASET_INFO` holds
+each dataset's class count, image shape and normalisation constants, the one table the
+rest of the package reads.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import zipfile
 import zlib
@@ -38,6 +43,9 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SAMPLE_PATH = Path(__file__).parent / "sample" / "fashion_mnist_test_sample.npz"
 SAMPLE_EVERY = 100
 """The bundled sample holds Fashion-MNIST test images 0, 100, 200, ..., 9900."""
+WHOLE_IMAGE_BELOW = 224
+"""ImageNet image sizes below this are whole images downsampled (ImageNet 64x64 style);
+from it up, the short side is resized to max(S, 256) and the centre S x S cropped."""
 
 
 @dataclass(frozen=True)
@@ -323,12 +331,41 @@ def cifar10(
     steps = (
         [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if augment else []
     )
-    return datasets.CIFAR10(
-        str(folder),
-        train=split == "train",
-        download=False,
-        transform=transforms.Compose([*steps, transforms.ToTensor()]),
-    )
+    try:
+        return datasets.CIFAR10(
+            str(folder),
+            train=split == "train",
+            download=False,
+            transform=transforms.Compose([*steps, transforms.ToTensor()]),
+        )
+    except RuntimeError:  # torchvision's "not found or corrupted ... use download=True"
+        _check_cifar10_files(folder / "cifar-10-batches-py")
+        raise
+
+
+def _check_cifar10_files(batches: Path) -> None:
+    """FileNotFoundError / ValueError naming the first CIFAR-10 file that is missing or
+    whose MD5 is not the one torchvision expects (its ``train_list``, ``test_list`` and
+    ``meta``: every file, whichever split is read, as torchvision checks them)."""
+    from torchvision.datasets import CIFAR10
+
+    expected = [*CIFAR10.train_list, *CIFAR10.test_list,
+                (CIFAR10.meta["filename"], CIFAR10.meta["md5"])]
+    for name, md5 in expected:
+        path = batches / name
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"CIFAR-10 file {path} is missing; extract cifar-10-python.tar.gz there again"
+            )
+        digest = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != md5:
+            raise ValueError(
+                f"CIFAR-10 file {path} is damaged: its MD5 is {digest.hexdigest()}, the "
+                f"official file's {md5}; extract cifar-10-python.tar.gz there again"
+            )
 
 
 def imagenet(
@@ -339,9 +376,17 @@ def imagenet(
 ) -> Dataset:
     """ImageNet from a local ImageFolder (``train/``, ``val/``; split ``"test"`` reads ``val/``).
 
-    Val: short side resized to max(image_size, 256), centre crop ``image_size`` (224:
-    Cohen et al.'s 256 -> 224; 256: Carlini et al.'s 256 -> 256). Train: random
-    resized crop ``image_size`` and horizontal flip.
+    How an image becomes S x S (S = ``image_size``):
+
+    * S >= 224 (:data:`WHOLE_IMAGE_BELOW`): val: short side resized to max(S, 256)
+      (bilinear), centre crop S; at 224 this is Cohen et al.'s and Carlini et al.'s
+      256 -> 224 (Carlini et al. give that 224 crop to the 256x256 diffusion UNet).
+      Train: random resized crop S and horizontal flip.
+    * S < 224: the whole image resized to S x S with a box filter (PIL's ``BOX``), no
+      crop and the aspect ratio not kept: how Chrabaszcz et al. (2017) made ImageNet
+      32x32 and 64x64, the data of improved-diffusion's ImageNet-64 models. A centre
+      crop of S pixels would show a small part of the object at full resolution
+      instead. Train: the same and a horizontal flip.
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
@@ -358,7 +403,11 @@ def imagenet(
             f"ImageFolder class sub-folders, and pass root or set IMAGENET_DIR"
         )
     augment = split == "train" if augment is None else augment
-    if augment:
+    if image_size < WHOLE_IMAGE_BELOW:
+        steps = [transforms.Resize((image_size, image_size),
+                                   interpolation=transforms.InterpolationMode.BOX)]
+        steps += [transforms.RandomHorizontalFlip()] if augment else []
+    elif augment:
         steps = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
     else:
         steps = [transforms.Resize(max(image_size, 256)), transforms.CenterCrop(image_size)]

@@ -238,10 +238,13 @@ class Pipeline:
             return self._module_denoiser(self.modules["denoiser"])
         if config.denoiser == IN_MEMORY:
             raise ValueError(f"denoiser is {IN_MEMORY!r}: pass the nn.Module itself")
-        from denoised_drs.diffusion import OneShotDenoiser
+        from denoised_drs.diffusion import OneShotDenoiser, read_denoiser_config
 
+        # A flags file describes the checkpoint as a preset would (config.denoiser names it too).
+        source = (config.denoiser if config.denoiser_config is None
+                  else read_denoiser_config(config.denoiser_config))
         denoiser = OneShotDenoiser.from_pretrained(
-            config.denoiser,
+            source,
             sigma=config.sigma,
             checkpoint_path=config.denoiser_checkpoint,
             chunk_size=config.denoiser_chunk,
@@ -273,15 +276,24 @@ class Pipeline:
                 module.network = network
 
     def _module_denoiser(self, denoiser: nn.Module | Sequence[nn.Module]) -> nn.Module:
+        """An in-memory denoiser, vetted by :func:`~denoised_drs.diffusion.checked_denoiser`
+        (a bare diffusion network such as a diffusers ``UNet2DModel`` is refused; any module
+        but a OneShotDenoiser must map images to images of their shape). When the
+        configuration says the images' shape (``dataset``, ``image_size``) it is checked now;
+        otherwise by :meth:`check_image_shape`, and at the latest on the first call."""
+        from denoised_drs.data import DATASET_INFO
+        from denoised_drs.diffusion import checked_denoiser
+
         if not isinstance(denoiser, nn.Module):
             raise ValueError("denoiser must be one nn.Module, not a list")
-        sigma = getattr(denoiser, "sigma", None)
-        if isinstance(sigma, float) and sigma != self.config.sigma:
-            raise ValueError(
-                f"the in-memory denoiser was built for sigma={sigma}, "
-                f"the pipeline's is {self.config.sigma}"
-            )
-        return denoiser.to(self.device).eval()
+        config = self.config
+        module = checked_denoiser(denoiser, config.sigma).to(self.device).eval()
+        if config.dataset is not None:
+            channels, height, width = DATASET_INFO[config.dataset].image_shape
+            if config.image_size is not None:
+                height = width = config.image_size
+            module.check_image_shape((channels, height, width))
+        return module
 
     def _denoiser_at(self, sigma: float) -> nn.Module:
         """The denoiser for inputs carrying noise ``sigma`` (the same network)."""

@@ -39,8 +39,8 @@ RESULT_RECORD_KEYS = ("data_dir", "skip", "max", "content")
 """Keys that a configuration saved beside a result adds to the pipeline's (the data it
 certified and the content hashes, see denoised_drs.runner); ``from_file`` skips them.
 ``dataset`` is a configuration field itself."""
-OPTIONAL_FIELDS = ("sigma_r", "denoiser", "denoiser_checkpoint", "device", "autocast",
-                   "denoiser_chunk", "partition")
+OPTIONAL_FIELDS = ("sigma_r", "denoiser", "denoiser_checkpoint", "denoiser_config", "device",
+                   "autocast", "denoiser_chunk", "partition")
 
 
 def _as_paths(value: str | Sequence[str] | None) -> list[str]:
@@ -62,10 +62,15 @@ class PipelineConfig:
     ``classifier`` (RS) or ``classifier_l`` / ``classifier_r`` (DRS) are checkpoint
     paths; several paths make an ensemble (logits averaged). ``denoiser`` is None, a
     preset name (with ``denoiser_checkpoint``), a denoised_drs denoiser checkpoint
-    file, or a diffusers directory. ``sigma_r`` (DRS without a denoiser or with split
-    denoising) gives the r branch its own noise level. ``partition`` names how images
-    are cut into sub-images (None: the mode's own, identity for rs and checkerboard for
-    drs; ``drs-release`` for classifiers trained by the DRS authors' released code).
+    file, or a diffusers directory. ``denoiser_config`` is a JSON file of OpenAI flags
+    describing ``denoiser_checkpoint`` (any unconditional improved-/guided-diffusion
+    model, see :mod:`denoised_drs.diffusion.flags_file`), given in place of a preset
+    name; ``denoiser`` is then set to the same path (so the file is recorded and hashed
+    as the denoiser) and must not name anything else. ``sigma_r`` (DRS without a
+    denoiser or with split denoising) gives the r branch its own noise level.
+    ``partition`` names how images are cut into sub-images (None: the mode's own,
+    identity for rs and checkerboard for drs; ``drs-release`` for classifiers trained
+    by the DRS authors' released code).
     ``autocast`` is None, "bf16" or "fp16".
     ``compile`` runs the loaded denoiser's network through ``torch.compile`` (on an
     H200, 2.0-2.3x the eager bf16 throughput of the 50M and 552M UNets,
@@ -101,6 +106,7 @@ class PipelineConfig:
     classifier_r: list[str] = field(default_factory=list)
     denoiser: str | None = None
     denoiser_checkpoint: str | None = None
+    denoiser_config: str | None = None
     denoise: str = Denoise.JOINT.value
     partition: str | None = None
     sigma: float = 0.25
@@ -130,11 +136,13 @@ class PipelineConfig:
         self.classifier = _as_paths(self.classifier)
         self.classifier_l = _as_paths(self.classifier_l)
         self.classifier_r = _as_paths(self.classifier_r)
-        for name in ("denoiser", "denoiser_checkpoint"):
+        for name in ("denoiser", "denoiser_checkpoint", "denoiser_config"):
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
         if self.denoiser in ("", "none"):
             self.denoiser = None
+        if self.denoiser is None and isinstance(self.denoiser_config, str):
+            self.denoiser = self.denoiser_config  # the flags file names the denoiser
         if isinstance(self.radii, tuple):
             self.radii = list(self.radii)
         self.validate()
@@ -154,6 +162,10 @@ class PipelineConfig:
             raise ValueError("compile applies to the denoiser's network, and there is no denoiser")
         if self.denoiser_checkpoint is not None and self.denoiser is None:
             raise ValueError("denoiser_checkpoint is given without a denoiser (a preset name)")
+        if self.denoiser_config is not None and self.denoiser != self.denoiser_config:
+            raise ValueError("denoiser_config takes the place of a denoiser: give one of them")
+        if self.denoiser_config is not None and self.denoiser_checkpoint is None:
+            raise ValueError("denoiser_config describes a checkpoint: give denoiser_checkpoint")
         if not self.sigma > 0 or (self.sigma_r is not None and not self.sigma_r > 0):
             raise ValueError(
                 f"sigma must be positive, got sigma={self.sigma}, sigma_r={self.sigma_r}"
@@ -306,8 +318,8 @@ class PipelineConfig:
                 check(name, str, "a string")
         for name in ("sigma", "sigma_r", "alpha"):
             check(name, numbers.Real, "a number")
-        for name in ("mode", "denoise", "denoiser", "denoiser_checkpoint", "device", "autocast",
-                     "partition"):
+        for name in ("mode", "denoise", "denoiser", "denoiser_checkpoint", "denoiser_config",
+                     "device", "autocast", "partition"):
             check(name, str, "a string")
 
     @property

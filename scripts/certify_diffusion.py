@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument("--denoiser",
                        help="none, a preset name, a denoiser checkpoint or a diffusers folder")
     model.add_argument("--denoiser-checkpoint", help="official OpenAI checkpoint for a preset")
+    model.add_argument("--denoiser-config", metavar="FILE",
+                       help="JSON file of the OpenAI flags of --denoiser-checkpoint, in place "
+                       "of a preset (any unconditional improved-/guided-diffusion model)")
     model.add_argument("--denoise", choices=choices(Denoise), help="DRS denoising mode")
     model.add_argument("--partition", choices=("identity", "checkerboard", "drs-release"),
                        help="how images are cut into sub-images (default: the mode's; "
@@ -131,7 +134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 PIPELINE_KEYS = ("mode", "classifier", "classifier_l", "classifier_r", "denoiser",
-                 "denoiser_checkpoint", "denoise", "partition", "sigma", "sigma_r", "n0", "n",
+                 "denoiser_checkpoint", "denoiser_config", "denoise", "partition", "sigma",
+                 "sigma_r", "n0", "n",
                  "alpha", "batch", "seed", "device", "autocast", "denoiser_chunk", "compile",
                  "adaptive", "radii", "tolerance", "dataset", "arch", "num_classes",
                  "classifier_size", "interpolation", "mean", "std", "image_size")

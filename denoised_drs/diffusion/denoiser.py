@@ -16,12 +16,20 @@ come from the caller or from a diffusers scheduler (``DDPMScheduler``, ...).
 The denoiser adds no noise of its own and knows nothing about certificates: the caller
 adds the noise (once, with the sigma of its certificate) and decides what the output
 may be used for.
+
+:func:`checked_denoiser` vets any other module offered as a denoiser: one that needs
+more than the noisy images (a bare diffusion network, e.g. a diffusers ``UNet2DModel``,
+which takes a timestep and does not know its schedule) is refused, any other is held
+to mapping images to images of the same shape.
 """
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +38,11 @@ import torch
 from numpy.typing import ArrayLike
 from torch import nn
 
+from ..errors import first_line
 from .loading import load_denoiser_network
+from .presets import DenoiserPreset
 from .schedule import sigma_to_timestep
+from .unet import DiffusersUNet
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin
@@ -69,7 +80,12 @@ class OneShotDenoiser(nn.Module):
     Args:
         network: called as ``network(x_t, timesteps) -> (N, C_out, H, W)``; its first C
             output channels (C = input channels) are the prediction, further channels
-            (learned variance) are dropped.
+            (learned variance) are dropped. A diffusers ``UNet2DModel`` (which returns a
+            ``UNet2DOutput``) is wrapped in
+            :class:`~denoised_drs.diffusion.unet.DiffusersUNet`, which converts it in
+            place as the diffusers-folder loader does (channels-last weights, Winograd
+            convolutions on CPUs where they pay: float rounding only); a
+            class-conditional one is refused.
         schedule: abar_t for t = 0 .. T-1 (OpenAI indexing), or a diffusers scheduler
             (``DDPMScheduler``, ``DDIMScheduler``, ...) that then supplies both abar_t
             (its ``alphas_cumprod``) and the prediction type (its
@@ -119,7 +135,7 @@ class OneShotDenoiser(nn.Module):
             raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
         if not (math.isfinite(timestep_scale) and timestep_scale > 0):
             raise ValueError(f"timestep_scale must be positive, got {timestep_scale}")
-        self.network = network
+        self.network = _callable_network(network)
         self.alphas_cumprod = alphas_cumprod
         self.timestep = sigma_to_timestep(self.alphas_cumprod, sigma)
         self.sigma = float(sigma)
@@ -133,14 +149,15 @@ class OneShotDenoiser(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        path_or_preset: str | os.PathLike,
+        path_or_preset: str | os.PathLike | DenoiserPreset,
         *,
         sigma: float,
         checkpoint_path: str | os.PathLike | None = None,
         **options: Any,
     ) -> OneShotDenoiser:
-        """The denoiser of a preset name + ``checkpoint_path``, a diffusers directory or
-        one of our denoiser checkpoints, for inputs carrying noise ``sigma``.
+        """The denoiser of a preset (name or object, e.g. from a ``--denoiser-config``
+        file) + ``checkpoint_path``, a diffusers directory or one of our denoiser
+        checkpoints, for inputs carrying noise ``sigma``.
 
         ``options`` are ``chunk_size`` and ``autocast_dtype``. See
         :func:`~denoised_drs.diffusion.loading.load_denoiser_network`.
@@ -261,6 +278,8 @@ class OneShotDenoiser(nn.Module):
             enabled=self.autocast_dtype is not None,
         ):
             output = self.network(x_t, model_t)
+        if not isinstance(output, torch.Tensor):
+            raise ValueError(f"the network returned a {type(output).__name__}, not a tensor")
         if output.ndim != 4 or output.shape[1] < channels or output.shape[2:] != x_t.shape[2:]:
             raise ValueError(
                 f"network output {tuple(output.shape)} does not fit input {tuple(x_t.shape)}"
@@ -283,6 +302,91 @@ class OneShotDenoiser(nn.Module):
         else:
             x0 = prediction
         return x0.clamp(-1, 1)
+
+
+class ShapeCheckedDenoiser(nn.Module):
+    """A denoiser module held to its contract on every call: noisy images (N, C, H, W)
+    in, a tensor of the same shape out (anything else raises ValueError)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.module(x)
+        if not isinstance(output, torch.Tensor) or output.shape != x.shape:
+            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ValueError(
+                f"the denoiser {type(self.module).__name__} maps images {tuple(x.shape)} to "
+                f"{got}, not to images of the same shape"
+            )
+        return output
+
+    def check_image_shape(self, shape: Sequence[int]) -> None:
+        """Raise ValueError unless one image of ``shape`` (C, H, W) goes through the module
+        (on the device of its first parameter or buffer, else the CPU)."""
+        if len(shape) != 3:
+            raise ValueError(f"images must have shape (C, H, W), got {tuple(shape)}")
+        like = next(itertools.chain(self.parameters(), self.buffers()), None)
+        probe = torch.full((1, *shape), 0.5, device=like.device if like is not None else "cpu")
+        try:
+            with torch.inference_mode():
+                self(probe)
+        except RuntimeError as error:
+            raise ValueError(
+                f"the denoiser {type(self.module).__name__} cannot take images of shape "
+                f"{tuple(shape)}: {first_line(error)}"
+            ) from None
+
+
+def checked_denoiser(module: nn.Module, sigma: float) -> nn.Module:
+    """``module`` as the denoiser for noise ``sigma``, or ValueError (one line).
+
+    A module with a float ``sigma`` attribute (a :class:`OneShotDenoiser`) must have been
+    built for ``sigma``; a :class:`OneShotDenoiser` is returned as it is. A module whose
+    ``forward`` needs more than the noisy images is refused (a diffusers ``UNet2DModel``
+    takes ``(sample, timestep)`` and does not say its noise schedule: wrap it as
+    ``OneShotDenoiser(unet, scheduler, sigma)``). Any other module comes back in a
+    :class:`ShapeCheckedDenoiser`, whose ``check_image_shape`` tries one image.
+    """
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"a denoiser must be an nn.Module, got {type(module).__name__}")
+    own_sigma = getattr(module, "sigma", None)
+    if isinstance(own_sigma, float) and own_sigma != sigma:
+        raise ValueError(
+            f"the in-memory denoiser was built for sigma={own_sigma}, the pipeline's is {sigma}"
+        )
+    if isinstance(module, OneShotDenoiser):
+        return module
+    required = _required_inputs(module)
+    if len(required) > 1:
+        raise ValueError(
+            f"the in-memory denoiser {type(module).__name__} needs {', '.join(required)}, not "
+            "noisy images alone: a diffusion network does not know its noise schedule; pass "
+            "OneShotDenoiser(network, scheduler, sigma) (a diffusers scheduler or alphas_cumprod)"
+        )
+    return ShapeCheckedDenoiser(module)
+
+
+def _required_inputs(module: nn.Module) -> list[str]:
+    """The positional arguments ``module.forward`` cannot do without."""
+    try:
+        parameters = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): trust the module
+        return []
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in parameters if p.kind in positional and p.default is p.empty]
+
+
+def _callable_network(network: nn.Module) -> nn.Module:
+    """``network``, with a diffusers ``UNet2DModel`` wrapped to return a tensor."""
+    # An instance exists only once diffusers is imported; never import it for the check.
+    if "diffusers" in sys.modules:
+        from diffusers import UNet2DModel
+
+        if isinstance(network, UNet2DModel):
+            return DiffusersUNet(network)
+    return network
 
 
 def _schedule_and_prediction(

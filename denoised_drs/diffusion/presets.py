@@ -5,7 +5,8 @@ OpenAI UNet flags, the beta schedule, the number of diffusion steps T and whethe
 the network was trained on rescaled timesteps (improved-diffusion's
 ``rescale_timesteps=True``: the network sees ``t * 1000 / T``). The checkpoints
 themselves are downloaded by users from the OpenAI repositories; nothing here
-fetches anything.
+fetches anything. Any other unconditional OpenAI checkpoint is described the same way
+by a JSON file of its flags (:mod:`~denoised_drs.diffusion.flags_file`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from .unet import OpenAIUNet, openai_unet
 
 @dataclass(frozen=True)
 class DenoiserPreset:
-    """One known denoiser architecture and the schedule it was trained with."""
+    """One known denoiser architecture and the schedule it was trained with.
+
+    ``flags`` are the OpenAI UNet flags, ``prediction_type`` what the first output
+    channels hold: "epsilon" (the OpenAI default) or "sample" (``predict_xstart``).
+    """
 
     name: str
     flags: Mapping[str, Any]
@@ -34,6 +39,7 @@ class DenoiserPreset:
     rescale_timesteps: bool
     checkpoint: str = ""
     description: str = field(default="", compare=False)
+    prediction_type: str = "epsilon"
 
     @property
     def timestep_scale(self) -> float:
@@ -56,7 +62,7 @@ class DenoiserPreset:
             return openai_unet(state_dict, **self.flags)
         except StateDictMismatchError as error:
             expected = f" (expected {self.checkpoint})" if self.checkpoint else ""
-            raise StateDictMismatchError(f"preset {self.name!r}{expected}: {error}") from None
+            raise StateDictMismatchError(f"denoiser {self.name!r}{expected}: {error}") from None
 
 
 _IMPROVED_SMALL_FLAGS = {
@@ -95,6 +101,31 @@ PRESETS: Mapping[str, DenoiserPreset] = MappingProxyType(
                 checkpoint="cifar10_uncond_50M_500K.pt",
                 description="improved-diffusion CIFAR-10 unconditional model (52.5M parameters)"
                 " used by Carlini et al. (2023); from github.com/openai/improved-diffusion",
+            ),
+            DenoiserPreset(
+                name="imagenet64-uncond",
+                flags=MappingProxyType(
+                    {
+                        "image_size": 64,
+                        "num_channels": 128,
+                        "num_res_blocks": 3,
+                        "channel_mult": (1, 2, 3, 4),
+                        "attention_resolutions": "16,8",
+                        "num_heads": 4,
+                        "learn_sigma": True,
+                        "use_scale_shift_norm": True,
+                        "dropout": 0.0,
+                    }
+                ),
+                schedule="cosine",
+                num_timesteps=4000,
+                rescale_timesteps=True,
+                checkpoint="imagenet64_uncond_100M_1500K.pt",
+                description="improved-diffusion ImageNet 64x64 unconditional model (121.1M "
+                "parameters, whatever its file name says; imagenet64_uncond_vlb_100M_1500K.pt "
+                "has the same architecture and schedule); for whole images downsampled to "
+                "64x64 (--dataset imagenet --image-size 64); "
+                "from github.com/openai/improved-diffusion",
             ),
             DenoiserPreset(
                 name="imagenet256-uncond",

@@ -74,9 +74,25 @@ def noise_to_signal(alphas_cumprod: ArrayLike) -> np.ndarray:
         return np.sqrt((1.0 - abar) / abar)
 
 
+def timestep_noise_level(alphas_cumprod: ArrayLike, t: int) -> float:
+    """The pixel-space noise std (images in [0, 1]) of the diffusion state at timestep ``t``.
+
+    ``sqrt((1 - abar_t) / abar_t) / 2``: what ``x_t / sqrt(abar_t)``, mapped back from
+    [-1, 1] to [0, 1], carries. Denoisers that add their noise through the forward
+    process at the timestep :func:`sigma_to_timestep` picks (Carlini et al.'s code, and
+    DRS's, call ``q_sample`` on the clean image) smooth with this level, which is at
+    least the ``sigma`` asked for, instead of ``sigma`` itself.
+    """
+    ratio = noise_to_signal(alphas_cumprod)
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < ratio.size:
+        raise ValueError(f"t must be an integer timestep in [0, {ratio.size - 1}], got {t!r}")
+    return float(ratio[t] / 2.0)
+
+
 def max_supported_sigma(alphas_cumprod: ArrayLike) -> float:
     """The largest pixel-space sigma that some timestep of this schedule can absorb."""
-    return float(noise_to_signal(alphas_cumprod)[-1] / 2.0)
+    abar = _check_alphas_cumprod(alphas_cumprod)
+    return timestep_noise_level(abar, abar.size - 1)
 
 
 def sigma_to_timestep(alphas_cumprod: ArrayLike, sigma: float) -> int:

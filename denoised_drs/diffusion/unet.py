@@ -209,13 +209,16 @@ class DiffusersUNet(nn.Module):
     ``timesteps`` is a scalar or one value per sample, cast to float32 (fractional
     timesteps are fine for the positional embedding). Images may have any height and
     width that are multiples of :attr:`size_multiple`; other sizes raise ValueError.
+    A class-conditional ``UNet2DModel`` (one with a class embedding) raises ValueError:
+    one-shot denoising takes unconditional models only.
     """
 
     def __init__(self, unet: nn.Module) -> None:
         super().__init__()
         if getattr(unet, "class_embedding", None) is not None:
-            raise NotImplementedError(
-                "class-conditional UNet2DModels are not supported for one-shot denoising"
+            raise ValueError(
+                "this UNet2DModel is class-conditional (it has a class embedding): "
+                "one-shot denoising takes unconditional models only"
             )
         self.unet = unet.to(memory_format=torch.channels_last)
         use_winograd(self.unet)
