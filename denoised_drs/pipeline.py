@@ -98,8 +98,11 @@ class Pipeline:
     resized to ``classifier_size`` (DRS sub-images: to the full image's shape when
     None) and normalised by ``mean`` / ``std`` when given; its number of classes is
     ``num_classes`` or its own ``num_classes`` attribute. A denoiser module maps noisy
-    images in [0, 1] to denoised ones (e.g. a :class:`OneShotDenoiser` for the same
-    sigma); it is used as given (``autocast``, ``denoiser_chunk`` and ``compile`` do not apply).
+    images in [0, 1] to denoised ones of the same shape (e.g. a :class:`OneShotDenoiser`
+    for the same sigma; a bare diffusion network such as a diffusers ``UNet2DModel`` is
+    refused when the pipeline is built, since it does not say its schedule: wrap it as
+    ``OneShotDenoiser(unet, scheduler, sigma)``); ``autocast``, ``denoiser_chunk`` and
+    ``compile`` do not apply to it.
     The configuration records them as ``"<in-memory>"``, so such a pipeline cannot be
     saved (:meth:`save_config` raises ValueError, and so does the resumable runner).
     """

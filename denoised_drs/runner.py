@@ -29,7 +29,7 @@ from denoised_drs.pipeline_config import PipelineConfig
 _RESULT_NEUTRAL = ("batch", "compile", "denoiser_chunk", "device")
 """Settings that change speed, memory or where the work runs, never which rows are valid."""
 _BY_CONTENT = ("classifier", "classifier_l", "classifier_r", "denoiser", "denoiser_checkpoint",
-               "data_dir", "max", "content")
+               "denoiser_config", "data_dir", "max", "content")
 """Settings compared through the content record rather than by value: paths (any
 spelling of the same content is the same run) and ``max`` (a run may be extended)."""
 _CHECKPOINT_KEYS = ("classifier", "classifier_l", "classifier_r", "denoiser", "denoiser_checkpoint")

@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        "too); flags override it")
     model.add_argument("--mode", choices=choices(Mode))
     model.add_argument("--classifier", nargs="+",
-                       help="RS classifier checkpoint(s); several = ensemble")
+                       help="RS classifier checkpoint(s) or transformers folder(s); "
+                       "several = ensemble")
     model.add_argument("--classifier-l", nargs="+", help="DRS l-branch checkpoint(s)")
     model.add_argument("--classifier-r", nargs="+", help="DRS r-branch checkpoint(s)")
     model.add_argument("--denoiser",
@@ -99,8 +100,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     clf.add_argument("--std", type=float, nargs="+", metavar="S",
                      help="per-channel normalisation std")
     data.add_argument("--image-size", type=int, metavar="S",
-                      help="ImageNet: short side resized to max(S, 256), "
-                           "centre-cropped to S (default 224)")
+                      help="ImageNet: S >= 224: short side resized to max(S, 256), "
+                           "centre-cropped to S (default 224, as Carlini et al. and DRS); "
+                           "S < 224: the whole image downsampled to S x S (ImageNet 64x64)")
     cert = parser.add_argument_group("certification")
     cert.add_argument("--sigma", type=float)
     cert.add_argument("--sigma-r", type=float,

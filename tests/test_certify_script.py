@@ -137,7 +137,7 @@ BAD_INPUTS = {
     "image size the denoiser cannot take": (["--denoiser", "DENOISER_DEEP"], "multiples of 8"),
     "unknown preset": (["--denoiser", "imagenet512"], "unknown denoiser"),
     "corrupt checkpoint": (["--classifier", "INPUTS/text.pt"], "cannot read"),
-    "checkpoint is a directory": (["--classifier", "INPUTS"], "not found"),
+    "classifier folder that is no model": (["--classifier", "INPUTS"], "holds no config.json"),
     "config value of the wrong type": (["--config", "INPUTS/wrong_type.json"],
                                        "n must be an integer"),
     "malformed config": (["--config", "INPUTS/broken.json"], "cannot parse configuration file"),
