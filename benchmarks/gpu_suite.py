@@ -4,7 +4,8 @@
     python benchmarks/gpu_suite.py --tiny \
         --out /tmp/gpu_suite_tiny.json  # CPU, small models, seconds
 
-For each preset (the 50M CIFAR-10 UNet at 32 px, the 552M ImageNet UNet at 256 px)
+For each preset (the 50M CIFAR-10 UNet at 32 px, the 552M ImageNet UNet on the 224
+crop that Carlini et al. and DRS certify; before 2026-12-07 it measured 256 px)
 and precision (fp32, bf16, bf16 with ``torch.compile``) it measures noisy samples per
 second and peak GPU memory of denoised RS, DRS with joint denoising and DRS with
 split denoising (two denoiser calls per sample), and the ratios between them; then
@@ -72,7 +73,7 @@ class Preset:
 FULL = (
     Preset("cifar10-50M", "cifar10-uncond-50M", "cifar10_uncond_50M_500K.keys.json", 32,
            "cifar_resnet110", 32, 10, 500),
-    Preset("imagenet-552M", "imagenet256-uncond", "256x256_diffusion_uncond.keys.json", 256,
+    Preset("imagenet-552M", "imagenet256-uncond", "256x256_diffusion_uncond.keys.json", 224,
            "resnet50", 224, 1000, 16),
 )
 TINY = (
