@@ -30,7 +30,14 @@ import torch
 
 from denoised_drs.adaptive import check_radii, check_tolerance
 from denoised_drs.errors import first_line
-from denoised_drs.modes import CertificateKind, Denoise, Mode, certificate_for, choices
+from denoised_drs.modes import (
+    CertificateKind,
+    Denoise,
+    Mode,
+    certificate_for,
+    choices,
+    partition_for,
+)
 from denoised_drs.noise import FLOAT32_MAX
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -254,6 +261,11 @@ class PipelineConfig:
 
     def _validate_partition(self) -> None:
         if self.partition is None:
+            return
+        if self.mode in choices(Mode) and self.partition == partition_for(self.mode).value:
+            # The mode's own partition is stored as the default, so naming it or not
+            # is the same run (and resumes as one).
+            self.partition = None
             return
         from denoised_drs.partition import PARTITIONS
 

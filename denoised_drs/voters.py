@@ -143,6 +143,11 @@ class SplitDenoisedBranches(nn.Module):
                 f"split denoising has two branches: got {len(denoisers)} denoisers "
                 f"and {len(sigmas)} sigmas"
             )
+        if denoisers[0] is denoisers[1] and sigmas[0] != sigmas[1]:
+            raise ValueError(
+                "two sigmas need one denoiser per branch, each for its branch's sigma "
+                "(e.g. OneShotDenoiser.at_sigma)"
+            )
         self.denoisers = nn.ModuleList(denoisers)
         self.classifiers = nn.ModuleList([classifier_l, classifier_r])
         self.partition = Checkerboard() if partition is None else partition

@@ -82,3 +82,22 @@ def test_a_partition_that_does_not_fit_the_mode_is_refused():
                        partition="identity")
     with pytest.raises(ValueError, match="partition must be one of \\['identity'\\]"):
         PipelineConfig(mode="rs", classifier="c.pt", partition="drs-release")
+
+
+def test_naming_the_modes_own_partition_is_the_default():
+    config = PipelineConfig(mode="drs", classifier_l="l.pt", classifier_r="r.pt",
+                            partition="checkerboard")
+    assert config.partition is None
+
+
+def test_filled_pixels_carry_noise_of_the_branch_sigma():
+    """With a constant image, each missing pixel of the authors' partition (2, 3 or 4
+    observed neighbours) has noise of std sigma, like the observed ones."""
+    board = DrsRelease()
+    sigma = 0.3
+    noisy = 0.5 + sigma * torch.randn(4000, 1, 6, 3, generator=torch.Generator().manual_seed(3))
+    fresh = torch.randn(4000, 1, 6, 6, generator=torch.Generator().manual_seed(4))
+    filled = board.fill_missing(0, noisy, sigma, fresh)
+    missing = board.split(filled)[1]
+    assert torch.allclose(missing.mean(0), torch.full((1, 6, 3), 0.5), atol=0.03)
+    assert torch.allclose(missing.std(0), torch.full((1, 6, 3), sigma), rtol=0.05)

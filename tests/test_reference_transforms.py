@@ -92,7 +92,10 @@ def test_drs_imagenet_branch_input_equals_the_authors(tmp_path):
         path = tmp_path / f"checkpoint_{branch}.pth.tar"
         authors_imagenet_file(path, seed=ord(branch))
         classifier = load_classifier(path, branch=branch).eval()  # nearest: their default
-        sub_image = denoised[:, :, mask].view(2, 3, 224, 112)
+        # Their extraction: the masked image, bilinearly halved in width, times 2 (each
+        # pair holds one kept pixel and one zero, so this is the kept pixel exactly).
+        sub_image = F.interpolate(denoised * mask, size=(224, 112), mode="bilinear",
+                                  align_corners=False) * 2
         upsampled = F.interpolate(sub_image, size=(224, 224), mode="nearest")
         expected = (upsampled - IMAGENET_MEAN) / IMAGENET_STD
         assert torch.allclose(network_input(classifier, part), expected, atol=1e-5)

@@ -158,18 +158,23 @@ def load_hf_network(folder: str | os.PathLike) -> HFImageClassifier:
     folder = Path(folder)
     _check_folder(folder)
     transformers = _transformers()
-    # transformers draws a progress bar on stderr per load; a script's stderr is for errors.
-    bar_was_on = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()
+    # transformers draws a progress bar and a load report on stderr; a script's stderr
+    # is for its one-line errors.
+    hf_logging = transformers.utils.logging
+    bar_was_on, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         model, info = transformers.AutoModelForImageClassification.from_pretrained(
             str(folder), local_files_only=True, output_loading_info=True
         )
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"{folder}: {first_line(err)}") from None
+    except Exception as err:  # noqa: BLE001 - any failure to read the folder is bad input
+        # Wrong shapes raise RuntimeError, a damaged weights file safetensors' own error.
+        raise ValueError(f"{folder}: not a loadable classifier ({first_line(err)})") from None
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bar_was_on:
-            transformers.utils.logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()
     missing = sorted(info.get("missing_keys", ()))
     if missing:
         raise ValueError(

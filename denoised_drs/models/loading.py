@@ -283,6 +283,13 @@ def load_classifier(
         return _resized(full, spec).to(device).eval()
     obj = load_weights_only(path) if checkpoint is None else checkpoint
     spec = read_classifier_spec(path, obj, **options)
+    if spec.branch != "full" and obj.get("arch") == "cifar10":
+        raise ValueError(
+            f"{path} is a DRS authors' CIFAR-10 branch classifier: their code feeds it the "
+            "whole 32x32 image with the other sub-image zeroed plus a max-pool fill "
+            "(core1_lowres_2.py), not a sub-image, so it cannot be a branch here; train "
+            "branch classifiers with scripts/train_base.py --target drs"
+        )
     try:
         full = create_model(spec.arch, **spec.model_options())
         load_weights(full.model, find_state_dict(obj), spec.arch)
