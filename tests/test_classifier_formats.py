@@ -182,3 +182,17 @@ def test_an_ensemble_of_two_architectures_takes_one_arch_per_member(tmp_path):
     assert pipe.smoothed.num_classes == 10
     with torch.no_grad():
         assert torch.allclose(pipe.smoothed.voter.classifiers[0](x), ensemble(x), atol=1e-4)
+
+
+def test_a_folder_whose_weights_do_not_fit_is_one_clear_error(tmp_path):
+    folder = write_vit_folder(tmp_path / "vit", 0)
+    config = json.loads((folder / "config.json").read_text())
+    config["num_labels"] = 5  # the head in model.safetensors has 10 rows
+    config.pop("id2label", None), config.pop("label2id", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="not a loadable classifier"):
+        load_classifier(folder)
+    (folder / "config.json").write_text(json.dumps({**config, "num_labels": 10}))
+    (folder / "model.safetensors").write_bytes(b"damaged")
+    with pytest.raises(ValueError, match="not a loadable classifier"):
+        load_classifier(folder)
