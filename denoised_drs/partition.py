@@ -10,13 +10,21 @@ keeps columns ``i mod 2, i mod 2 + 2, ...``). :class:`DrsRelease` is the partiti
 the DRS authors' released code trained its classifiers on (the same except in the
 first column pair of each row, see there); it lets their checkpoints run as trained.
 
+Two families cut an image into ``k`` parts: :class:`Diagonal` (``"diagonal-K"``, pixel
+``(i, j)`` to part ``(i + j) mod K``, each part ``(..., C, H, W / K)`` row by row;
+``diagonal-2`` is the checkerboard) and :class:`Polyphase` (``"polyphase-AxB"``, part
+``(i mod A) * B + (j mod B)``, each part a ``(..., C, H / A, W / B)`` low-resolution
+image). :func:`get_partition` builds any of them from its name.
+
 Every partition here is a true partition (disjoint parts covering every pixel once),
 which is all the DRS certificates assume of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -129,55 +137,86 @@ class Partition:
     def fill_missing(
         self, part_index: int, noisy_part: torch.Tensor, sigma: float, fresh_noise: torch.Tensor
     ) -> torch.Tensor:
-        """Build a full-size noisy image from one noisy sub-image alone (two-part
-        partitions whose parts share one shape).
+        """Build a full-size noisy image from one noisy sub-image alone (partitions whose
+        parts share one shape, as all here do).
 
-        The sub-image's pixels stay in place. Each missing pixel gets the mean of its
-        k in-image 4-neighbours that belong to the sub-image plus
-        ``sigma * sqrt(1 - 1/k) * fresh_noise``, so its noise has variance exactly
-        ``sigma**2``, like every observed pixel (a missing pixel with no such
-        neighbour, k = 0, gets ``0.5 + sigma * fresh_noise``; the checkerboard has
-        none). ``fresh_noise`` is a standard normal tensor of the full image shape
-        ``(N, C, H, W)`` that must be independent of the other sub-image; only its
-        entries at the missing positions are used. The output is therefore a
-        function of ``noisy_part`` and ``fresh_noise`` only: the other sub-image
-        cannot influence it.
+        The sub-image's pixels stay in place. Each missing pixel gets the mean of the
+        n pixels of the sub-image nearest to it in the image (Euclidean distance, every
+        pixel at that smallest distance counted) plus ``sigma * sqrt(1 - 1/n) *
+        fresh_noise``, so its noise has variance exactly ``sigma**2``, like every
+        observed pixel. Where a missing pixel has observed 4-neighbours these are its
+        nearest pixels, so the two-part partitions here (each missing pixel has one) get
+        the mean of the observed 4-neighbours, as they always did; with ``k`` parts the
+        nearest pixels may be diagonal (polyphase 2x2) or further (diagonal-K, K >= 5).
+        ``fresh_noise`` is a standard normal tensor of the full image shape
+        ``(N, C, H, W)`` that must be independent of the other sub-images; only its
+        entries at the missing positions are used. The output is therefore a function
+        of ``noisy_part`` and ``fresh_noise`` only: the other sub-images cannot
+        influence it.
         """
-        if self.num_parts != 2 or part_index not in (0, 1):
+        if part_index not in range(self.num_parts):
             raise ValueError(
-                f"part_index must be 0 (l) or 1 (r) of a two-part partition, got {part_index} "
-                f"of {self.num_parts}"
+                f"part_index must be one of 0..{self.num_parts - 1} for the {self.name} "
+                f"partition, got {part_index}"
             )
         zeros = torch.zeros_like(noisy_part)
         ones = torch.ones_like(noisy_part[..., :1, :, :])
-        parts = (noisy_part, zeros) if part_index == 0 else (zeros, noisy_part)
-        masks = (
-            (ones, torch.zeros_like(ones)) if part_index == 0 else (torch.zeros_like(ones), ones)
+        placed = self.merge(
+            [noisy_part if j == part_index else zeros for j in range(self.num_parts)]
         )
-        placed = self.merge(parts)
-        observed = self.merge(masks)
+        observed = self.merge(
+            [ones if j == part_index else torch.zeros_like(ones) for j in range(self.num_parts)]
+        )
         if fresh_noise.shape != placed.shape:
             raise ValueError(
                 f"fresh_noise must have the full image shape {tuple(placed.shape)}, "
                 f"got {tuple(fresh_noise.shape)}"
             )
-        cross = placed.new_tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+        height, width = placed.shape[-2:]
         channels = placed.shape[-3]
-        flat = placed.reshape(-1, channels, *placed.shape[-2:])
-        neighbour_sum = F.conv2d(flat, cross.expand(channels, 1, 3, 3), padding=1, groups=channels)
-        mask = observed.reshape(-1, 1, *placed.shape[-2:])[:1]
-        neighbours = F.conv2d(mask, cross.view(1, 1, 3, 3), padding=1)
-        # Observed pixels may have no observed neighbours (count 0); clamp so the
-        # unused branch of the final `where` stays finite.
-        count = neighbours.clamp_min(1.0)
-        mean = neighbour_sum / count
-        top_up = sigma * torch.sqrt(1.0 - 1.0 / count)
-        filled = mean + top_up * fresh_noise.reshape(flat.shape)
-        isolated = (neighbours == 0) & ~mask.bool()
-        if isolated.any():
-            filled = torch.where(isolated, 0.5 + sigma * fresh_noise.reshape(flat.shape), filled)
-        return torch.where(observed.bool(), placed, filled.reshape(placed.shape))
+        flat = placed.reshape(-1, channels, height, width)
+        noise = fresh_noise.reshape(flat.shape)
+        mask = observed.reshape(-1, 1, height, width)[:1]
+        missing = ~mask.bool()
+        # Observed pixels keep their values; each ring (nearest first) fills the missing
+        # pixels that have observed pixels on it and none nearer.
+        filled = flat
+        for radius, offsets in _rings(height, width):
+            if not missing.any():
+                break
+            ring = placed.new_zeros(2 * radius + 1, 2 * radius + 1)
+            for di, dj in offsets:
+                ring[radius + di, radius + dj] = 1.0
+            neighbours = F.conv2d(mask, ring.view(1, 1, *ring.shape), padding=radius)
+            use = missing & (neighbours > 0)
+            if not use.any():
+                continue
+            neighbour_sum = F.conv2d(
+                flat, ring.expand(channels, 1, *ring.shape), padding=radius, groups=channels
+            )
+            # Pixels with no observed pixel on this ring have count 0; clamp so the
+            # unused branch of the `where` stays finite.
+            count = neighbours.clamp_min(1.0)
+            mean = neighbour_sum / count
+            top_up = sigma * torch.sqrt(1.0 - 1.0 / count)
+            filled = torch.where(use, mean + top_up * noise, filled)
+            missing = missing & ~use
+        return filled.reshape(placed.shape)
 
+
+def _rings(height: int, width: int) -> Iterator[tuple[int, set[tuple[int, int]]]]:
+    """The offsets ``(di, dj)`` between pixels of a ``height x width`` image, grouped by
+    Euclidean distance, nearest first: yields ``(radius, offsets)`` per distance, with
+    ``radius`` the largest ``|di|`` or ``|dj|`` among them. The first group is the four
+    4-neighbours (radius 1); every offset between two pixels of the image is in one."""
+    for squared in range(1, (height - 1) ** 2 + (width - 1) ** 2 + 1):
+        offsets = set()
+        for di in range(math.isqrt(squared) + 1):
+            dj = math.isqrt(squared - di * di)
+            if di * di + dj * dj == squared:
+                offsets |= {(si * di, sj * dj) for si in (1, -1) for sj in (1, -1)}
+        if offsets:
+            yield max(max(abs(di), abs(dj)) for di, dj in offsets), offsets
 
 
 class Identity(Partition):
@@ -270,6 +309,112 @@ class DrsRelease(Partition):
         return merged
 
 
+def _check_parts(parts: Sequence[torch.Tensor], partition: Partition) -> None:
+    """Raise ValueError unless ``parts`` are ``num_parts`` sub-image batches of one shape."""
+    if len(parts) != partition.num_parts:
+        raise ValueError(
+            f"the {partition.name} partition has {partition.num_parts} parts, got {len(parts)}"
+        )
+    _check_image(parts[0], "sub-image batch")
+    shapes = {tuple(part.shape) for part in parts}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"the {partition.name} parts must have the same shape, got {sorted(shapes)}"
+        )
+
+
+class Diagonal(Partition):
+    """Diagonal stripes, ``k`` parts: pixel ``(i, j)`` goes to part ``(i + j) mod k``.
+
+    Each part is stored as ``(..., C, H, W / k)`` row by row: row ``i`` of part ``p``
+    holds, in increasing column order, the columns ``j`` with ``(i + j) mod k == p``
+    (``j = (p - i) mod k, (p - i) mod k + k, ...``). ``W`` must be divisible by ``k``,
+    ``H`` may be anything. ``Diagonal(2)`` is :class:`Checkerboard`, part for part and
+    bit for bit. Its name is ``"diagonal-<k>"``; :meth:`merge` inverts :meth:`split`
+    exactly (both only move values).
+    """
+
+    def __init__(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+            raise ValueError(f"a diagonal partition needs an integer k >= 2, got {k!r}")
+        self.num_parts = k
+        self.name = f"diagonal-{k}"
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        _check_image(x)
+        k = self.num_parts
+        height, width = x.shape[-2:]
+        if width % k:
+            raise ValueError(
+                f"the {self.name} partition needs a width divisible by {k}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        # blocks[..., i, b, q] is pixel (i, b k + q), which is in part (i + q) mod k.
+        blocks = x.reshape(*x.shape[:-1], width // k, k)
+        rows = torch.arange(height, device=x.device).view(-1, 1, 1)
+        parts = torch.arange(k, device=x.device).view(1, 1, -1)
+        # by_part[..., i, b, p] = blocks[..., i, b, (p - i) mod k]: the b-th pixel of part p.
+        by_part = torch.gather(blocks, -1, (parts - rows).remainder(k).expand(blocks.shape))
+        return tuple(by_part.movedim(-1, 0).contiguous())
+
+    def merge(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        _check_parts(parts, self)
+        k = self.num_parts
+        by_part = torch.stack(tuple(parts), dim=-1)
+        height, part_width = by_part.shape[-3:-1]
+        rows = torch.arange(height, device=by_part.device).view(-1, 1, 1)
+        slots = torch.arange(k, device=by_part.device).view(1, 1, -1)
+        # blocks[..., i, b, q] = by_part[..., i, b, (i + q) mod k], inverting split.
+        blocks = torch.gather(by_part, -1, (rows + slots).remainder(k).expand(by_part.shape))
+        return blocks.reshape(*by_part.shape[:-2], part_width * k)
+
+
+class Polyphase(Partition):
+    """Polyphase components, ``a * b`` parts: part ``(i mod a) * b + (j mod b)`` holds
+    the pixels ``(i, j)`` with those residues.
+
+    Part ``p = r * b + s`` is stored as ``(..., C, H / a, W / b)``, its pixel
+    ``(u, v)`` being image pixel ``(u a + r, v b + s)``: each part is a proper
+    low-resolution image (a ``(a, b)``-strided subsampling). ``H`` must be divisible
+    by ``a`` and ``W`` by ``b``. Its name is ``"polyphase-<a>x<b>"``; :meth:`merge`
+    inverts :meth:`split` exactly (both only move values).
+    """
+
+    def __init__(self, a: int, b: int) -> None:
+        if (
+            any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in (a, b))
+            or a * b < 2
+        ):
+            raise ValueError(
+                f"a polyphase partition needs integers a, b >= 1 with a * b >= 2, "
+                f"got {a!r} x {b!r}"
+            )
+        self.rows, self.cols = a, b
+        self.num_parts = a * b
+        self.name = f"polyphase-{a}x{b}"
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        _check_image(x)
+        a, b = self.rows, self.cols
+        height, width = x.shape[-2:]
+        if height % a or width % b:
+            raise ValueError(
+                f"the {self.name} partition needs a height divisible by {a} and a width "
+                f"divisible by {b}, got shape {tuple(x.shape)}"
+            )
+        # grid[..., u, r, v, s] is pixel (u a + r, v b + s), in part r b + s.
+        grid = x.reshape(*x.shape[:-2], height // a, a, width // b, b)
+        phases = grid.movedim((-3, -1), (0, 1))  # (a, b, ..., H / a, W / b)
+        return tuple(phases.reshape(a * b, *phases.shape[2:]).contiguous())
+
+    def merge(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        _check_parts(parts, self)
+        a, b = self.rows, self.cols
+        phases = torch.stack(tuple(parts)).unflatten(0, (a, b))
+        grid = phases.movedim((0, 1), (-3, -1))  # (..., H / a, a, W / b, b)
+        return grid.reshape(*grid.shape[:-4], grid.shape[-4] * a, grid.shape[-2] * b)
+
+
 _BY_NAME: dict[str, type[Partition]] = {
     cls.name: cls for cls in (Identity, Checkerboard, DrsRelease)
 }
@@ -277,25 +422,51 @@ PARTITIONS = {**_BY_NAME, **{mode.value: _BY_NAME[partition_for(mode).value] for
 """Partition classes by name, and by the mode they serve (see :mod:`denoised_drs.modes`)."""
 
 
+_DIAGONAL = re.compile(r"diagonal-([1-9][0-9]*)")
+_POLYPHASE = re.compile(r"polyphase-([1-9][0-9]*)x([1-9][0-9]*)")
+
+
+def partition_names() -> tuple[str, ...]:
+    """The names :func:`get_partition` accepts: the fixed names of :data:`PARTITIONS`
+    (partitions and modes), then the two families' forms ``"diagonal-K"`` (integer
+    ``K >= 2``) and ``"polyphase-AxB"`` (integers ``A, B >= 1``, ``A * B >= 2``)."""
+    return (
+        *sorted(PARTITIONS),
+        "diagonal-K (integer K >= 2)",
+        "polyphase-AxB (integers A, B >= 1, A*B >= 2)",
+    )
+
+
 def get_partition(name: str) -> Partition:
-    """Partition by name: ``"rs"``/``"identity"``, ``"drs"``/``"checkerboard"`` or
-    ``"drs-release"``."""
-    try:
+    """Partition by name: ``"rs"``/``"identity"``, ``"drs"``/``"checkerboard"``,
+    ``"drs-release"``, ``"diagonal-K"`` (:class:`Diagonal`) or ``"polyphase-AxB"``
+    (:class:`Polyphase`). The returned partition's ``name`` is the one given, or the
+    partition's own for a mode's name. Any other name raises ValueError with one line
+    listing the accepted forms (:func:`partition_names`)."""
+    if name in PARTITIONS:
         return PARTITIONS[name]()
-    except KeyError:
-        raise ValueError(
-            f"unknown partition {name!r}; choose one of {sorted(PARTITIONS)}"
-        ) from None
+    diagonal = _DIAGONAL.fullmatch(name)
+    if diagonal and int(diagonal[1]) >= 2:
+        return Diagonal(int(diagonal[1]))
+    polyphase = _POLYPHASE.fullmatch(name)
+    if polyphase and int(polyphase[1]) * int(polyphase[2]) >= 2:
+        return Polyphase(int(polyphase[1]), int(polyphase[2]))
+    raise ValueError(
+        f"unknown partition {name!r}; choose one of: {', '.join(partition_names())}"
+    )
 
 
 __all__ = [
     "Checkerboard",
+    "Diagonal",
     "DrsRelease",
     "Identity",
     "InterpolationMode",
     "Partition",
+    "Polyphase",
     "checkerboard_merge",
     "checkerboard_split",
     "get_partition",
+    "partition_names",
     "resize",
 ]
