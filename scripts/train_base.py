@@ -8,6 +8,9 @@ Examples::
     # DRS, both branches fine-tuned from a pretrained model (writes ..._l.pt and ..._r.pt)
     accelerate launch scripts/train_base.py --dataset cifar10 --target drs --branch both \
         --sigma 0.18 --init models/cifar10/noise_0.25/checkpoint.pth.tar --out runs/drs.pt
+    # k parts: one classifier per 14x14 polyphase component (writes ..._1.pt ... ..._4.pt)
+    python scripts/train_base.py --dataset fashion-mnist --partition polyphase-2x2 \
+        --branch all --sigma 0.125 --out checkpoints/fmnist_poly2x2.pt
 
 Every recipe value (see ``denoised_drs.training.TRAINING_RECIPES``) can be overridden by a flag.
 Bad input gives a one-line message on stderr and exit code 2.
@@ -20,7 +23,6 @@ import argparse
 from denoised_drs.cli import ArgumentParser, run_script
 from denoised_drs.cpu_memory import keep_freed_memory
 from denoised_drs.training import (
-    DRS_BRANCHES,
     STRATEGIES,
     TARGETS,
     TRAINING_RECIPES,
@@ -41,11 +43,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--dataset", default="fashion-mnist", choices=sorted(TRAINING_RECIPES))
     add("--data-dir", help="dataset folder (default: the dataset's standard location)")
-    add("--out", required=True, help="checkpoint path; with --branch both, _l/_r are inserted")
+    add("--out", required=True,
+        help="checkpoint path; with --branch all/both, _l/_r (two parts) or _1.._k are "
+        "inserted before the suffix, or {branch} filled in")
     add("--arch", help="model name: small_cnn, cifar_resnet20/56/110, resnet50, timm:<name>")
     add("--strategy", default="gaussian", choices=STRATEGIES)
-    add("--target", default="rs", choices=TARGETS)
-    add("--branch", choices=("full", *DRS_BRANCHES), help="DRS branch (default both); RS: full")
+    add("--target", choices=TARGETS,
+        help="rs (default) or drs (default when --partition has 2 or more parts)")
+    add("--partition",
+        help="how images are cut into parts: identity (rs), checkerboard (drs default), "
+        "drs-release, diagonal-K, polyphase-AxB")
+    add("--branch",
+        help="full (rs); for drs: l or r (two parts), a part number 1..k, or all "
+        "(every part, the default; both = all for two parts)")
     add("--sigma", type=float, default=0.25, help="noise level in [0, 1] pixel units")
     add("--epochs", type=int)
     add("--lr", type=float)

@@ -1,11 +1,18 @@
 """Training base classifiers for RS and DRS: strategies, settings and the Accelerate loop.
 
-``train(TrainConfig(...))`` trains one classifier per branch (``full`` for RS, ``l``
-and/or ``r`` for DRS, each on its own noisy checkerboard sub-image resized back to
-full size) with the Gaussian, consistency or SmoothAdv objective.
+``train(TrainConfig(...))`` trains one classifier per branch (``full`` for RS; for DRS
+one or every part of the partition, ``l`` / ``r`` of the checkerboard or ``1`` ... ``k``
+of a k-part partition, each on its own noisy sub-image resized back to full size) with
+the Gaussian, consistency or SmoothAdv objective.
 """
 
-from .config import DRS_BRANCHES, TARGETS, TRAINING_RECIPES, TrainConfig, branch_input
+from .config import (
+    TARGETS,
+    TRAINING_RECIPES,
+    TrainConfig,
+    branch_choices,
+    branch_input,
+)
 from .loop import LOG_COLUMNS, evaluate, train, train_branch
 from .strategies import (
     STRATEGIES,
@@ -22,7 +29,6 @@ from .strategies import (
 )
 
 __all__ = [
-    "DRS_BRANCHES",
     "LOG_COLUMNS",
     "STRATEGIES",
     "TARGETS",
@@ -33,6 +39,7 @@ __all__ = [
     "SmoothAdv",
     "Strategy",
     "TrainConfig",
+    "branch_choices",
     "branch_input",
     "consistency_loss",
     "evaluate",

@@ -10,13 +10,19 @@ from typing import Any
 
 import torch
 
-from ..data import DATASETS
-from ..modes import Mode, choices
+from ..data import DATASET_INFO, DATASETS
+from ..modes import Mode, choices, partition_for
 from ..noise import FLOAT32_MAX
-from ..partition import checkerboard_split
+from ..partition import Checkerboard, Partition, get_partition
+from ..scheme import branch_names
 from .strategies import STRATEGIES
 
 TARGETS = choices(Mode)
+ALL_PARTS = "all"
+"""``--branch all``: one classifier per part of the partition."""
+BOTH_PARTS = "both"
+"""``--branch both``: the two parts of a two-part partition (as ``all``), the name
+recorded for them."""
 
 
 def _fill_branch(template: str, branch: str) -> Path:
@@ -24,7 +30,34 @@ def _fill_branch(template: str, branch: str) -> Path:
         return Path(template.format(branch=branch))
     except (KeyError, IndexError, ValueError) as error:
         raise ValueError(f"{template!r}: only {{branch}} can be filled in (got {error})") from None
-DRS_BRANCHES = ("l", "r", "both")
+
+
+def branch_choices(num_parts: int) -> tuple[str, ...]:
+    """The ``branch`` values a partition of ``num_parts`` parts accepts.
+
+    One part (RS): ``full``. Two parts: ``l``, ``r``, the part numbers ``1``, ``2``
+    (the same parts), ``both`` and ``all`` (both parts). ``k >= 3`` parts: the part
+    numbers ``1`` ... ``k`` (their names, :func:`denoised_drs.scheme.branch_names`) and
+    ``all``.
+    """
+    if num_parts == 1:
+        return ("full",)
+    numbers = tuple(str(j) for j in range(1, num_parts + 1))
+    if num_parts == 2:
+        return (*branch_names(2), *numbers, BOTH_PARTS, ALL_PARTS)
+    return (*numbers, ALL_PARTS)
+
+
+def _canonical_branch(branch: str, num_parts: int) -> str:
+    """The recorded spelling of an accepted ``branch``: for two parts, ``1`` / ``2`` are
+    ``l`` / ``r`` and ``all`` is ``both`` (as recorded before k-part partitions, so
+    those runs resume as one); every other value is itself."""
+    if num_parts == 2 and branch == ALL_PARTS:
+        return BOTH_PARTS
+    if num_parts == 2 and branch.isdigit():
+        return branch_names(2)[int(branch) - 1]
+    return branch
+
 
 TRAINING_RECIPES: dict[str, dict[str, Any]] = {
     # Xia et al. (2024): DRS fine-tuning of Cohen's ResNet-110 with Adam.
@@ -43,7 +76,17 @@ pretrained model (``init``)."""
 
 @dataclass
 class TrainConfig:
-    """One training run. ``branch`` is ``"full"`` for RS and ``"l"``/``"r"``/``"both"`` for DRS."""
+    """One training run.
+
+    ``partition`` names how images are cut into parts
+    (:func:`denoised_drs.partition.get_partition`); None is the target's own:
+    ``identity`` for ``rs``, ``checkerboard`` for ``drs``.
+    ``branch`` is ``"full"`` for RS; for DRS one of :func:`branch_choices` of the
+    partition's number of parts: one part (``l`` / ``r`` or its number), or every part
+    (``all``; ``both`` for two parts). Each part's classifier is a full-size network fed
+    its sub-image resized to the image size (:meth:`ClassifierSpec.wrap
+    <denoised_drs.models.ClassifierSpec.wrap>`).
+    """
 
     out: str
     dataset: str = "fashion-mnist"
@@ -52,6 +95,7 @@ class TrainConfig:
     strategy: str = "gaussian"
     target: str = Mode.RS.value
     branch: str = "full"
+    partition: str | None = None
     sigma: float = 0.25
     epochs: int = 4
     lr: float = 1e-3
@@ -83,7 +127,13 @@ class TrainConfig:
     @classmethod
     def from_recipe(cls, dataset: str, out: str, **overrides: Any) -> TrainConfig:
         """The dataset's :data:`TRAINING_RECIPES` entry with ``overrides`` (``None`` values
-        ignored)."""
+        ignored), validated and in its recorded spelling.
+
+        Without a ``target``, a partition of two or more parts means ``drs``; ``drs``
+        without a ``branch`` trains every part. The target's own partition is stored as
+        None (naming it or not is one run), and ``branch`` as :func:`_canonical_branch`
+        spells it.
+        """
         if dataset not in TRAINING_RECIPES:
             raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
         values = {**TRAINING_RECIPES[dataset],
@@ -92,11 +142,21 @@ class TrainConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"unknown training setting(s): {unknown}")
+        partition = values.get("partition")
+        if partition is not None:
+            parts = get_partition(partition)
+            values["partition"] = parts.name
+            if "target" not in values and parts.num_parts >= 2:
+                values["target"] = Mode.DRS.value
         config = cls(out=out, dataset=dataset, **values)
         if config.target == Mode.DRS and "branch" not in values:
-            config = replace(config, branch="both")
+            config = replace(config, branch=ALL_PARTS)
         config.validate()
-        return config
+        if config.partition == partition_for(config.target).value:
+            config = replace(config, partition=None)
+        return replace(
+            config, branch=_canonical_branch(config.branch, config.split_partition().num_parts)
+        )
 
     def validate(self) -> None:
         """Raise ValueError on impossible settings, before any work is done."""
@@ -142,44 +202,83 @@ class TrainConfig:
             (self.workers >= 0, "workers must be >= 0"),
             (not (self.resume and self.overwrite), "give --resume or --overwrite, not both"),
         ]
-        if self.target == Mode.RS:
-            checks.append(
-                (self.branch == "full", "target rs trains the full image: branch must be 'full'")
-            )
-        else:
-            checks.append(
-                (self.branch in DRS_BRANCHES, f"target drs needs branch in {DRS_BRANCHES}")
-            )
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self._validate_partition()
+
+    def _validate_partition(self) -> None:
+        """The partition parses, fits the target, has the branch and divides the
+        dataset's images (:data:`~denoised_drs.data.DATASET_INFO`)."""
+        partition = self.split_partition()
+        if self.target == Mode.RS:
+            if partition.num_parts != 1:
+                raise ValueError(
+                    f"target rs trains the full image: the partition must be identity, "
+                    f"got {partition.name}"
+                )
+            if self.branch != "full":
+                raise ValueError("target rs trains the full image: branch must be 'full'")
+            return
+        if partition.num_parts == 1:
+            raise ValueError(
+                f"target drs needs a partition of 2 or more parts, got {partition.name}"
+            )
+        accepted = branch_choices(partition.num_parts)
+        if self.branch not in accepted:
+            raise ValueError(
+                f"target drs with the {partition.name} partition ({partition.num_parts} "
+                f"parts) needs branch in {accepted}, got {self.branch!r}"
+            )
+        shape = DATASET_INFO[self.dataset].image_shape
+        try:
+            partition.check_image_shape(shape)
+        except ValueError as error:
+            raise ValueError(
+                f"dataset {self.dataset} has {'x'.join(map(str, shape))} images: {error}"
+            ) from None
+
+    def split_partition(self) -> Partition:
+        """The partition the branches' sub-images come from (ValueError if ``partition``
+        does not parse)."""
+        return get_partition(self.partition or partition_for(self.target).value)
 
     @property
     def branches(self) -> tuple[str, ...]:
-        """The branches trained, one model each: ``("full",)``, ``("l",)``, ``("r",)`` or
-        ``("l", "r")``."""
-        return ("l", "r") if self.branch == "both" else (self.branch,)
+        """The branches trained, one model each, by their part names in part order:
+        ``("full",)`` for RS; one name, or every part's (``("l", "r")`` for two parts,
+        ``("1", ..., "k")`` beyond) for ``all`` / ``both``."""
+        names = branch_names(self.split_partition().num_parts) or ("full",)
+        if self.branch in (ALL_PARTS, BOTH_PARTS):
+            return names
+        if self.branch.isdigit():
+            return (names[int(self.branch) - 1],)
+        return (self.branch,)
+
+    def _one_file(self) -> bool:
+        return self.branch not in (ALL_PARTS, BOTH_PARTS)
 
     def out_path(self, branch: str) -> Path:
         """Checkpoint path for ``branch``: ``out`` itself, or with ``{branch}`` filled in /
-        ``_l``/``_r`` inserted before the suffix when ``branch == "both"``."""
+        ``_<branch>`` (``_l``, ``_r``; ``_1`` ... ``_k``) inserted before the suffix when
+        every part is trained."""
         out = str(self.out)
         if "{branch}" in out:
             return _fill_branch(out, branch)
-        if self.branch != "both":
+        if self._one_file():
             return Path(out)
         path = Path(out)
         return path.with_name(f"{path.stem}_{branch}{path.suffix or '.pt'}")
 
     def log_path(self, branch: str) -> Path:
+        """CSV log path for ``branch``: the checkpoint path with ``.csv``, or ``log`` as
+        :meth:`out_path` treats ``out``."""
         if self.log is None:
             return self.out_path(branch).with_suffix(".csv")
         if "{branch}" in self.log:
             return _fill_branch(self.log, branch)
         path = Path(self.log)
-        return (
-            path if self.branch != "both" else path.with_name(f"{path.stem}_{branch}{path.suffix}")
-        )
+        return path if self._one_file() else path.with_name(f"{path.stem}_{branch}{path.suffix}")
 
     def lr_at(self, epoch: int) -> float:
         """Step schedule: ``lr * gamma ** (number of milestones <= epoch)`` (epochs count
@@ -209,13 +308,21 @@ class TrainConfig:
         return values
 
 
-def branch_input(x: torch.Tensor, branch: str) -> torch.Tensor:
-    """What a classifier of ``branch`` sees of a clean batch: the image or its checkerboard half.
+def branch_input(x: torch.Tensor, branch: str, partition: Partition | None = None) -> torch.Tensor:
+    """What a classifier of ``branch`` sees of a clean batch: the image (``"full"``), or
+    its part named ``branch`` (:func:`denoised_drs.scheme.branch_names`) of ``partition``
+    (None: the checkerboard), i.e. ``partition.split(x)[j]`` for the j-th name.
 
-    Noise is added afterwards; since it is i.i.d. per pixel, noising the half equals
-    taking the half of the noised image.
+    Noise is added afterwards; since it is i.i.d. per pixel, noising the part equals
+    taking the part of the noised image. Raises ValueError for a name the partition
+    does not have.
     """
     if branch == "full":
         return x
-    x_l, x_r = checkerboard_split(x)
-    return x_l if branch == "l" else x_r
+    partition = partition or Checkerboard()
+    names = branch_names(partition.num_parts)
+    if branch not in names:
+        raise ValueError(
+            f"the {partition.name} partition has branches {names}, got {branch!r}"
+        )
+    return partition.split(x)[names.index(branch)]

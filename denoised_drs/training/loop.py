@@ -4,8 +4,10 @@ Runs the same under ``python`` (one device or the CPU) and ``accelerate launch``
 (several GPUs, data parallel). After every epoch the main process writes
 
 * the classifier checkpoint (our format, :func:`denoised_drs.models.save_classifier`)
-  at ``config.out_path(branch)``: loads with :func:`denoised_drs.models.load_classifier`
-  straight into ``Smooth`` (branch ``full``) or ``DualSmooth`` (branches ``l``, ``r``);
+  at ``config.out_path(branch)``, recording the branch (``full``; ``l`` / ``r``; a
+  part number) and the partition (empty for the target's own, as before partitions
+  were recorded): :func:`denoised_drs.models.load_classifier` gives the classifier of
+  whole images, or of that part's sub-images of exactly the part's shape;
 * the resume state (weights, optimizer, RNG, log rows) at ``<checkpoint>.state.pt``,
   removed after the last epoch unless ``keep_state``;
 * the CSV log: epoch, lr, train_loss, test_clean_acc, test_noisy_acc, epoch_time_s.
@@ -38,6 +40,7 @@ from ..models import (
     read_classifier_spec,
     save_classifier,
 )
+from ..partition import Partition
 from .config import TrainConfig, branch_input
 from .strategies import SmoothAdv, make_strategy
 
@@ -72,6 +75,7 @@ def build_spec(config: TrainConfig, branch: str) -> ClassifierSpec:
         config.arch,
         config.dataset,
         branch=branch,
+        partition=config.partition or "",
         interpolation=config.interpolation,
         sigma=config.sigma,
     )
@@ -106,13 +110,20 @@ def full_network(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, branch: str, sigma: float, seed: int, accelerator: Any
+    model: nn.Module,
+    loader: DataLoader,
+    branch: str,
+    sigma: float,
+    seed: int,
+    accelerator: Any,
+    partition: Partition | None = None,
 ) -> tuple[float, float]:
-    """(clean accuracy, accuracy on one seeded noisy copy per image) over ``loader``."""
+    """(clean accuracy, accuracy on one seeded noisy copy per image) over ``loader``, the
+    model fed :func:`branch_input` of ``branch`` and ``partition``."""
     model.eval()
     counts = torch.zeros(3, device=accelerator.device)
     for index, (x, y) in enumerate(loader):
-        x = branch_input(x, branch)
+        x = branch_input(x, branch, partition)
         generator = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + index)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         clean = model(x).argmax(dim=1) == y
@@ -174,7 +185,8 @@ def train(config: TrainConfig) -> list[Path]:
 
 
 def train_branch(config: TrainConfig, branch: str) -> Path:
-    """Train one classifier (``branch`` ``full``, ``l`` or ``r``) and return its checkpoint path."""
+    """Train the classifier of one of ``config.branches`` (``full``; ``l`` / ``r``; a part
+    number) on its sub-images and return its checkpoint path."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -184,6 +196,7 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
     if config.resume and not resume_file.is_file():
         raise FileNotFoundError(f"--resume: no training state at {resume_file}")
     spec = build_spec(config, branch)
+    partition = config.split_partition()
     train_set = _limit(get_dataset(config.dataset, "train", config.data_dir), config.max_train)
     test_set = _limit(get_dataset(config.dataset, "test", config.data_dir), config.max_test)
 
@@ -256,7 +269,8 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
             disable=not (config.progress and accelerator.is_main_process),
         )
         for x, y in batches:
-            loss = strategy.loss(model, branch_input(x, branch), y, config.sigma, epoch)
+            loss = strategy.loss(model, branch_input(x, branch, partition), y, config.sigma,
+                                 epoch)
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
@@ -264,7 +278,7 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
             batches.set_postfix(loss=f"{loss.item():.4f}")
         totals = accelerator.reduce(totals, reduction="sum")
         clean_acc, noisy_acc = evaluate(
-            model, test_loader, branch, config.sigma, config.seed, accelerator
+            model, test_loader, branch, config.sigma, config.seed, accelerator, partition
         )
         row = {
             "epoch": epoch + 1,
