@@ -24,18 +24,21 @@ import numpy as np
 
 from denoised_drs import analysis
 from denoised_drs.adaptive import certify_adaptive, check_tolerance
-from denoised_drs.bounds import branch_alpha, certified_radius, clopper_pearson_lower
+from denoised_drs.bounds import branch_alpha, clopper_pearson_lower
 from denoised_drs.cli import run_script
 from denoised_drs.modes import CertificateKind
+from denoised_drs.partition import get_partition
+from denoised_drs.scheme import Scheme, certified_radius, rule_for
 
 
 class BinomialVotes:
     """Stands in for a SmoothedClassifier: branch j votes for class 0 with probability p[j]."""
 
     def __init__(self, p: np.ndarray, kind: CertificateKind, sigma: float, seed: int) -> None:
-        self.p, self.kind = p, kind
+        self.p = p
         self.num_branches = len(p)
-        self.sigmas = (sigma,) * self.num_branches
+        partition = get_partition("rs" if self.num_branches == 1 else "drs")
+        self.scheme = Scheme(partition, rule_for(kind), (sigma,) * self.num_branches)
         self.rng = np.random.default_rng(seed)
 
     def sample_counts(self, x, num, batch_size, seed, stage, start=0) -> np.ndarray:

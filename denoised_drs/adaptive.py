@@ -79,20 +79,26 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from denoised_drs.bounds import (
     branch_alpha,
-    certified_radius,
     clopper_pearson_lower,
     clopper_pearson_upper,
 )
-from denoised_drs.certificate import ESTIMATION, SELECTION, build_certificate, check_counts
-from denoised_drs.modes import CertificateKind
+from denoised_drs.certificate import (
+    ABSTAIN,
+    ESTIMATION,
+    SELECTION,
+    Certificate,
+    build_certificate,
+    check_counts,
+)
+from denoised_drs.scheme import Scheme
 
 GROWTH = 1.5
 """Each look has about GROWTH times the samples of the one before."""
@@ -181,12 +187,12 @@ class _Look:
 
 
 def _reach(counts_top: np.ndarray, n: int, n_max: int, final_alpha: float,
-           kind: CertificateKind, sigmas: Sequence[float]) -> float:
+           scheme: Scheme) -> float:
     """Stopping statistic (not in the budget): the final look's radius if each branch's
     frequency at n_max were its upper bound at STOP_LEVEL from the ``n`` samples so far."""
     hoped = np.minimum(n_max, np.ceil(clopper_pearson_upper(counts_top, n, STOP_LEVEL) * n_max))
     p_final = np.atleast_1d(clopper_pearson_lower(hoped, n_max, final_alpha))
-    return _score(*certified_radius(kind, p_final, sigmas))
+    return _score(*scheme.decide(p_final))
 
 
 def _score(abstain: bool, radius: float) -> float:
@@ -200,71 +206,56 @@ def _decided(best: float, reach: float, radii: tuple[float, ...] | None, toleran
     return all(r <= best or r > reach for r in radii)
 
 
-def certify_adaptive(
+def certify_at_looks(
     smoothed,
     x: torch.Tensor,
     n0: int,
-    n_max: int,
+    looks: Sequence[int],
     alpha: float,
+    alphas: Sequence[float],
     batch_size: int,
     seed: int | Sequence[int] = 0,
-    radii: Sequence[float] | None = None,
-    tolerance: float | None = None,
-):
-    """Adaptive CERTIFY of ``x`` by ``smoothed`` (a SmoothedClassifier); see the module docstring.
+    stop: Callable[[np.ndarray, int, float], bool] | None = None,
+) -> Certificate:
+    """CERTIFY of ``x`` by ``smoothed`` (a SmoothedClassifier) reading the estimation
+    samples at the looks ``looks`` (ascending cumulative counts), each with its share
+    ``alphas[k]`` of ``alpha`` (the shares sum to it): the one certification procedure.
 
-    Returns a :class:`~denoised_drs.certificate.Certificate` whose ``counts_top``,
-    ``p_lower`` and ``n`` are those of the look the radius comes from (bounds at
-    that look's ``alpha_k / num_branches``), ``n_used`` the estimation samples drawn
-    and ``nonfinite`` the non-finite votes among them (sample x branch, counted in
-    no class, hence against the top class). With ``radii`` the radius is the largest
-    target certified, and the prediction -1 when none is. ``tolerance`` (without
-    ``radii`` only; default ``TOLERANCE_Z * max(sigmas)``) is the radius that further
-    samples may still be expected to add when sampling stops: a stopping rule, not
-    part of the guarantee.
+    Fixed-n CERTIFY is one look at ``n`` with all of alpha; adaptive certification
+    the looks of :func:`look_schedule` with :func:`spending`'s shares. After each look
+    but the last, ``stop(counts_top, n, best)`` (if given) may end sampling: it sees
+    the top class's counts per branch after ``n`` samples and the best score so far
+    (-1 for abstain), and can only lower a radius, never make one unsound. The
+    certificate reports the best look (its counts, bounds and ``n``), ``n_used`` the
+    estimation samples drawn, and ``nonfinite`` the non-finite votes over the
+    selection and every estimation sample drawn.
     """
-    check_counts(n0, n_max, alpha, batch_size)
-    radii = check_radii(radii)
-    tolerance = check_tolerance(tolerance, radii)
-    kind, sigmas, branches = smoothed.kind, smoothed.sigmas, smoothed.num_branches
-    looks = look_schedule(n0, n_max)
-    alphas = spending(alpha, len(looks))
-    if tolerance is None:
-        tolerance = TOLERANCE_Z * max(sigmas)
-
+    scheme: Scheme = smoothed.scheme
+    branches = scheme.num_parts
     selection = smoothed.sample_counts(x, n0, batch_size, seed, SELECTION)
     top_class = int(selection.sum(axis=0).argmax())
     counts_top = np.zeros(branches, dtype=np.int64)
-    nonfinite = 0
+    nonfinite = n0 * branches - int(selection.sum())
     drawn = 0
     best: _Look | None = None
     for n, alpha_k in zip(looks, alphas):
         counts = smoothed.sample_counts(x, n - drawn, batch_size, seed, ESTIMATION, start=drawn)
-        nonfinite += int((n - drawn) * branches - counts.sum())
+        nonfinite += (n - drawn) * branches - int(counts.sum())
         counts_top = counts_top + counts[:, top_class]
         drawn = n
         p_lower = np.atleast_1d(clopper_pearson_lower(counts_top, n,
                                                       branch_alpha(alpha_k, branches)))
-        abstain, radius = certified_radius(kind, p_lower, sigmas)
+        abstain, radius = scheme.decide(p_lower)
         look = _Look(n, counts_top, p_lower, abstain, radius)
         if best is None or _score(abstain, radius) > _score(best.abstain, best.radius):
             best = look
-        if n == n_max:
+        if n == looks[-1] or (stop is not None and stop(counts_top, n,
+                                                        _score(best.abstain, best.radius))):
             break
-        best_radius = _score(best.abstain, best.radius)
-        reach = _reach(counts_top, n, n_max, branch_alpha(alphas[-1], branches), kind, sigmas)
-        if _decided(best_radius, reach, radii, tolerance):
-            break
-
-    abstain, radius = best.abstain, best.radius
-    if radii is not None and not abstain:
-        certified = [r for r in radii if r <= radius]
-        abstain, radius = not certified, (certified[-1] if certified else 0.0)
     return build_certificate(
-        kind,
-        sigmas,
-        abstain,
-        radius,
+        scheme,
+        best.abstain,
+        best.radius,
         top_class,
         best.counts_top,
         best.p_lower,
@@ -276,5 +267,52 @@ def certify_adaptive(
     )
 
 
+def certify_adaptive(
+    smoothed,
+    x: torch.Tensor,
+    n0: int,
+    n_max: int,
+    alpha: float,
+    batch_size: int,
+    seed: int | Sequence[int] = 0,
+    radii: Sequence[float] | None = None,
+    tolerance: float | None = None,
+) -> Certificate:
+    """Adaptive CERTIFY of ``x`` by ``smoothed`` (a SmoothedClassifier); see the module docstring.
+
+    Returns a :class:`~denoised_drs.certificate.Certificate` whose ``counts_top``,
+    ``p_lower`` and ``n`` are those of the look the radius comes from (bounds at
+    that look's ``alpha_k / num_branches``), ``n_used`` the estimation samples drawn
+    and ``nonfinite`` the non-finite votes among the selection and estimation samples
+    (sample x branch, counted in no class, hence against the top class). With
+    ``radii`` the radius is the largest target certified, and the prediction -1 when
+    none is. ``tolerance`` (without ``radii`` only; default ``TOLERANCE_Z *
+    max(sigmas)``) is the radius that further samples may still be expected to add
+    when sampling stops: a stopping rule, not part of the guarantee.
+    """
+    check_counts(n0, n_max, alpha, batch_size)
+    radii = check_radii(radii)
+    tolerance = check_tolerance(tolerance, radii)
+    scheme: Scheme = smoothed.scheme
+    looks = look_schedule(n0, n_max)
+    alphas = spending(alpha, len(looks))
+    if tolerance is None:
+        tolerance = TOLERANCE_Z * max(scheme.sigmas)
+    final_alpha = branch_alpha(alphas[-1], scheme.num_parts)
+
+    def decided(counts_top: np.ndarray, n: int, best: float) -> bool:
+        reach = _reach(counts_top, n, n_max, final_alpha, scheme)
+        return _decided(best, reach, radii, tolerance)
+
+    cert = certify_at_looks(smoothed, x, n0, looks, alpha, alphas, batch_size, seed, decided)
+    if radii is None or cert.abstained:
+        return cert
+    certified = [r for r in radii if r <= cert.radius]
+    if certified:
+        return replace(cert, radius=certified[-1])
+    return replace(cert, prediction=ABSTAIN, radius=0.0,
+                   radius_paper=None if cert.radius_paper is None else 0.0)
+
+
 __all__ = ["FINAL_SHARE", "GROWTH", "STOP_LEVEL", "TOLERANCE_Z", "certify_adaptive",
-           "check_radii", "check_tolerance", "look_schedule", "spending"]
+           "certify_at_looks", "check_radii", "check_tolerance", "look_schedule", "spending"]

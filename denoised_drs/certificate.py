@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from denoised_drs.bounds import drs_radius
-from denoised_drs.modes import CertificateKind
+if TYPE_CHECKING:
+    from denoised_drs.scheme import Scheme
 
 ABSTAIN = -1
 """The prediction of an abstention (Cohen's ``Smooth.ABSTAIN``)."""
@@ -33,13 +34,15 @@ class Certificate:
     selection samples (reported even when abstaining), ``counts_top[j]`` how many of
     the ``n`` estimation samples branch ``j`` gave it, and ``p_lower[j]`` the
     Clopper-Pearson lower bound on that probability at ``alpha / num_branches``.
-    ``radius_paper`` is set only for coupled branches: the DRS paper's formula
-    ``sigma (z_l + z_r) / sqrt(2)`` on the same bounds, which is NOT certified there.
+    ``radius_paper`` is set where the scheme's rule reports the paper's uncertified
+    radius (:meth:`~denoised_drs.scheme.Scheme.paper_radius`: coupled branches, the
+    DRS paper's ``sigma (z_l + z_r) / sqrt(2)``; three or more independent branches,
+    its Eq. 30 saddle value), which is NOT certified.
     ``nonfinite`` counts the votes (sample, branch) whose logits were not finite,
-    over the ``n0`` selection and the ``n`` estimation samples of every branch; none
-    counts for any class, so each estimation one counts against the top class.
-    ``n_used`` is the number of estimation samples drawn (``n`` for
-    :meth:`SmoothedClassifier.certify`).
+    over the ``n0`` selection samples and every estimation sample drawn (``n_used``)
+    of every branch; none counts for any class, so each estimation one counts
+    against the top class. ``n_used`` is the number of estimation samples drawn
+    (``n`` for :meth:`SmoothedClassifier.certify`, at most the maximum adaptively).
 
     Unpacks like Cohen's ``(prediction, radius)`` tuple.
     """
@@ -76,8 +79,7 @@ def check_counts(n0: int | None, n: int, alpha: float, batch_size: int) -> None:
 
 
 def build_certificate(
-    kind: CertificateKind,
-    sigmas: Sequence[float],
+    scheme: Scheme,
     abstain: bool,
     radius: float,
     top_class: int,
@@ -90,17 +92,14 @@ def build_certificate(
     nonfinite: int,
     n_used: int,
 ) -> Certificate:
-    """The :class:`Certificate` of a smoothed classifier whose certificate is of ``kind``
-    (noise levels ``sigmas``), from a decision already taken on its bounds.
+    """The :class:`Certificate` of a smoothed classifier of ``scheme``, from a decision
+    already taken on its bounds.
 
     ``abstain`` and ``radius`` are the outcome (the radius 0.0 when abstaining);
     ``counts_top``, ``p_lower`` and ``n`` the per-branch counts and bounds behind it.
-    For coupled branches ``radius_paper`` is added: the DRS paper's formula on the
-    same bounds (0.0 when abstaining), which is NOT certified.
+    Where the scheme's rule reports one, ``radius_paper`` is added: the paper's
+    formula on the same bounds (0.0 when abstaining), which is NOT certified.
     """
-    radius_paper = None
-    if kind is CertificateKind.COUPLED:
-        radius_paper = 0.0 if abstain else float(drs_radius(p_lower[0], p_lower[1], sigmas[0]))
     return Certificate(
         prediction=ABSTAIN if abstain else top_class,
         radius=radius,
@@ -110,8 +109,8 @@ def build_certificate(
         n0=n0,
         n=n,
         alpha=alpha,
-        kind=kind.value,
-        radius_paper=radius_paper,
+        kind=scheme.kind.value,
+        radius_paper=scheme.paper_radius(p_lower, abstain),
         nonfinite=nonfinite,
         n_used=n_used,
     )

@@ -123,6 +123,9 @@ class Partition:
 
     num_parts: int = 1
     name: str = "partition"
+    scale: tuple[int, int] = (1, 1)
+    """How many times taller and wider the image is than each part (all parts share
+    one shape): what a classifier of a part upsamples it by to see a full-size image."""
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
@@ -240,6 +243,7 @@ class Checkerboard(Partition):
 
     num_parts = 2
     name = PartitionName.CHECKERBOARD.value
+    scale = (1, 2)
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return checkerboard_split(x)
@@ -278,6 +282,7 @@ class DrsRelease(Partition):
 
     num_parts = 2
     name = PartitionName.DRS_RELEASE.value
+    scale = (1, 2)
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         _check_image(x)
@@ -339,6 +344,7 @@ class Diagonal(Partition):
             raise ValueError(f"a diagonal partition needs an integer k >= 2, got {k!r}")
         self.num_parts = k
         self.name = f"diagonal-{k}"
+        self.scale = (1, k)
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         _check_image(x)
@@ -392,6 +398,7 @@ class Polyphase(Partition):
         self.rows, self.cols = a, b
         self.num_parts = a * b
         self.name = f"polyphase-{a}x{b}"
+        self.scale = (a, b)
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         _check_image(x)
@@ -437,6 +444,13 @@ def partition_names() -> tuple[str, ...]:
     )
 
 
+def part_shape(partition: Partition, index: int, image_shape: Sequence[int]) -> tuple[int, int]:
+    """(h, w) of part ``index`` of an image of ``image_shape`` (C, H, W) under ``partition``
+    (ValueError if that shape cannot be partitioned)."""
+    parts = partition.split(torch.empty((1, *image_shape), device="meta"))
+    return int(parts[index].shape[-2]), int(parts[index].shape[-1])
+
+
 def get_partition(name: str) -> Partition:
     """Partition by name: ``"rs"``/``"identity"``, ``"drs"``/``"checkerboard"``,
     ``"drs-release"``, ``"diagonal-K"`` (:class:`Diagonal`) or ``"polyphase-AxB"``
@@ -467,6 +481,7 @@ __all__ = [
     "checkerboard_merge",
     "checkerboard_split",
     "get_partition",
+    "part_shape",
     "partition_names",
     "resize",
 ]

@@ -35,10 +35,11 @@ from denoised_drs.atomic_file import atomic_write
 from denoised_drs.batch_memory import check_batch_fits, peak_bytes_per_sample
 from denoised_drs.checkpoint_file import load_weights_only
 from denoised_drs.errors import first_line
-from denoised_drs.modes import Denoise, Mode
-from denoised_drs.partition import get_partition
+from denoised_drs.modes import Denoise
+from denoised_drs.partition import Partition, get_partition
 from denoised_drs.pipeline_config import AUTOCAST, PipelineConfig
 from denoised_drs.results import CertifyRecord
+from denoised_drs.scheme import branch_names
 from denoised_drs.smoothing import SmoothedClassifier
 from denoised_drs.voters import (
     BranchClassifiers,
@@ -72,7 +73,8 @@ class PredictRecord:
 
 IN_MEMORY = "<in-memory>"
 """What a :class:`PipelineConfig` records in place of a model given as an ``nn.Module``."""
-MODEL_FIELDS = ("classifier", "classifier_l", "classifier_r", "denoiser")
+CLASSIFIER_ALIASES = {"classifier": 0, "classifier_l": 0, "classifier_r": 1}
+"""The classifier fields that name a part's ensemble: RS's one part, the two DRS parts."""
 
 
 def _is_modules(value: Any) -> bool:
@@ -92,9 +94,11 @@ class Pipeline:
     when available, else CPU). Raises FileNotFoundError for a missing checkpoint
     and ValueError for an impossible setting, before any work is done.
 
-    ``classifier``, ``classifier_l``, ``classifier_r`` (an ``nn.Module`` or a list of
-    them, an ensemble) and ``denoiser`` may also be given as keyword arguments holding
-    models in memory. A classifier module maps images in [0, 1] to logits; it is
+    Classifiers come one ensemble per part of the partition: ``branches`` (one entry per
+    part, in part order), or the aliases ``classifier`` (RS) and ``classifier_l`` /
+    ``classifier_r`` (two parts). Each entry, and ``denoiser``, may also be a model in
+    memory (an ``nn.Module``, or for a classifier a list of them, an ensemble). A
+    classifier module maps images in [0, 1] to logits; it is
     resized to ``classifier_size`` (DRS sub-images: to the full image's shape when
     None) and normalised by ``mean`` / ``std`` when given; its number of classes is
     ``num_classes`` or its own ``num_classes`` attribute. A denoiser module maps noisy
@@ -108,8 +112,22 @@ class Pipeline:
     """
 
     def __init__(self, config: PipelineConfig | None = None, **overrides: Any) -> None:
-        modules = {k: overrides.pop(k) for k in MODEL_FIELDS if _is_modules(overrides.get(k))}
-        overrides.update({k: IN_MEMORY for k in modules})
+        modules: dict[str, Any] = {}
+        self.part_modules: dict[int, Any] = {}
+        for name, part in CLASSIFIER_ALIASES.items():
+            if _is_modules(overrides.get(name)):
+                modules[name] = self.part_modules[part] = overrides[name]
+                overrides[name] = IN_MEMORY
+        if isinstance(overrides.get("branches"), (list, tuple)):
+            branches = list(overrides["branches"])
+            for part, entry in enumerate(branches):
+                if _is_modules(entry):
+                    modules[f"branch {part + 1}"] = self.part_modules[part] = entry
+                    branches[part] = IN_MEMORY
+            overrides["branches"] = branches
+        if _is_modules(overrides.get("denoiser")):
+            modules["denoiser"] = overrides["denoiser"]
+            overrides["denoiser"] = IN_MEMORY
         if config is None:
             config = PipelineConfig.from_dict(overrides)
         elif overrides:
@@ -150,12 +168,14 @@ class Pipeline:
 
     # -- construction ------------------------------------------------------------
 
-    def _classifier(self, field_name: str, branch: str | None) -> tuple[nn.Module, int]:
-        """The (ensemble) classifier of ``field_name`` and its number of classes.
+    def _classifier(self, part: int, branch: str | None,
+                    partition: Partition) -> tuple[nn.Module, int]:
+        """The (ensemble) classifier of part ``part`` and its number of classes; ``branch``
+        is its name (None for RS's whole image).
 
         Each path is a checkpoint file or a transformers classifier folder; ``config.arch``
-        is one architecture for all of them or a list of one per path (for DRS the same
-        list serves the l and the r ensemble).
+        is one architecture for all of them or a list of one per path (for several parts
+        the same list serves each part's ensemble).
         """
         from denoised_drs.models import (
             load_ensemble,
@@ -164,13 +184,16 @@ class Pipeline:
             read_classifier_spec,
         )
 
-        if field_name in self.modules:
-            return self._module_classifier(self.modules[field_name], branch)
+        if part in self.part_modules:
+            return self._module_classifier(self.part_modules[part], branch, partition)
         config = self.config
-        paths = getattr(config, field_name)
+        paths = config.part_classifiers()[part]
         for path in paths:
             if path == IN_MEMORY:
-                raise ValueError(f"{field_name} is {IN_MEMORY!r}: pass the nn.Module itself")
+                raise ValueError(
+                    f"the classifier of part {part + 1} is {IN_MEMORY!r}: pass the nn.Module "
+                    "itself"
+                )
             if not Path(path).exists():
                 raise FileNotFoundError(f"classifier checkpoint not found: {path}")
         archs = member_archs(config.arch, len(paths))
@@ -191,13 +214,14 @@ class Pipeline:
                 f"the classifiers {paths} disagree on the number of classes: {sorted(classes)}"
             )
         model = load_ensemble(
-            paths, arch=archs, checkpoints=checkpoints, branch=branch, device=self.device,
+            paths, arch=archs, checkpoints=checkpoints, branch=branch,
+            partition=None if branch is None else partition.name, device=self.device,
             classifier_size=config.classifier_size, mean=config.mean, std=config.std, **options,
         )
         return prepare_for_inference(model, self.device), classes.pop()
 
-    def _module_classifier(self, given: nn.Module | Sequence[nn.Module],
-                           branch: str | None) -> tuple[nn.Module, int]:
+    def _module_classifier(self, given: nn.Module | Sequence[nn.Module], branch: str | None,
+                           partition: Partition) -> tuple[nn.Module, int]:
         """In-memory classifier(s), resized and normalised as the configuration says."""
         from denoised_drs.models import (
             EnsembleClassifier,
@@ -228,7 +252,7 @@ class Pipeline:
                 )
             wrapped.append(
                 ResizedClassifier(member, size, config.interpolation or "nearest",
-                                  sub_image=branch is not None)
+                                  sub_image=partition.scale)
             )
         model = wrapped[0] if len(wrapped) == 1 else EnsembleClassifier(wrapped)
         return prepare_for_inference(model, self.device), classes.pop()
@@ -248,7 +272,7 @@ class Pipeline:
                   else read_denoiser_config(config.denoiser_config))
         denoiser = OneShotDenoiser.from_pretrained(
             source,
-            sigma=config.sigma,
+            sigma=config.part_sigmas()[0],
             checkpoint_path=config.denoiser_checkpoint,
             chunk_size=config.denoiser_chunk,
             autocast_dtype=AUTOCAST.get(config.autocast) if config.autocast else None,
@@ -290,7 +314,7 @@ class Pipeline:
         if not isinstance(denoiser, nn.Module):
             raise ValueError("denoiser must be one nn.Module, not a list")
         config = self.config
-        module = checked_denoiser(denoiser, config.sigma).to(self.device).eval()
+        module = checked_denoiser(denoiser, config.part_sigmas()[0]).to(self.device).eval()
         if config.dataset is not None:
             channels, height, width = DATASET_INFO[config.dataset].image_shape
             if config.image_size is not None:
@@ -300,7 +324,7 @@ class Pipeline:
 
     def _denoiser_at(self, sigma: float) -> nn.Module:
         """The denoiser for inputs carrying noise ``sigma`` (the same network)."""
-        if sigma == self.config.sigma:
+        if sigma == self.config.part_sigmas()[0]:
             return self.denoiser
         at_sigma = getattr(self.denoiser, "at_sigma", None)
         if at_sigma is None:
@@ -313,34 +337,25 @@ class Pipeline:
     def _build_smoothed(self) -> SmoothedClassifier:
         config = self.config
         partition = get_partition(config.partition or config.mode)
-        if config.mode == Mode.RS:
-            classifier, num_classes = self._classifier("classifier", None)
-            if self.denoiser is not None:
-                classifier = DenoisedClassifier(self.denoiser, classifier)
-            return SmoothedClassifier(
-                BranchClassifiers([classifier]), partition, num_classes, (config.sigma,),
-                device=self.device,
-            )
-        classifier_l, num_classes = self._classifier("classifier_l", "l")
-        classifier_r, num_classes_r = self._classifier("classifier_r", "r")
-        if num_classes != num_classes_r:
-            raise ValueError(
-                "the DRS branches disagree on the number of classes: "
-                f"{num_classes}, {num_classes_r}"
-            )
-        sigma_r = config.sigma if config.sigma_r is None else config.sigma_r
+        names = branch_names(partition.num_parts) or (None,)
+        built = [self._classifier(j, name, partition) for j, name in enumerate(names)]
+        classes = {num_classes for _, num_classes in built}
+        if len(classes) != 1:
+            raise ValueError(f"the branches disagree on the number of classes: {sorted(classes)}")
+        classifiers = [classifier for classifier, _ in built]
+        sigmas = config.part_sigmas()
         if self.denoiser is None:
-            voter: nn.Module = BranchClassifiers([classifier_l, classifier_r])
+            voter: nn.Module = BranchClassifiers(classifiers)
+        elif partition.num_parts == 1:
+            voter = BranchClassifiers([DenoisedClassifier(self.denoiser, classifiers[0])])
         elif config.denoise == Denoise.JOINT:
-            voter = JointDenoisedBranches(self.denoiser, classifier_l, classifier_r, partition)
+            voter = JointDenoisedBranches(self.denoiser, *classifiers, partition=partition)
         else:
             voter = SplitDenoisedBranches(
-                [self.denoiser, self._denoiser_at(sigma_r)], classifier_l, classifier_r,
-                (config.sigma, sigma_r), partition,
+                [self._denoiser_at(sigma) for sigma in sigmas], *classifiers,
+                sigma=sigmas, partition=partition,
             )
-        return SmoothedClassifier(
-            voter, partition, num_classes, (config.sigma, sigma_r), device=self.device
-        )
+        return SmoothedClassifier(voter, partition, classes.pop(), sigmas, device=self.device)
 
     # -- running -----------------------------------------------------------------
 

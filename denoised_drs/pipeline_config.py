@@ -116,7 +116,8 @@ class PipelineConfig:
     denoiser_config: str | None = None
     denoise: str = Denoise.JOINT.value
     partition: str | None = None
-    sigma: float = 0.25
+    branches: list[list[str]] | None = None
+    sigma: float | list[float] = 0.25
     sigma_r: float | None = None
     n0: int = 100
     n: int = 100_000
@@ -163,6 +164,8 @@ class PipelineConfig:
             raise ValueError(f"denoiser_chunk must be positive, got {self.denoiser_chunk}")
         if self.mode not in choices(Mode):
             raise ValueError(f"mode must be one of {choices(Mode)}, got {self.mode!r}")
+        self._validate_partition()
+        self._normalize_parts()
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be true or false, got {self.compile!r}")
         if self.compile and self.denoiser is None:
@@ -173,7 +176,7 @@ class PipelineConfig:
             raise ValueError("denoiser_config takes the place of a denoiser: give one of them")
         if self.denoiser_config is not None and self.denoiser_checkpoint is None:
             raise ValueError("denoiser_config describes a checkpoint: give denoiser_checkpoint")
-        if not self.sigma > 0 or (self.sigma_r is not None and not self.sigma_r > 0):
+        if min(self.part_sigmas()) <= 0:
             raise ValueError(
                 f"sigma must be positive, got sigma={self.sigma}, sigma_r={self.sigma_r}"
             )
@@ -206,24 +209,105 @@ class PipelineConfig:
                 f"autocast must be one of {sorted(AUTOCAST)} or None, got {self.autocast!r}"
             )
         self._validate_classifier_fields()
-        self._validate_partition()
         if self.mode == Mode.RS:
             if not self.classifier:
                 raise ValueError(f"mode {Mode.RS.value!r} needs a classifier checkpoint")
-            if self.sigma_r is not None:
-                raise ValueError("sigma_r applies to DRS only")
-        else:
+        elif self.num_parts == 2:
             if not self.classifier_l or not self.classifier_r:
                 raise ValueError(
                     f"mode {Mode.DRS.value!r} needs classifier_l and classifier_r checkpoints"
                 )
-            if (self.denoiser is not None and self.denoise == Denoise.JOINT
-                    and self.sigma_r not in (None, self.sigma)):
+        elif any(not paths for paths in self.part_classifiers()):
+            raise ValueError(
+                f"the {self.partition} partition has {self.num_parts} parts: give a "
+                "classifier for each (branches, --branch once per part)"
+            )
+        if (self.denoiser is not None and self.denoise == Denoise.JOINT
+                and len(set(self.part_sigmas())) > 1):
+            raise ValueError(
+                "joint denoising needs one sigma: the denoiser sees the merged image once "
+                "and assumes the same noise level at every pixel; use denoise split for "
+                "a sigma per branch"
+            )
+
+    @property
+    def num_parts(self) -> int:
+        """The number of parts (branches) of this configuration's partition."""
+        if self.partition is None:
+            return 1 if self.mode == Mode.RS else 2
+        from denoised_drs.partition import get_partition
+
+        return get_partition(self.partition).num_parts
+
+    def part_classifiers(self) -> list[list[str]]:
+        """The classifier paths of each part, in part order (one ensemble per part)."""
+        if self.mode == Mode.RS:
+            return [self.classifier]
+        if self.branches is None:
+            return [self.classifier_l, self.classifier_r]
+        return self.branches
+
+    def part_sigmas(self) -> tuple[float, ...]:
+        """The noise level of each part, in part order."""
+        if isinstance(self.sigma, list):
+            return tuple(self.sigma)
+        if self.num_parts == 2 and self.sigma_r is not None:
+            return (self.sigma, self.sigma_r)
+        return (self.sigma,) * self.num_parts
+
+    def _normalize_parts(self) -> None:
+        """Per-part ``branches`` and ``sigma`` lists in their stored form: the aliases
+        (``classifier``; ``classifier_l`` / ``classifier_r``; ``sigma`` / ``sigma_r``)
+        where the partition has one or two parts, lists for three or more, so that a
+        configuration saved before per-part lists existed is the same configuration."""
+        k = self.num_parts
+        if self.branches is not None:
+            if not isinstance(self.branches, (list, tuple)):
+                raise ValueError(f"branches must be a list with one entry per part, got "
+                                 f"{self.branches!r}")
+            branches = [_as_paths(entry) for entry in self.branches]
+            if len(branches) != k:
                 raise ValueError(
-                    "joint denoising needs one sigma: the denoiser sees the merged image once "
-                    "and assumes the same noise level at every pixel; use denoise split for "
-                    "a sigma per branch"
+                    f"the {self.partition or self.mode} partition has {k} part(s): give one "
+                    f"branch (--branch) per part, got {len(branches)}"
                 )
+            if self.classifier or self.classifier_l or self.classifier_r:
+                raise ValueError("give the classifiers as branches or as classifier / "
+                                 "classifier_l / classifier_r, not both")
+            self.branches = branches
+            if k == 1:
+                self.classifier, self.branches = branches[0], None
+            elif k == 2:
+                self.classifier_l, self.classifier_r = branches
+                self.branches = None
+        elif k >= 3 and (self.classifier or self.classifier_l or self.classifier_r):
+            raise ValueError(f"the {self.partition} partition has {k} parts: give one "
+                             "branch (--branch) per part, not classifier_l / classifier_r")
+        if isinstance(self.sigma, tuple):
+            self.sigma = list(self.sigma)
+        if isinstance(self.sigma, list):
+            if not self.sigma or any(
+                isinstance(v, bool) or not isinstance(v, numbers.Real)
+                or not abs(v) <= FLOAT32_MAX for v in self.sigma
+            ):
+                raise ValueError(f"sigma must be a finite number or a list of them, got "
+                                 f"{self.sigma!r}")
+            values = [float(v) for v in self.sigma]
+            if len(values) not in (1, k):
+                raise ValueError(
+                    f"sigma: give one value for every part or one per part ({k}), "
+                    f"got {len(values)}"
+                )
+            if self.sigma_r is not None:
+                raise ValueError("give sigma_r or a list of sigmas, not both")
+            if len(set(values)) == 1:
+                self.sigma = values[0]
+            elif k == 2:
+                self.sigma, self.sigma_r = values
+            else:
+                self.sigma = values
+        if self.sigma_r is not None and k != 2:
+            raise ValueError("sigma_r is the r branch's sigma: it applies to two-part DRS only")
 
     def _validate_classifier_fields(self) -> None:
         from denoised_drs.data import DATASETS
@@ -267,15 +351,16 @@ class PipelineConfig:
             # is the same run (and resumes as one).
             self.partition = None
             return
-        from denoised_drs.partition import PARTITIONS
+        from denoised_drs.partition import get_partition
 
-        parts = 1 if self.mode == Mode.RS else 2
-        names = sorted(n for n, cls in PARTITIONS.items()
-                       if cls.num_parts == parts and n not in choices(Mode))
-        if self.partition not in names:
+        if not isinstance(self.partition, str) or self.partition in choices(Mode):
+            raise ValueError(f"partition must be a partition's name, got {self.partition!r}")
+        parts = get_partition(self.partition).num_parts
+        if (parts == 1) != (self.mode == Mode.RS):
             raise ValueError(
-                f"partition must be one of {names} for mode {self.mode!r}, "
-                f"got {self.partition!r}"
+                f"mode {self.mode!r} needs a partition of "
+                f"{'one part' if self.mode == Mode.RS else 'two or more parts'}; "
+                f"{self.partition!r} has {parts}"
             )
 
     def _validate_arch(self) -> None:
@@ -328,8 +413,10 @@ class PipelineConfig:
         for name in ("dataset", "interpolation"):
             if getattr(self, name) is not None:
                 check(name, str, "a string")
-        for name in ("sigma", "sigma_r", "alpha"):
+        for name in ("sigma_r", "alpha"):
             check(name, numbers.Real, "a number")
+        if not isinstance(self.sigma, list):
+            check("sigma", numbers.Real, "a number or a list of them, one per part")
         for name in ("mode", "denoise", "denoiser", "denoiser_checkpoint", "denoiser_config",
                      "device", "autocast", "partition"):
             check(name, str, "a string")

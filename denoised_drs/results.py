@@ -12,8 +12,10 @@ main process merges everything into ``OUT``, sorted by ``idx``, through a tempor
 file and an atomic rename: ``OUT`` is either absent or complete, never corrupt.
 
 Columns (docs/design.md, section 7): ``idx label predict radius correct time`` and then
-the details: ``pA count`` (RS) or ``pA_l pA_r count_l count_r`` (DRS), plus
-``radius_paper`` for joint denoising (the DRS paper's radius, NOT certified), then
+the details of the run's scheme (:meth:`denoised_drs.scheme.Scheme.columns`): ``pA
+count`` (RS), ``pA_l pA_r count_l count_r`` (two parts) or ``pA_1 ... pA_k count_1 ...
+count_k`` (k >= 3 parts), plus ``radius_paper`` where the scheme reports the paper's
+uncertified radius (joint denoising; k >= 3 independent parts: Eq. 30), then
 ``nonfinite`` (votes whose logits were not finite, counted against the top class)
 and ``n_used`` (estimation samples drawn: ``N``, or fewer under adaptive sampling).
 Radii are rounded *down* to 6 decimals, so a printed radius never exceeds the
@@ -30,15 +32,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from denoised_drs.atomic_file import atomic_write
-from denoised_drs.modes import CertificateKind
 
 if TYPE_CHECKING:  # only read, never built here: results.py stays free of the model code
     from denoised_drs.certificate import Certificate
 
 BASE_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 """Cohen's columns, which every result file starts with (and analysis requires)."""
-RS_COLUMNS = ("pA", "count")
-DRS_COLUMNS = ("pA_l", "pA_r", "count_l", "count_r")
 PAPER_RADIUS_COLUMN = "radius_paper"
 """The DRS paper's radius for joint denoising: NOT certified, tabulated apart."""
 N_USED_COLUMN = "n_used"
@@ -79,13 +78,10 @@ class CertifyRecord:
         )
 
 
-def columns_for(certificate: CertificateKind | str) -> tuple[str, ...]:
-    """The header of a result file for a certificate kind (rs / independent / coupled)."""
-    kind = CertificateKind(certificate)
-    if kind is CertificateKind.RS:
-        return (*BASE_COLUMNS, *RS_COLUMNS, *TRAILING_COLUMNS)
-    paper = (PAPER_RADIUS_COLUMN,) if kind is CertificateKind.COUPLED else ()
-    return (*BASE_COLUMNS, *DRS_COLUMNS, *paper, *TRAILING_COLUMNS)
+def columns_for(details: Sequence[str]) -> tuple[str, ...]:
+    """The header of a result file whose scheme has the detail columns ``details``
+    (:meth:`denoised_drs.scheme.Scheme.columns`)."""
+    return (*BASE_COLUMNS, *details, *TRAILING_COLUMNS)
 
 
 def floor_decimals(value: float, decimals: int = 6) -> str:
@@ -95,8 +91,8 @@ def floor_decimals(value: float, decimals: int = 6) -> str:
     return str(Decimal(value).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_FLOOR))
 
 
-def format_row(record: CertifyRecord, certificate: CertificateKind | str) -> str:
-    """``record`` as one line of the file whose header is ``columns_for(certificate)``."""
+def format_row(record: CertifyRecord, details: Sequence[str]) -> str:
+    """``record`` as one line of the file whose header is ``columns_for(details)``."""
     cells = [
         str(record.idx),
         str(record.label),
@@ -107,7 +103,7 @@ def format_row(record: CertifyRecord, certificate: CertificateKind | str) -> str
         *(floor_decimals(p, 8) for p in record.p_lower),
         *(str(c) for c in record.counts_top),
     ]
-    if CertificateKind(certificate) is CertificateKind.COUPLED:
+    if PAPER_RADIUS_COLUMN in details:
         cells.append(floor_decimals(record.radius_paper or 0.0))
     cells += [str(record.nonfinite), str(record.n_used)]
     return "\t".join(cells)

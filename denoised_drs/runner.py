@@ -296,7 +296,8 @@ def certify_dataset(
     """
     state = state or SingleProcess()
     out = Path(out)
-    header = results.columns_for(pipe.config.certificate)
+    details = pipe.smoothed.scheme.columns()
+    header = results.columns_for(details)
     check_output_file(out)
     if state.is_main_process:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -321,7 +322,7 @@ def certify_dataset(
         for idx in bar:
             image, label = dataset[idx]
             record = pipe.certify_one(image, int(label), idx)
-            writer.write(results.format_row(record, pipe.config.certificate))
+            writer.write(results.format_row(record, details))
     finally:
         writer.close()
     state.wait_for_everyone()

@@ -14,10 +14,11 @@ Guarantees (``certify``): with probability at least ``1 - alpha`` over the
 sampling, if the returned prediction is not -1 then the smoothed classifier ``g``
 predicts it at every point within the returned l2 radius of ``x``. The top class is
 selected from ``n0`` samples and its probability bounded from ``n`` fresh ones
-(Cohen's CERTIFY); with two branches, each branch's Clopper-Pearson bound is taken
-at ``alpha / 2`` so both hold at once. The radius formula follows the branches'
-dependence (:class:`~denoised_drs.modes.CertificateKind`): independent branches
-get Eq. 13 of the DRS paper, branches that both see the whole noisy image (joint
+(Cohen's CERTIFY); with k branches, each branch's Clopper-Pearson bound is taken
+at ``alpha / k`` so all hold at once. The radius formula is the scheme's
+(:class:`~denoised_drs.scheme.Scheme`: a partition and its certificate rule), which
+follows the branches' dependence: independent branches get the sound k-way radius
+(Eq. 13 of the DRS paper for two), branches that all see the whole noisy image (joint
 denoising) the coupled radius, and the paper's formula for them is reported only as
 ``radius_paper``.
 
@@ -49,20 +50,19 @@ import torch
 from scipy.stats import binomtest
 from torch import nn
 
-from denoised_drs.bounds import branch_alpha, certified_radius, clopper_pearson_lower
+from denoised_drs.adaptive import certify_adaptive, certify_at_looks
 from denoised_drs.certificate import (
     ABSTAIN,
     ESTIMATION,
     PREDICTION,
-    SELECTION,
     Certificate,
-    build_certificate,
     check_counts,
 )
 from denoised_drs.errors import first_line
 from denoised_drs.modes import CertificateKind
 from denoised_drs.noise import NoiseStream, derive_seed
 from denoised_drs.partition import Checkerboard, Identity, Partition
+from denoised_drs.scheme import Scheme, rule_for
 from denoised_drs.voters import NONFINITE_VOTE, BranchClassifiers
 
 _BRANCH_CHOICE_PURPOSE = 1000
@@ -168,34 +168,31 @@ class SmoothedClassifier:
                     "coupled radius is sound for it"
                 )
         self.voter = voter
-        self.partition = partition
         self.num_classes = int(num_classes)
-        self.sigmas = tuple(float(s) for s in sigmas)
-        self.kind = CertificateKind(kind)
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        if len(self.sigmas) != partition.num_parts:
-            raise ValueError(
-                f"need one sigma per part ({partition.num_parts}), got {len(self.sigmas)}"
-            )
-        if any(not (s > 0 and np.isfinite(s)) for s in self.sigmas):
-            raise ValueError(f"sigma must be positive and finite, got {self.sigmas}")
-        expected_parts = 1 if self.kind is CertificateKind.RS else 2
-        if partition.num_parts != expected_parts:
-            raise ValueError(
-                f"a {self.kind.value} certificate needs {expected_parts} part(s), "
-                f"the {partition.name} partition has {partition.num_parts}"
-            )
-        if self.kind is CertificateKind.COUPLED and len(set(self.sigmas)) != 1:
-            raise ValueError(f"coupled branches need a single sigma, got {self.sigmas}")
+        self.scheme = Scheme(partition, rule_for(kind), sigmas)
         if device is None:
             first = next(iter(voter.parameters()), None)
             device = first.device if first is not None else "cpu"
         self.device = torch.device(device)
 
     @property
+    def partition(self) -> Partition:
+        return self.scheme.partition
+
+    @property
+    def sigmas(self) -> tuple[float, ...]:
+        return self.scheme.sigmas
+
+    @property
+    def kind(self) -> CertificateKind:
+        """The certificate's rule, by name (rs, independent or coupled)."""
+        return self.scheme.kind
+
+    @property
     def num_branches(self) -> int:
-        return self.partition.num_parts
+        return self.scheme.num_parts
 
     def sample_counts(
         self,
@@ -320,37 +317,18 @@ class SmoothedClassifier:
         batch_size: int,
         seed: int | Sequence[int] = 0,
     ) -> Certificate:
-        """Cohen's CERTIFY, generalised to DRS (the paper's Algorithm 1, alpha split).
+        """Cohen's CERTIFY, generalised to k branches (the DRS paper's Algorithm 1, alpha
+        split): adaptive certification with one look
+        (:func:`~denoised_drs.adaptive.certify_at_looks`).
 
         Selects the top class from the summed votes of ``n0`` samples, counts it
         in ``n`` fresh samples per branch, bounds each branch's probability at
-        ``alpha / num_branches`` and applies the abstain rule and radius of
-        ``self.kind``. See the module docstring for the guarantee. Votes whose
+        ``alpha / num_branches`` and applies the abstain rule and radius of the
+        scheme's rule. See the module docstring for the guarantee. Votes whose
         logits were not finite count for no class; their total is ``nonfinite``.
         """
         check_counts(n0, n, alpha, batch_size)
-        selection = self.sample_counts(x, n0, batch_size, seed, SELECTION)
-        top_class = int(selection.sum(axis=0).argmax())
-        estimation = self.sample_counts(x, n, batch_size, seed, ESTIMATION)
-        counts_top = estimation[:, top_class]
-        p_lower = np.atleast_1d(
-            clopper_pearson_lower(counts_top, n, branch_alpha(alpha, self.num_branches))
-        )
-        abstain, radius = certified_radius(self.kind, p_lower, self.sigmas)
-        return build_certificate(
-            self.kind,
-            self.sigmas,
-            abstain,
-            radius,
-            top_class,
-            counts_top,
-            p_lower,
-            n0=n0,
-            n=n,
-            alpha=alpha,
-            nonfinite=(n0 + n) * self.num_branches - int(selection.sum() + estimation.sum()),
-            n_used=n,
-        )
+        return certify_at_looks(self, x, n0, (n,), alpha, (alpha,), batch_size, seed)
 
     def certify_adaptive(
         self,
@@ -371,8 +349,6 @@ class SmoothedClassifier:
         without, sampling stops once more samples are unlikely to add more than
         ``tolerance`` of radius (default 0.05 times the largest sigma).
         """
-        from denoised_drs.adaptive import certify_adaptive
-
         return certify_adaptive(self, x, n0, n_max, alpha, batch_size, seed, radii, tolerance)
 
 

@@ -81,23 +81,24 @@ class DenoisedClassifier(nn.Module):
 
 
 class JointDenoisedBranches(nn.Module):
-    """The DRS paper's denoising pipeline: merge, denoise once, split, classify each half.
+    """The DRS paper's denoising pipeline: merge, denoise once, split, classify each part.
 
-    One denoiser call per noise sample serves both branches. Both branches then
-    depend on the whole noisy image, so only the coupled radius
-    ``sigma (z_l + z_r) / 2`` is sound. ``partition`` (default: the checkerboard) is the
-    two-part partition of the engine's sub-images.
+    One denoiser call per noise sample serves every branch. All branches then depend
+    on the whole noisy image, so only the coupled radius is sound (two branches:
+    ``sigma (z_l + z_r) / 2``). ``classifiers`` are the branches' classifiers, one per
+    part of ``partition`` (default: the checkerboard).
     """
 
     needs_fresh_noise = False
     certificate = CertificateKind.COUPLED
 
-    def __init__(self, denoiser: nn.Module, classifier_l: nn.Module,
-                 classifier_r: nn.Module, partition: Partition | None = None) -> None:
+    def __init__(self, denoiser: nn.Module, *classifiers: nn.Module,
+                 partition: Partition | None = None) -> None:
         super().__init__()
         self.denoiser = denoiser
-        self.classifiers = nn.ModuleList([classifier_l, classifier_r])
+        self.classifiers = nn.ModuleList(classifiers)
         self.partition = Checkerboard() if partition is None else partition
+        _check_branches(self.partition, len(classifiers))
 
     def forward(
         self, noisy_parts: Sequence[torch.Tensor], fresh_noise: torch.Tensor | None = None
@@ -107,21 +108,21 @@ class JointDenoisedBranches(nn.Module):
 
 
 class SplitDenoisedBranches(nn.Module):
-    """Sound DRS with a denoiser: each branch denoises an image built from its own half.
+    """Sound DRS with a denoiser: each branch denoises an image built from its own part.
 
-    Branch ``j`` fills the other half's positions from its own noisy pixels plus
-    fresh independent noise (:meth:`Checkerboard.fill_missing`), so every pixel
-    carries noise of the branch's level ``sigma_j``, denoises that image with the
-    denoiser for ``sigma_j`` and classifies its own half of the result. Each branch is
-    a function of its own sub-image (and noise independent of the other branch), so
-    the independent DRS radius holds, with each branch at its own sigma.
-    ``partition`` (default: the checkerboard) is the two-part partition of the
-    engine's sub-images.
+    Branch ``j`` fills the other parts' positions from its own noisy pixels plus
+    fresh independent noise (:meth:`Partition.fill_missing`), so every pixel carries
+    noise of the branch's level ``sigma_j``, denoises that image with the denoiser for
+    ``sigma_j`` and classifies its own part of the result. Each branch is a function of
+    its own sub-image (and of fresh noise at the positions of the other parts, which
+    no other branch reads), so the independent radius holds, each branch at its own
+    sigma.
 
-    ``sigma`` is one level for both branches or one per branch; ``denoiser`` one module
+    ``classifiers`` are one per part of ``partition`` (default: the checkerboard);
+    ``sigma`` is one level for every branch or one per branch; ``denoiser`` one module
     or one per branch (each for its branch's sigma, e.g.
-    :meth:`~denoised_drs.diffusion.OneShotDenoiser.at_sigma`). When both branches use
-    the same denoiser they share one batched call of ``2N`` images.
+    :meth:`~denoised_drs.diffusion.OneShotDenoiser.at_sigma`). When all branches use the
+    same denoiser they share one batched call of ``k N`` images.
     """
 
     needs_fresh_noise = True
@@ -130,27 +131,28 @@ class SplitDenoisedBranches(nn.Module):
     def __init__(
         self,
         denoiser: nn.Module | Sequence[nn.Module],
-        classifier_l: nn.Module,
-        classifier_r: nn.Module,
+        *classifiers: nn.Module,
         sigma: float | Sequence[float],
         partition: Partition | None = None,
     ) -> None:
         super().__init__()
-        denoisers = [denoiser] * 2 if isinstance(denoiser, nn.Module) else list(denoiser)
-        sigmas = [sigma] * 2 if isinstance(sigma, (int, float)) else list(sigma)
-        if len(denoisers) != 2 or len(sigmas) != 2:
+        self.partition = Checkerboard() if partition is None else partition
+        k = len(classifiers)
+        _check_branches(self.partition, k)
+        denoisers = [denoiser] * k if isinstance(denoiser, nn.Module) else list(denoiser)
+        sigmas = [sigma] * k if isinstance(sigma, (int, float)) else list(sigma)
+        if len(denoisers) != k or len(sigmas) != k:
             raise ValueError(
-                f"split denoising has two branches: got {len(denoisers)} denoisers "
+                f"split denoising has {k} branches: got {len(denoisers)} denoisers "
                 f"and {len(sigmas)} sigmas"
             )
-        if denoisers[0] is denoisers[1] and sigmas[0] != sigmas[1]:
+        if len({id(d) for d in denoisers}) == 1 and len(set(sigmas)) > 1:
             raise ValueError(
-                "two sigmas need one denoiser per branch, each for its branch's sigma "
+                "several sigmas need one denoiser per branch, each for its branch's sigma "
                 "(e.g. OneShotDenoiser.at_sigma)"
             )
         self.denoisers = nn.ModuleList(denoisers)
-        self.classifiers = nn.ModuleList([classifier_l, classifier_r])
-        self.partition = Checkerboard() if partition is None else partition
+        self.classifiers = nn.ModuleList(classifiers)
         self.sigmas = tuple(float(s) for s in sigmas)
 
     def forward(
@@ -162,12 +164,20 @@ class SplitDenoisedBranches(nn.Module):
             self.partition.fill_missing(j, part, sigma, fresh_noise)
             for j, (part, sigma) in enumerate(zip(noisy_parts, self.sigmas))
         ]
-        if self.denoisers[0] is self.denoisers[1]:
-            denoised = self.denoisers[0](torch.cat(filled)).chunk(2)
+        if all(d is self.denoisers[0] for d in self.denoisers):
+            denoised = self.denoisers[0](torch.cat(filled)).chunk(len(filled))
         else:
             denoised = [denoiser(image) for denoiser, image in zip(self.denoisers, filled)]
-        own_halves = [self.partition.split(image)[j] for j, image in enumerate(denoised)]
-        return _votes(self.classifiers, own_halves)
+        own_parts = [self.partition.split(image)[j] for j, image in enumerate(denoised)]
+        return _votes(self.classifiers, own_parts)
+
+
+def _check_branches(partition: Partition, count: int) -> None:
+    if count != partition.num_parts:
+        raise ValueError(
+            f"the {partition.name} partition has {partition.num_parts} parts: give one "
+            f"classifier per part, got {count}"
+        )
 
 
 __all__ = [

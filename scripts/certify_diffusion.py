@@ -72,6 +72,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        "several = ensemble")
     model.add_argument("--classifier-l", nargs="+", help="DRS l-branch checkpoint(s)")
     model.add_argument("--classifier-r", nargs="+", help="DRS r-branch checkpoint(s)")
+    model.add_argument("--branch", dest="branches", action="append", nargs="+", metavar="PATH",
+                       help="one part's classifier checkpoint(s), given once per part of "
+                       "--partition in part order (several paths = an ensemble for that part); "
+                       "for two parts the same as --classifier-l / --classifier-r")
     model.add_argument("--denoiser",
                        help="none, a preset name, a denoiser checkpoint or a diffusers folder")
     model.add_argument("--denoiser-checkpoint", help="official OpenAI checkpoint for a preset")
@@ -79,9 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help="JSON file of the OpenAI flags of --denoiser-checkpoint, in place "
                        "of a preset (any unconditional improved-/guided-diffusion model)")
     model.add_argument("--denoise", choices=choices(Denoise), help="DRS denoising mode")
-    model.add_argument("--partition", choices=("identity", "checkerboard", "drs-release"),
-                       help="how images are cut into sub-images (default: the mode's; "
-                       "drs-release: as the DRS authors' code, for their checkpoints)")
+    model.add_argument("--partition", metavar="NAME",
+                       help="how images are cut into sub-images: identity, checkerboard "
+                       "(default for --mode drs), drs-release (the DRS authors' code, for "
+                       "their checkpoints), diagonal-K, polyphase-AxB")
     clf = parser.add_argument_group(
         "classifiers", "how classifier files are read and fed; defaults come from the model's "
         "own configuration (timm's pretrained_cfg), else from the dataset's")
@@ -104,7 +109,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            "centre-cropped to S (default 224, as Carlini et al. and DRS); "
                            "S < 224: the whole image downsampled to S x S (ImageNet 64x64)")
     cert = parser.add_argument_group("certification")
-    cert.add_argument("--sigma", type=float)
+    cert.add_argument("--sigma", type=float, nargs="+", metavar="S",
+                      help="noise level: one for every part, or one per part")
     cert.add_argument("--sigma-r", type=float,
                       help="the r branch's sigma (DRS without a denoiser, or --denoise split)")
     cert.add_argument("--N0", dest="n0", type=int, help="selection samples (default 100)")
@@ -135,12 +141,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-PIPELINE_KEYS = ("mode", "classifier", "classifier_l", "classifier_r", "denoiser",
+PIPELINE_KEYS = ("mode", "classifier", "classifier_l", "classifier_r", "branches", "denoiser",
                  "denoiser_checkpoint", "denoiser_config", "denoise", "partition", "sigma",
-                 "sigma_r", "n0", "n",
-                 "alpha", "batch", "seed", "device", "autocast", "denoiser_chunk", "compile",
-                 "adaptive", "radii", "tolerance", "dataset", "arch", "num_classes",
-                 "classifier_size", "interpolation", "mean", "std", "image_size")
+                 "sigma_r", "n0", "n", "alpha", "batch", "seed", "device", "autocast",
+                 "denoiser_chunk", "compile", "adaptive", "radii", "tolerance", "dataset",
+                 "arch", "num_classes", "classifier_size", "interpolation", "mean", "std",
+                 "image_size")
 
 
 def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -228,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = config_settings(args) if args.config else {}
     check_dataset_args(args)
     state = launched_state(args.device)
-    if args.config is None and not (args.classifier or args.classifier_l or args.classifier_r):
+    if args.config is None and not (args.classifier or args.classifier_l or args.classifier_r
+                                    or args.branches):
         run_default(args, state)
         return 0
     settings.update(flag_settings(args))

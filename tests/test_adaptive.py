@@ -18,10 +18,11 @@ from test_smoothing import Linear, linear_with_margin, random_image, two_branch_
 
 from denoised_drs import adaptive
 from denoised_drs.data import load_sample
-from denoised_drs.modes import CertificateKind
+from denoised_drs.partition import get_partition
 from denoised_drs.pipeline import Pipeline
 from denoised_drs.pipeline_config import PipelineConfig
 from denoised_drs.runner import certify_dataset
+from denoised_drs.scheme import Scheme, rule_for
 from denoised_drs.smoothing import ABSTAIN, DualSmooth, Smooth
 
 ALPHA = 0.05
@@ -38,9 +39,9 @@ class VoteOracle:
 
     def __init__(self, p, kind, sigmas, lost=0.0):
         self.p = np.asarray(p, dtype=float)
-        self.kind = CertificateKind(kind)
-        self.sigmas = tuple(sigmas)
         self.num_branches = len(p)
+        partition = get_partition("rs" if self.num_branches == 1 else "drs")
+        self.scheme = Scheme(partition, rule_for(kind), sigmas)
         self.lost = lost
 
     def sample_counts(self, x, num, batch_size, seed, stage, start=0):

@@ -9,7 +9,6 @@ from scipy.stats import beta, binom, norm
 from denoised_drs.bounds import (
     LOG_SPACE_ALPHA,
     branch_alpha,
-    certified_radius,
     clopper_pearson_lower,
     clopper_pearson_upper,
     coupled_radius,
@@ -19,7 +18,9 @@ from denoised_drs.bounds import (
     rs_radius,
 )
 from denoised_drs.modes import CertificateKind
+from denoised_drs.partition import get_partition
 from denoised_drs.results import BASE_COLUMNS, columns_for
+from denoised_drs.scheme import Scheme, certified_radius, rule_for
 
 
 @pytest.mark.parametrize("n", [1, 10, 100_000])
@@ -159,9 +160,12 @@ def test_each_certificate_kind_has_its_radius_and_result_columns(kind, radius, d
     p_lower = (0.9, 0.8)[:branches]
     abstain, certified = certified_radius(kind.value, p_lower, [0.25] * branches)
     assert not abstain and certified == pytest.approx(radius(p_lower, 0.25))
-    assert columns_for(kind.value) == (*BASE_COLUMNS, *detail_columns, "nonfinite", "n_used")
+    scheme = Scheme(get_partition("rs" if branches == 1 else "drs"), rule_for(kind.value),
+                    [0.25] * branches)
+    assert columns_for(scheme.columns()) == (*BASE_COLUMNS, *detail_columns, "nonfinite",
+                                             "n_used")
     with pytest.raises(ValueError):
-        columns_for("paper")
+        rule_for("paper")
 
 
 # Computed with mpmath at 50 digits: bisection on the regularised incomplete beta.

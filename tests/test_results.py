@@ -21,6 +21,7 @@ from denoised_drs.results import (
     merge,
     part_path,
 )
+from denoised_drs.scheme import detail_columns, rule_for
 
 
 def test_a_product_that_rounds_up_is_still_floored():
@@ -62,27 +63,30 @@ def test_parts_are_found_by_exact_name_not_as_a_pattern(tmp_path):
     assert existing_parts(tmp_path / "missing" / "x.tsv") == []
 
 
-@pytest.mark.parametrize("kind", list(CertificateKind))
-def test_the_reader_reads_every_column_the_writer_writes(tmp_path, kind):
-    branches = 1 if kind is CertificateKind.RS else 2
+@pytest.mark.parametrize("kind, branches", [(kind, 1 if kind is CertificateKind.RS else 2)
+                                             for kind in CertificateKind]
+                         + [(CertificateKind.INDEPENDENT, 4), (CertificateKind.COUPLED, 3)])
+def test_the_reader_reads_every_column_the_writer_writes(tmp_path, kind, branches):
+    details = detail_columns(branches, rule_for(kind).reports_paper_radius(branches))
     records = [
         CertifyRecord(idx=i, label=1, predict=predict, radius=0.1234567 * (predict != -1),
                       correct=int(predict == 1), time=0.5, p_lower=(0.875,) * branches,
                       counts_top=(7,) * branches,
-                      radius_paper=0.25 if kind is CertificateKind.COUPLED else None,
+                      radius_paper=0.25 if "radius_paper" in details else None,
                       nonfinite=i, n_used=40)
         for i, predict in enumerate((1, -1, 2))
     ]
     out = tmp_path / "r.tsv"
-    header = columns_for(kind)
-    out.write_text("\n".join(["\t".join(header), *(format_row(r, kind) for r in records)]) + "\n")
+    header = columns_for(details)
+    out.write_text("\n".join(["\t".join(header), *(format_row(r, details) for r in records)])
+                   + "\n")
     loaded = load_results(out)
     assert list(loaded.predict) == [1, -1, 2] and list(loaded.correct) == [1, 0, 0]
     assert list(loaded.radius) == [0.123456, 0.0, 0.123456]  # floored, never rounded up
     assert set(loaded.extra) == set(header[len(BASE_COLUMNS):])
     assert list(loaded.extra[N_USED_COLUMN]) == [40, 40, 40]
     assert list(loaded.extra["nonfinite"]) == [0, 1, 2]
-    if kind is CertificateKind.COUPLED:
+    if "radius_paper" in details:
         assert list(loaded.radius_paper) == [0.25] * 3
     else:
         assert loaded.radius_paper is None

@@ -32,7 +32,7 @@ class FirstPixel(nn.Module):
 def test_each_branch_fills_and_denoises_at_its_own_sigma():
     denoiser_l, denoiser_r = Recording(), Recording()
     voter = SplitDenoisedBranches([denoiser_l, denoiser_r], FirstPixel(), FirstPixel(),
-                                  (0.2, 0.7))
+                                  sigma=(0.2, 0.7))
     zeros = torch.zeros(64, 1, 8, 4)
     fresh = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     voter([zeros, zeros], fresh)

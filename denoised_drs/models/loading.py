@@ -34,7 +34,8 @@ from torch import nn
 from denoised_drs.atomic_file import atomic_write
 from denoised_drs.checkpoint_file import load_weights_only, with_content_hash
 from denoised_drs.data import DATASET_INFO
-from denoised_drs.partition import INTERPOLATIONS
+from denoised_drs.modes import PartitionName
+from denoised_drs.partition import INTERPOLATIONS, Partition, get_partition, part_shape
 from denoised_drs.state_dicts import find_state_dict
 
 from .hf_folder import folder_defaults, is_model_folder, load_hf_network
@@ -58,10 +59,13 @@ networks they trained on it (Cohen et al.'s ResNet-110, torchvision's ResNet-50)
 class ClassifierSpec:
     """Everything needed to rebuild a base classifier, stored in our checkpoints.
 
-    ``branch`` is ``"full"`` for a classifier of whole images (RS) or ``"l"`` / ``"r"``
-    for a DRS branch; a branch classifier is a full-size network fed its sub-image
-    resized to ``input_size`` by ``interpolation``. ``sigma`` is the training noise
-    level (informative: certification takes sigma as its own argument).
+    ``branch`` is ``"full"`` for a classifier of whole images (RS), ``"l"`` / ``"r"``
+    for a two-part DRS branch, or ``"1"`` ... ``"k"`` for part j of a k-part partition
+    (:mod:`denoised_drs.partition`), named by ``partition`` (empty: the checkerboard,
+    which ``l`` / ``r`` mean in files written before partitions were recorded). A
+    branch classifier is a full-size network fed its sub-image resized to
+    ``input_size`` by ``interpolation``. ``sigma`` is the training noise level
+    (informative: certification takes sigma as its own argument).
     """
 
     arch: str
@@ -75,10 +79,16 @@ class ClassifierSpec:
     branch: str = "full"
     interpolation: str = "nearest"
     sigma: float | None = None
+    partition: str = ""
 
     def __post_init__(self) -> None:
-        if self.branch not in BRANCHES:
-            raise ValueError(f"branch must be one of {BRANCHES}, got {self.branch!r}")
+        if self.branch not in BRANCHES and not (self.branch.isdigit() and int(self.branch) >= 1):
+            raise ValueError(
+                f"branch must be one of {BRANCHES} or a part number 1, 2, ..., got "
+                f"{self.branch!r}"
+            )
+        if self.branch.isdigit() and not self.partition:
+            raise ValueError(f"branch {self.branch} needs the partition it is a part of")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}"
@@ -135,11 +145,27 @@ class ClassifierSpec:
             "normalization": (self.mean, self.std),
         }
 
+    def part(self) -> tuple[Partition, int]:
+        """The partition this branch classifier reads a part of, and the part's index."""
+        partition = get_partition(self.partition or PartitionName.CHECKERBOARD.value)
+        index = BRANCHES.index(self.branch) - 1 if self.branch in ("l", "r") else (
+            int(self.branch) - 1)
+        if index >= partition.num_parts:
+            raise ValueError(
+                f"branch {self.branch} does not exist in the {partition.name} partition "
+                f"({partition.num_parts} parts)"
+            )
+        return partition, index
+
     def wrap(self, full: nn.Module) -> nn.Module:
-        """``full`` as this spec's branch: itself for ``"full"``, else a sub-image classifier."""
+        """``full`` as this spec's branch: itself for ``"full"``, else a sub-image classifier
+        taking the part's shape."""
         if self.branch == "full":
             return full
-        return SubImageClassifier(full, self.input_size, self.interpolation)  # type: ignore[arg-type]
+        partition, index = self.part()
+        part_size = part_shape(partition, index, (self.in_channels, *self.input_size))
+        return SubImageClassifier(full, self.input_size, self.interpolation,  # type: ignore[arg-type]
+                                  part_size=part_size)
 
 
 def is_own_checkpoint(obj: Mapping[str, Any]) -> bool:
@@ -229,6 +255,7 @@ def load_classifier(
     dataset: str | None = None,
     num_classes: int | None = None,
     branch: str | None = None,
+    partition: str | None = None,
     interpolation: str | None = None,
     device: torch.device | str = "cpu",
     checkpoint: Mapping[str, Any] | None = None,
@@ -243,7 +270,8 @@ def load_classifier(
     ``(N, C, H, W/2)``, ready for ``DualSmooth``; a full one takes ``(N, C, H, W)``,
     ready for ``Smooth``. Keyword arguments override the file's metadata (e.g.
     ``branch="full"`` to get a branch's full-size network back, or ``branch="l"``
-    to use any full-size classifier as a DRS branch). Foreign checkpoints need
+    to use any full-size classifier as a DRS branch; ``branch="3", partition="diagonal-4"``
+    for part 3 of a k-part partition). Foreign checkpoints need
     ``arch`` (unless the file records it) and ``dataset`` (see :func:`read_classifier_spec`).
     ``checkpoint``, if given, is the file's content already read by
     :func:`~denoised_drs.checkpoint_file.load_weights_only`.
@@ -272,6 +300,7 @@ def load_classifier(
         dataset=dataset,
         num_classes=num_classes,
         branch=branch,
+        partition=partition,
         interpolation=interpolation,
         input_size=size,
         mean=None if mean is None else tuple(mean),

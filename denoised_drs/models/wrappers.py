@@ -75,9 +75,11 @@ class NormalizedClassifier(nn.Module):
 
 
 class SubImageClassifier(nn.Module):
-    """Classify a compact sub-image ``(N, C, H, W/2)`` with a full-size classifier.
+    """Classify a compact sub-image ``(N, C, h, w)`` with a full-size classifier.
 
-    The sub-image is resized to ``full_size = (H, W)`` by ``mode`` interpolation
+    The sub-image (by default a DRS half, ``(H, W/2)``; any part's ``part_size``
+    otherwise, e.g. ``(H/2, W/2)`` for polyphase-2x2) is resized to
+    ``full_size = (H, W)`` by ``mode`` interpolation
     (:func:`denoised_drs.partition.resize`) and passed to ``classifier``. The output
     depends on the given sub-image alone, which is what the independent-branch DRS
     certificate requires.
@@ -88,19 +90,25 @@ class SubImageClassifier(nn.Module):
         classifier: nn.Module,
         full_size: tuple[int, int],
         mode: InterpolationMode = "nearest",
+        part_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         if mode not in INTERPOLATIONS:
             raise ValueError(f"interpolation mode must be one of {INTERPOLATIONS}, got {mode!r}")
         height, width = (int(s) for s in full_size)
-        if height <= 0 or width <= 0 or width % 2:
-            raise ValueError(f"full_size must be positive with an even width, got {full_size}")
+        if part_size is None:
+            if width % 2:
+                raise ValueError(f"full_size needs an even width for a half, got {full_size}")
+            part_size = (height, width // 2)
+        if min(height, width, *part_size) <= 0:
+            raise ValueError(f"sizes must be positive, got {full_size} and {part_size}")
         self.classifier = classifier
         self.full_size = (height, width)
+        self.part_size = (int(part_size[0]), int(part_size[1]))
         self.mode = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        expected = (self.full_size[0], self.full_size[1] // 2)
+        expected = self.part_size
         if x.dim() != 4 or tuple(x.shape[-2:]) != expected:
             raise ValueError(
                 f"expected sub-images of shape (N, C, {expected[0]}, {expected[1]}) "
@@ -112,10 +120,11 @@ class SubImageClassifier(nn.Module):
 class ResizedClassifier(nn.Module):
     """Resize any input ``(N, C, h, w)`` to ``size`` by ``mode``, then classify it.
 
-    ``size`` None keeps full images as they are and gives a compact DRS sub-image
-    ``(h, w)`` its full shape ``(h, 2 w)`` (``sub_image=True``). The output depends on
-    the given input alone, so a DRS branch built from it stays a function of its
-    own sub-image (the independent certificate's requirement).
+    ``size`` None keeps full images as they are and gives a compact sub-image
+    ``(h, w)`` its full shape: ``(h, 2 w)`` for a DRS half (``sub_image=True``), or
+    ``(a h, b w)`` for ``sub_image=(a, b)`` (a partition's ``scale``). The output
+    depends on the given input alone, so a branch built from it stays a function of
+    its own sub-image (the independent certificate's requirement).
     """
 
     def __init__(
@@ -123,7 +132,7 @@ class ResizedClassifier(nn.Module):
         classifier: nn.Module,
         size: tuple[int, int] | None,
         mode: InterpolationMode = "nearest",
-        sub_image: bool = False,
+        sub_image: bool | tuple[int, int] = False,
     ) -> None:
         super().__init__()
         if mode not in INTERPOLATIONS:
@@ -135,7 +144,9 @@ class ResizedClassifier(nn.Module):
         self.classifier = classifier
         self.size = size
         self.mode = mode
-        self.sub_image = bool(sub_image)
+        if isinstance(sub_image, bool):
+            sub_image = (1, 2) if sub_image else (1, 1)
+        self.scale = (int(sub_image[0]), int(sub_image[1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
@@ -143,7 +154,7 @@ class ResizedClassifier(nn.Module):
         size = self.size
         if size is None:
             height, width = x.shape[-2:]
-            size = (height, 2 * width) if self.sub_image else (height, width)
+            size = (height * self.scale[0], width * self.scale[1])
         return self.classifier(resize(x, size, self.mode))
 
 
