@@ -87,6 +87,25 @@ def _is_modules(value: Any) -> bool:
     )
 
 
+def _check_trained_part(path: str, spec: Any, part: int, partition: Partition) -> None:
+    """Refuse a branch checkpoint trained on a part of another shape than the part it
+    would classify here (a polyphase-2x2 part is 14 x 14, a diagonal-4 part 28 x 7)."""
+    if spec.branch == "full":
+        return
+    from denoised_drs.partition import part_shape
+
+    trained_partition, index = spec.part()
+    image = (spec.in_channels, *spec.input_size)
+    trained = part_shape(trained_partition, index, image)
+    here = part_shape(partition, part, image)
+    if trained != here:
+        raise ValueError(
+            f"{path} was trained on part {spec.branch} of the {trained_partition.name} "
+            f"partition ({trained[0]} x {trained[1]} sub-images); part {part + 1} of "
+            f"{partition.name} is {here[0]} x {here[1]}"
+        )
+
+
 class Pipeline:
     """Compose the stages of a certification run from a :class:`PipelineConfig`.
 
@@ -205,10 +224,12 @@ class Pipeline:
         # Each file is read once: its content serves the class check and the loading
         # (a folder is read by transformers when loaded).
         checkpoints = [None if Path(p).is_dir() else load_weights_only(p) for p in paths]
-        classes = {
-            read_classifier_spec(p, c, arch=a, **options).num_classes
-            for p, c, a in zip(paths, checkpoints, archs)
-        }
+        specs = [read_classifier_spec(p, c, arch=a, **options)
+                 for p, c, a in zip(paths, checkpoints, archs)]
+        if branch is not None:
+            for path, spec in zip(paths, specs):
+                _check_trained_part(path, spec, part, partition)
+        classes = {spec.num_classes for spec in specs}
         if len(classes) != 1:
             raise ValueError(
                 f"the classifiers {paths} disagree on the number of classes: {sorted(classes)}"

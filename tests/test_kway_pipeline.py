@@ -15,8 +15,9 @@ from torch import nn
 from denoised_drs.bounds import kway_radius
 from denoised_drs.cli import run_script
 from denoised_drs.data import load_sample
-from denoised_drs.modes import CertificateKind
+from denoised_drs.models import ClassifierSpec, save_classifier
 from denoised_drs.models.registry import create_model
+from denoised_drs.modes import CertificateKind
 from denoised_drs.partition import Diagonal, Polyphase
 from denoised_drs.pipeline import Pipeline
 from denoised_drs.pipeline_config import PipelineConfig
@@ -174,3 +175,19 @@ def test_the_cli_takes_one_branch_flag_per_part(tmp_path):
         status, err = run_cli([*common, *bad, "--outfile", str(tmp_path / "bad.tsv")])
         assert status == 2 and message in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "bad.tsv").exists()
+
+
+def test_a_branch_trained_on_a_part_of_another_shape_is_refused(tmp_path):
+    paths = []
+    for j in range(1, 5):
+        spec = ClassifierSpec.for_dataset("small_cnn", "fashion-mnist", branch=str(j),
+                                          partition="polyphase-2x2", sigma=0.125)
+        paths.append(tmp_path / f"poly_{j}.pt")
+        save_classifier(paths[-1], create_model(spec.arch, **spec.model_options()), spec)
+    fits = Pipeline(mode="drs", partition="polyphase-2x2", branches=[str(p) for p in paths],
+                    sigma=0.125, **FAST)
+    assert fits.smoothed.voter.classifiers[0](torch.rand(2, 1, 14, 14)).shape == (2, 10)
+    with pytest.raises(ValueError, match="trained on part 1 of the polyphase-2x2 partition "
+                                         r"\(14 x 14 sub-images\); part 1 of diagonal-4 is 28 x 7"):
+        Pipeline(mode="drs", partition="diagonal-4", branches=[str(p) for p in paths],
+                 sigma=0.125, **FAST)
