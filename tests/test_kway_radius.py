@@ -36,16 +36,15 @@ def test_k1_is_rs_and_k2_is_the_closed_form():
         p2 = rng.uniform(0.2, 1.0, 2)
         s2 = rng.uniform(0.05, 2.0, 2)
         z = ndtri(p2)
-        closed = (z[0] + z[1]) / np.sqrt(s2[0] ** -2 + s2[1] ** -2)
         radius = kway_radius(p2, s2)
+        coupled = kway_radius(p2, [s2[0], s2[0]], coupled=True)
         if z.sum() > 0:
             assert radius == drs_radius(p2[0], p2[1], s2[0], s2[1])
-            assert radius == pytest.approx(closed, rel=1e-12)
+            assert radius == pytest.approx((z[0] + z[1]) / np.sqrt(s2[0] ** -2 + s2[1] ** -2),
+                                           rel=1e-12)
+            assert coupled == coupled_radius(p2[0], p2[1], s2[0])
         else:
-            assert radius == 0.0
-        if z.sum() > 0:
-            assert kway_radius(p2, [s2[0], s2[0]], coupled=True) == coupled_radius(
-                p2[0], p2[1], s2[0])
+            assert radius == coupled == 0.0
     assert kway_radius([0.5], [1.0]) == 0.0
     assert kway_radius([0.3, 0.7], [1.0, 2.0]) == 0.0
 
