@@ -34,8 +34,6 @@ from scipy.optimize import brentq
 from scipy.special import betaln, logsumexp, ndtr, ndtri, xlog1py, xlogy
 from scipy.stats import beta, norm
 
-from denoised_drs.modes import CertificateKind
-
 # The largest float below 1: a lower bound from finitely many samples is never 1,
 # and clipping here keeps Phi^-1 finite even where floating point would round up.
 _BELOW_ONE = np.nextafter(1.0, 0.0)
@@ -203,41 +201,6 @@ def drs_abstains(p_lower_l: ArrayLike, p_lower_r: ArrayLike) -> bool | np.ndarra
     """
     result = ~(_z_sum(p_lower_l, p_lower_r) > 0)
     return bool(result) if result.ndim == 0 else result
-
-
-def certified_radius(
-    kind: CertificateKind | str, p_lower: ArrayLike, sigmas: ArrayLike
-) -> tuple[bool, float]:
-    """Apply the abstain rule and radius of ``kind`` to per-branch bounds.
-
-    ``p_lower`` and ``sigmas`` hold one entry per branch. Returns
-    ``(abstain, radius)`` with ``radius = 0.0`` whenever ``abstain``. Each bound
-    must lie in [0, 1): a lower bound from finitely many samples is below 1 (see
-    :func:`clopper_pearson_lower`), and 1 or NaN would give an infinite or undefined
-    radius.
-    """
-    kind = CertificateKind(kind)
-    p_lower = np.atleast_1d(np.asarray(p_lower, dtype=np.float64))
-    if np.any(~((p_lower >= 0) & (p_lower < 1))):
-        raise ValueError(f"probability lower bounds must lie in [0, 1), got {p_lower}")
-    sigmas = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
-    expected = 1 if kind is CertificateKind.RS else 2
-    if p_lower.shape != (expected,) or sigmas.shape != (expected,):
-        raise ValueError(
-            f"{kind.value} certificates need {expected} bound(s) and sigma(s), "
-            f"got {p_lower.shape} and {sigmas.shape}"
-        )
-    if kind is CertificateKind.RS:
-        if rs_abstains(p_lower[0]):
-            return True, 0.0
-        return False, float(rs_radius(p_lower[0], sigmas[0]))
-    if drs_abstains(p_lower[0], p_lower[1]):
-        return True, 0.0
-    if kind is CertificateKind.INDEPENDENT:
-        return False, float(drs_radius(p_lower[0], p_lower[1], sigmas[0], sigmas[1]))
-    if sigmas[0] != sigmas[1]:
-        raise ValueError(f"coupled certificates need one sigma for both branches, got {sigmas}")
-    return False, float(coupled_radius(p_lower[0], p_lower[1], sigmas[0]))
 
 
 # ---------------------------------------------------------------------------
@@ -651,7 +614,6 @@ def kway_radius(p_lower: ArrayLike, sigmas: ArrayLike, coupled: bool = False) ->
 __all__ = [
     "LOG_SPACE_ALPHA",
     "branch_alpha",
-    "certified_radius",
     "clopper_pearson_lower",
     "clopper_pearson_upper",
     "coupled_radius",
