@@ -82,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         help="noise magnitude sqrt(E||z||^2), i.e. sigma = value/sqrt(dim) (default: 1)",
     )
     parser.add_argument("--bound-family", choices=analysis.BOUND_FAMILIES, default="gaussian")
+    parser.add_argument("--bound-parts", type=int, nargs="+", metavar="K",
+                        help="draw the k-part curve for each K (e.g. 1 2 4; Gaussian noise) "
+                        "instead of RS and DRS")
     return parser
 
 
@@ -137,7 +140,8 @@ def _render(args: argparse.Namespace) -> tuple[str | None, dict[Path, bytes]]:
         outputs[out / "certified_accuracy.png"] = analysis.figure_png_bytes(figure)
     if args.bounds_plot:
         figure = analysis.radius_bounds_figure(
-            p_a=args.bound_p, noise_norm=args.bound_noise_norm, family=args.bound_family
+            p_a=args.bound_p, noise_norm=args.bound_noise_norm, family=args.bound_family,
+            parts=args.bound_parts,
         )
         outputs[Path(args.bounds_plot)] = analysis.figure_png_bytes(figure)
     return markdown, outputs

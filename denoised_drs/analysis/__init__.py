@@ -27,6 +27,7 @@ from denoised_drs.analysis.bound_curves import (
     BOUND_FAMILIES,
     REFERENCE_DIMENSIONS,
     drs_radius_upper_bound,
+    kway_radius_upper_bound,
     rs_radius_upper_bound,
 )
 from denoised_drs.analysis.metrics import (
@@ -62,6 +63,7 @@ __all__ = [
     "certified_accuracy_figure",
     "certified_table",
     "drs_radius_upper_bound",
+    "kway_radius_upper_bound",
     "escape_latex",
     "escape_markdown",
     "figure_png_bytes",

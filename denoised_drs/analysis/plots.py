@@ -20,6 +20,7 @@ from denoised_drs.analysis.bound_curves import (
     REFERENCE_DIMENSIONS,
     check_dimension,
     drs_radius_upper_bound,
+    kway_radius_upper_bound,
     rs_radius_upper_bound,
 )
 from denoised_drs.analysis.metrics import Run, certified_accuracy
@@ -96,11 +97,14 @@ def radius_bounds_figure(
     p_a: float = 0.999,
     noise_norm: float = 1.0,
     family: str = "gaussian",
+    parts: Sequence[int] | None = None,
 ) -> Figure:
     """Figure 1(b): RS and DRS (``m = n = d/2``) radius upper bounds against ``d``.
 
-    Log-log axes, so both curves are straight lines of slope -1/2; the CIFAR-10 and
-    ImageNet input sizes are marked.
+    With ``parts`` (Gaussian noise only) the curves are those of k equal parts for each
+    k listed (:func:`~denoised_drs.analysis.bound_curves.kway_radius_upper_bound`;
+    k = 1 is RS, k = 2 DRS). Log-log axes, so every curve is a straight line of slope
+    -1/2; the CIFAR-10 and ImageNet input sizes are marked.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -111,13 +115,21 @@ def radius_bounds_figure(
     if dims.ndim != 1 or dims.size < 2:
         raise ValueError("dims must be a 1-d array of at least two dimensions")
     rs = rs_radius_upper_bound(dims, p_a, noise_norm, family)
-    drs = drs_radius_upper_bound(dims, p_a, noise_norm, family=family)
+    if parts is None:
+        curves = [(r"RS: $U_{RS}(d)$", rs),
+                  (r"DRS: $U_{DRS}(d/2, d/2)$",
+                   drs_radius_upper_bound(dims, p_a, noise_norm, family=family))]
+    else:
+        if family != "gaussian":
+            raise ValueError("k-part curves are for Gaussian noise (family 'gaussian')")
+        curves = [(rf"$k = {k}$ parts of $d/{k}$",
+                   kway_radius_upper_bound(dims, k, p_a, noise_norm)) for k in parts]
 
     figure = Figure(figsize=(6.4, 4.4), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.loglog(dims, rs, label=r"RS: $U_{RS}(d)$")
-    axes.loglog(dims, drs, label=r"DRS: $U_{DRS}(d/2, d/2)$")
+    for label, curve in curves:
+        axes.loglog(dims, curve, label=label)
     for name, dim in REFERENCE_DIMENSIONS.items():
         if dims.min() <= dim <= dims.max():
             axes.axvline(dim, color="grey", linestyle=":", linewidth=1)
