@@ -78,8 +78,9 @@ def _kway_abstains(p_lower: np.ndarray) -> bool:
 
 def _saddle_radius(p_lower: np.ndarray, sigmas: np.ndarray) -> float:
     """The DRS paper's appendix A.3 (Eq. 30) value ``sigma sum_j z_j / sqrt(k)``: a
-    saddle point of a non-convex problem, NOT a lower bound."""
-    return float(sigmas[0] * norm.ppf(p_lower).sum() / np.sqrt(p_lower.size))
+    saddle point of a non-convex problem, NOT a lower bound. Floored at 0 (a radius):
+    the sum of z can be negative while the bounds still sum above k/2."""
+    return max(0.0, float(sigmas[0] * norm.ppf(p_lower).sum() / np.sqrt(p_lower.size)))
 
 
 class RSRule(CertificateRule):

@@ -191,3 +191,14 @@ def test_a_branch_trained_on_a_part_of_another_shape_is_refused(tmp_path):
                                          r"\(14 x 14 sub-images\); part 1 of diagonal-4 is 28 x 7"):
         Pipeline(mode="drs", partition="diagonal-4", branches=[str(p) for p in paths],
                  sigma=0.125, **FAST)
+
+
+def test_the_papers_k_way_radius_is_never_negative():
+    from denoised_drs.partition import get_partition
+    from denoised_drs.scheme import IndependentRule, Scheme
+
+    scheme = Scheme(get_partition("polyphase-2x2"), IndependentRule(), [0.125] * 4)
+    p_lower = [0.6, 0.6, 0.6, 0.21]  # sum above k/2, sum of z below 0
+    abstain, _ = scheme.decide(p_lower)
+    assert not abstain and norm.ppf(p_lower).sum() < 0
+    assert scheme.paper_radius(p_lower, abstain) == 0.0
