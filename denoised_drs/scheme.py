@@ -230,18 +230,22 @@ def certified_radius(
     (see :func:`~denoised_drs.bounds.clopper_pearson_lower`), and 1 or NaN would give an
     infinite or undefined radius.
     """
-    return _decide(rule_for(kind), p_lower, sigmas)
+    rule = rule_for(kind)
+    sigmas = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
+    rule.check(sigmas.size, tuple(sigmas))
+    return _decide(rule, p_lower, sigmas)
 
 
 def _decide(rule: CertificateRule, p_lower: Sequence[float] | np.ndarray,
             sigmas: Sequence[float] | np.ndarray) -> tuple[bool, float]:
+    """The rule's decision on bounds checked here; the rule must already have accepted
+    ``sigmas`` (:meth:`CertificateRule.check`: a Scheme at construction)."""
     sigmas = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
     p_lower = np.atleast_1d(np.asarray(p_lower, dtype=np.float64))
     if p_lower.shape != sigmas.shape or p_lower.ndim != 1:
         raise ValueError(
             f"need one bound per sigma, got {p_lower.shape} bound(s) and {sigmas.shape} sigma(s)"
         )
-    rule.check(sigmas.size, tuple(sigmas))
     if np.any(~((p_lower >= 0) & (p_lower < 1))):
         raise ValueError(f"probability lower bounds must lie in [0, 1), got {p_lower}")
     return rule.decide(p_lower, sigmas)
