@@ -42,7 +42,7 @@ from denoised_drs.noise import FLOAT32_MAX
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """The ``autocast`` names a configuration accepts, and the dtype each stands for."""
-RESULT_RECORD_KEYS = ("data_dir", "skip", "max", "content")
+RESULT_RECORD_KEYS = ("data_dir", "skip", "max", "start", "content")
 """Keys that a configuration saved beside a result adds to the pipeline's (the data it
 certified and the content hashes, see denoised_drs.runner); ``from_file`` skips them.
 ``dataset`` is a configuration field itself."""

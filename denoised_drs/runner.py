@@ -89,16 +89,29 @@ def launched_state(device: str | None) -> ProcessState:
     return state
 
 
-def select_indices(length: int, skip: int = 1, max_index: int | None = None) -> list[int]:
-    """Indices ``i < max_index`` (all if None) with ``i % skip == 0``, as Cohen's script does."""
+def select_indices(
+    length: int, skip: int = 1, max_index: int | None = None, start: int = 0
+) -> list[int]:
+    """Indices ``start <= i < max_index`` (all if None) with ``(i - start) % skip == 0``.
+
+    With ``start = 0`` this is Cohen's selection (every ``skip``-th index). A nonzero
+    ``start`` picks the images an every-``skip``-th run left out, e.g. ``start=10,
+    skip=20`` completes an every-20th run into an every-10th one; since each image's
+    result depends only on the seed and its index, the rows are the ones the
+    every-10th run would have written.
+    """
     if isinstance(skip, bool) or not isinstance(skip, int) or skip < 1:
         raise ValueError(f"skip must be a positive integer, got {skip!r}")
     if max_index is not None and (
         isinstance(max_index, bool) or not isinstance(max_index, int) or max_index < 1
     ):
         raise ValueError(f"max must be a positive integer, got {max_index!r}")
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"start must be a non-negative integer, got {start!r}")
     stop = length if max_index is None else min(length, max_index)
-    return list(range(0, stop, skip))
+    if start >= stop:
+        raise ValueError(f"start {start} selects no image (the data holds indices below {stop})")
+    return list(range(start, stop, skip))
 
 
 def config_path(out: Path) -> Path:

@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     data.add_argument("--data-dir", help="local dataset folder (never downloaded)")
     data.add_argument("--skip", type=int, help="certify every skip-th image (default 1)")
     data.add_argument("--max", type=int, help="only indices below max")
+    data.add_argument("--start", type=int,
+                      help="first index (default 0); e.g. --start 10 --skip 20 certifies "
+                      "the images an every-20th run left out of every-10th")
     model = parser.add_argument_group("models")
     model.add_argument("--config", help="a JSON or YAML pipeline configuration, e.g. the "
                        "OUT.config.json saved beside a result (its dataset, skip and max "
@@ -153,7 +156,7 @@ def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in PIPELINE_KEYS if getattr(args, k) is not None}
 
 
-RUN_KEYS = ("dataset", "data_dir", "skip", "max")
+RUN_KEYS = ("dataset", "data_dir", "skip", "max", "start")
 """Keys of a saved configuration that choose the data, not the pipeline."""
 
 
@@ -191,9 +194,13 @@ def run_one(args, settings: dict[str, Any], out: Path, state) -> None:
         raise ValueError(f"the {args.dataset} test set holds no images")
     pipe.check_image_shape(tuple(dataset[0][0].shape))
     skip = 1 if args.skip is None else args.skip
-    indices = select_indices(len(dataset), skip, args.max)
+    start = args.start or 0
+    indices = select_indices(len(dataset), skip, args.max, start)
     data_dir = None if args.data_dir is None else os.path.abspath(args.data_dir)
     extra = {"dataset": args.dataset, "data_dir": data_dir, "skip": skip, "max": args.max}
+    if start:
+        # recorded only when set, so the configurations of earlier runs still resume
+        extra["start"] = start
     certify_dataset(pipe, dataset, indices, out, state, extra,
                     data_source=data_source(args.dataset, args.data_dir))
 
