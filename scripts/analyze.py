@@ -15,7 +15,10 @@ images.
 
 Every input is read and every output rendered before anything is written, so bad
 input (missing file, malformed TSV, --names count mismatch, negative radius) leaves
-no partial outputs: one line on stderr and exit code 2.
+no partial outputs: one line on stderr and exit code 2. No output replaces an
+existing file (a table, a checkpoint, a result) unless ``--overwrite`` is given. A
+torn last line of a file (no newline: a row being written, or a killed process) is
+left out, with one warning line on stderr naming it.
 """
 
 from __future__ import annotations
@@ -82,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
         help="noise magnitude sqrt(E||z||^2), i.e. sigma = value/sqrt(dim) (default: 1)",
     )
     parser.add_argument("--bound-family", choices=analysis.BOUND_FAMILIES, default="gaussian")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace outputs that exist (default: refuse before writing)")
     parser.add_argument("--bound-parts", type=int, nargs="+", metavar="K",
                         help="draw the k-part curve for each K (e.g. 1 2 4; Gaussian noise) "
                         "instead of RS and DRS")
@@ -95,8 +100,12 @@ def _load(path: str) -> analysis.Results:
         results = analysis.load_run(path)
         print(f"{path}: unfinished run, {len(results)} rows so far from {files} "
               f"file{'s' if files > 1 else ''}", file=sys.stderr)
-        return results
-    return analysis.load_results(path)
+    else:
+        results = analysis.load_results(path)
+    for where in results.left_out:
+        print(f"{PROG}: warning: {where}: torn last line (no newline: a row being written "
+              "or a killed process) left out", file=sys.stderr)
+    return results
 
 
 def _render(args: argparse.Namespace) -> tuple[str | None, dict[Path, bytes]]:
@@ -151,10 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     """Render, then write; bad input raises ValueError or OSError (see :func:`run_script`)."""
     args = _parser().parse_args(argv)
     markdown, outputs = _render(args)
-    # Every destination is checked before the first is written, so a bad one
-    # leaves earlier outputs as they were.
+    # Every destination is checked before the first is written (and before any
+    # folder is made), so a bad one leaves everything as it was.
     for path in outputs:
         check_output_file(path)
+        if path.exists() and not args.overwrite:
+            raise ValueError(f"{path} exists; pass --overwrite to replace it")
+    for path in outputs:
         path.parent.mkdir(parents=True, exist_ok=True)
     for path, data in outputs.items():
         with atomic_write(path) as stream:

@@ -507,8 +507,8 @@ def test_script_common_images_compares_an_unfinished_run_on_its_images(tmp_path,
     rows = result.stdout.splitlines()[2:4]
     assert rows[0].startswith("| RS | **100.0** | **75.0** | **25.0** | **0.0** |")
     assert rows[1].startswith("| partial | **100.0** | **75.0** | **25.0** | **0.0** |")
-    # Without the option, RS keeps its 10 images (60% at 0).
-    result = run_script(*args, cwd=tmp_path)
+    # Without the option, RS keeps its 10 images (60% at 0); the tables are replaced.
+    result = run_script(*args, "--overwrite", cwd=tmp_path)
     assert result.stdout.splitlines()[2].startswith("| RS | 60.0 |")
 
 

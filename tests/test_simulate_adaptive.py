@@ -20,8 +20,9 @@ def test_a_larger_tolerance_draws_fewer_samples_and_never_adds_radius(tmp_path, 
                         for i, label, pred, ok, count in rows]
     (tmp_path / "fixed.tsv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "sim.json"
-    assert load_script().main([str(tmp_path / "fixed.tsv"), "--sigma", "0.25", "--n-max",
-                               "20000", "--tolerance", "0.0125", "0.1", "--json", str(out)]) == 0
+    assert load_script().main([str(tmp_path / "fixed.tsv"), "--kind", "rs", "--sigma", "0.25",
+                               "--n-max", "20000", "--tolerance", "0.0125", "0.1",
+                               "--json", str(out)]) == 0
     assert "4 images of" in capsys.readouterr().out
     fixed, default, loose = json.loads(out.read_text())["rows"]
     assert fixed["mean_n_used"] == 20000 and fixed["acr"] > 0

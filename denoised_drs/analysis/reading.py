@@ -2,15 +2,29 @@
 
 The columns are those of :mod:`denoised_drs.results`, the one definition of the result
 schema: a file must start with its ``BASE_COLUMNS``; any further column is kept by
-name, and ``radius_paper`` (the DRS paper's non-certified radius for joint
-denoising) is validated like ``radius``.
+name. The columns this library writes are validated against what it can write:
+``radius_paper`` (the DRS paper's non-certified radius for joint denoising) like
+``radius``, bounds (``pA``, ``pA_<branch>``, ``alpha_look``) in [0, 1], counts
+(``count``, ``count_<branch>``, ``nonfinite``, ``n_used``, ``n_look``) non-negative
+integers, no count above ``n_used``.
+
+Two things are read beside the rows:
+
+* a torn last line (no newline: a row being written, or a process killed mid-write)
+  is never a result: it is left out and named in :attr:`Results.left_out`;
+* the configuration a run saves beside its result (``OUT.config.json``): an adaptive
+  run with target ``radii`` reports the largest target certified, which rows written
+  before targets were recorded exactly hold floored to 6 decimals; such a radius is
+  read as the target it stands for (:func:`saved_targets`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,9 +32,10 @@ import numpy as np
 
 from denoised_drs.results import (
     BASE_COLUMNS,
+    N_USED_COLUMN,
     PAPER_RADIUS_COLUMN,
-    complete_lines,
     existing_parts,
+    floor_decimals,
 )
 
 # Python's str(timedelta), which Cohen's certify.py writes: "0:00:01.234567" or
@@ -37,6 +52,7 @@ class Results:
     ``time`` is in seconds whatever the file used. ``extra`` holds any further
     columns by name: float arrays where every value parses as a number, string
     arrays otherwise. ``radius_paper`` is validated like ``radius`` when present.
+    ``left_out`` names (``path:line``) the torn last lines left out of the rows.
     """
 
     path: str
@@ -47,6 +63,7 @@ class Results:
     correct: np.ndarray
     time: np.ndarray
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    left_out: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(self.idx.shape[0])
@@ -62,9 +79,13 @@ class Results:
         Results depend only on the seed and the image index, so the every-20th rows of
         an every-10th run are exactly what an every-20th run would have written.
         """
-        if step < 1:
-            raise ValueError(f"step must be a positive integer, got {step}")
-        keep = self.idx % step == 0
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+            raise ValueError(f"step must be a positive integer, got {step!r}")
+        if step > np.iinfo(np.int64).max:
+            # Beyond int64, numpy's % would overflow: Python integers are exact.
+            keep = np.fromiter((int(i) % step == 0 for i in self.idx), bool, len(self))
+        else:
+            keep = self.idx % step == 0
         if not keep.any():
             raise ValueError(f"{self.path}: no image index is a multiple of {step}")
         return self._rows(keep)
@@ -92,58 +113,191 @@ def _parse_seconds(text: str) -> float:
         return (
             days * 86400.0 + int(match["h"]) * 3600.0 + int(match["m"]) * 60.0 + float(match["s"])
         )
-    value = float(text)  # ValueError for anything else
+    value = _parse_float(text)
     if not math.isfinite(value) or value < 0:
         raise ValueError(text)
     return value
 
 
-def _parse_int(text: str) -> int:
-    # int() alone would reject "3.0", which some writers produce for integer columns.
-    value = float(text)
-    if not value.is_integer():
+# Plain decimal numbers only: float() and int() would also take "1_000", "nan" or
+# non-ASCII digits, which no writer of result files produces.
+_FLOAT = re.compile(r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+# "3.0" too: some writers produce it for integer columns.
+_INT = re.compile(r"^(-?[0-9]+)(?:\.0*)?$")
+_INT64 = np.iinfo(np.int64)
+
+
+def _parse_float(text: str) -> float:
+    if not _FLOAT.match(text):
         raise ValueError(text)
-    return int(value)
+    return float(text)
+
+
+def _parse_int(text: str) -> int:
+    match = _INT.match(text)
+    if not match:
+        raise ValueError(text)
+    value = int(match[1])
+    if not _INT64.min <= value <= _INT64.max:  # the int64 arrays of Results hold it
+        raise ValueError(text)
+    return value
+
+
+def _parse_count(text: str) -> int:
+    value = _parse_int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _parse_class(text: str) -> int:
+    """A predicted class: a class index, or -1 for abstain."""
+    value = _parse_int(text)
+    if value < -1:
+        raise ValueError(text)
+    return value
 
 
 def _parse_radius(text: str) -> float:
-    value = float(text)
-    if math.isnan(value) or value < 0 or value == math.inf:
+    value = _parse_float(text)
+    if value < 0 or value == math.inf:
         raise ValueError(text)
     return value
+
+
+def _parse_probability(text: str) -> float:
+    value = _parse_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(text)
+    return value
+
 
 _PARSERS = {
     **dict(
         zip(BASE_COLUMNS,
-            (_parse_int, _parse_int, _parse_int, _parse_radius, _parse_int, _parse_seconds))
+            (_parse_count, _parse_count, _parse_class, _parse_radius, _parse_int, _parse_seconds))
     ),
     PAPER_RADIUS_COLUMN: _parse_radius,
+    "nonfinite": _parse_count,
+    N_USED_COLUMN: _parse_count,
+    "n_look": _parse_count,
+    "alpha_look": _parse_probability,
 }
 """How each known column's text becomes a value (``BASE_COLUMNS`` in their order)."""
+# Per-branch columns of the scheme (denoised_drs.scheme.detail_columns): RS has "pA
+# count", two parts "pA_l ... count_r", k parts "pA_1 ... count_k".
+_BRANCH_PARSERS = ((re.compile(r"^pA(?:_[0-9a-z]+)?$"), _parse_probability),
+                   (re.compile(r"^count(?:_[0-9a-z]+)?$"), _parse_count))
+_COUNT_LIMITED = re.compile(r"^(?:count(?:_[0-9a-z]+)?|n_look)$")
+"""Columns that count estimation samples, so never exceed ``n_used``."""
 _DTYPES = dict(zip(BASE_COLUMNS, (np.int64, np.int64, np.int64, np.float64, np.int64, np.float64)))
+
+
+def _parser(name: str):
+    parser = _PARSERS.get(name)
+    if parser is None:
+        parser = next((p for pattern, p in _BRANCH_PARSERS if pattern.match(name)), None)
+    return parser
 
 
 def load_results(path: str | os.PathLike) -> Results:
     """Read and validate one certify TSV (Cohen's format, extra columns allowed).
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file
-    and line for anything malformed: a header that does not start with
-    ``idx label predict radius correct time``, duplicate column names, a row with the
-    wrong number of fields, non-numeric or non-integer values, ``predict < -1``, a
-    negative, infinite or NaN radius (also in ``radius_paper``), ``correct`` other
-    than 0/1 or different from ``predict == label`` (which catches running totals),
-    a negative time, a repeated ``idx``, or a file without rows. Blank lines are
-    skipped.
+    and line for anything malformed: a path that is not a regular file, a file that is
+    not UTF-8 text, a header that
+    does not start with ``idx label predict radius correct time``, duplicate column
+    names, a row with the wrong number of fields, values that are not plain decimal
+    numbers or not integers where integers are due, a negative ``idx`` or ``label``,
+    ``predict < -1``, a negative, infinite or NaN radius (also in ``radius_paper``),
+    ``correct`` other than 0/1 or different from ``predict == label`` (which catches
+    running totals), a negative time, a bound outside [0, 1], a negative count or
+    one above ``n_used``, a repeated ``idx``, or a file without rows. Blank lines are
+    skipped; a torn last line is left out (:attr:`Results.left_out`). A saved
+    configuration beside the file is read as :func:`saved_targets` says.
     """
     path = Path(path)
     if not path.is_file():
+        if path.exists():  # a directory, a FIFO (reading it would block), a device
+            raise ValueError(f"{path}: not a regular file")
         raise FileNotFoundError(f"{path}: no such file")
-    return _parse(path, _numbered_lines(path))
+    lines, left_out = _numbered_lines(path)
+    results = _parse(path, lines)
+    return _with_targets(replace(results, left_out=left_out), saved_targets(path))
 
 
-def _numbered_lines(path: Path) -> list[tuple[int, str]]:
-    with open(path, encoding="utf-8") as handle:
-        return list(enumerate(handle.read().splitlines(), start=1))
+def _numbered_lines(path: Path) -> tuple[list[tuple[int, str]], tuple[str, ...]]:
+    """``(line number, text)`` of the complete lines of ``path``, and ``path:line`` of
+    a torn last line (no line break at its end), which is left out."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file") from None
+    lines = text.splitlines(keepends=True)
+    left_out = ()
+    if lines and lines[-1] == lines[-1].rstrip("\r\n"):
+        left_out = (f"{path}:{len(lines)}",)
+        lines = lines[:-1]
+    return [(number, line.rstrip("\r\n")) for number, line in enumerate(lines, start=1)], left_out
+
+
+def config_of(path: Path) -> Path | None:
+    """The configuration saved beside the result ``path`` (``OUT.config.json``; for a
+    part file ``OUT.part<rank>``, that of ``OUT``), or None when there is none."""
+    candidates = [path.with_name(path.name + ".config.json")]
+    match = re.fullmatch(r"(.+)\.part[0-9]+", path.name)
+    if match:
+        candidates.append(path.with_name(match[1] + ".config.json"))
+    return next((candidate for candidate in candidates if candidate.is_file()), None)
+
+
+def saved_targets(path: str | os.PathLike) -> tuple[float, ...]:
+    """The target radii of the adaptive run whose result is ``path``, from the
+    configuration saved beside it (key ``radii``); empty without one.
+
+    A row of such a run holds the largest target certified (or 0), which rows written
+    before targets were recorded exactly hold rounded down to 6 decimals; readers map
+    a radius equal to a target's 6-decimal floor back to that target, and compare
+    every other radius exactly. Raises ValueError naming the configuration when it is
+    not a JSON object or its ``radii`` is not null or a list of positive finite numbers.
+    """
+    config = config_of(Path(path))
+    if config is None:
+        return ()
+    try:
+        values = json.loads(config.read_bytes())
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, too deep or too long a number
+        values = None
+    if not isinstance(values, dict):
+        raise ValueError(f"{config}: not a JSON object (the configuration saved beside {path})")
+    radii = values.get("radii")
+    if radii is None:
+        return ()
+    targets = [_target(r) for r in radii] if isinstance(radii, list) else [None]
+    if None in targets:
+        raise ValueError(f"{config}: radii must be a list of positive numbers or null, "
+                         f"got {reprlib.repr(radii)}")
+    return tuple(targets)
+
+
+def _target(value: object) -> float | None:
+    """``value`` as a target radius, or None unless a positive finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        target = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return target if math.isfinite(target) and target > 0 else None
+
+
+def _with_targets(results: Results, targets: tuple[float, ...]) -> Results:
+    """``results`` with each radius that is a target's 6-decimal floor read as the target."""
+    if not targets:
+        return results
+    floors = {float(floor_decimals(target)): target for target in targets}
+    radius = np.asarray([floors.get(r, r) for r in results.radius.tolist()], dtype=np.float64)
+    return replace(results, radius=radius)
 
 
 def _parse(path: Path, lines: list[tuple[int, str]]) -> Results:
@@ -161,6 +315,8 @@ def _parse(path: Path, lines: list[tuple[int, str]]) -> Results:
     if len(set(header)) != len(header):
         raise ValueError(f"{path}:{header_line}: duplicate column names in {' '.join(header)!r}")
     extra_names = header[len(BASE_COLUMNS) :]
+    parsers = {name: _parser(name) for name in header}
+    limited = [name for name in header if _COUNT_LIMITED.match(name)]
 
     columns: dict[str, list] = {name: [] for name in header}
     seen_idx: dict[int, int] = {}
@@ -172,7 +328,7 @@ def _parse(path: Path, lines: list[tuple[int, str]]) -> Results:
             )
         row = {}
         for name, text in zip(header, fields):
-            parser = _PARSERS.get(name)
+            parser = parsers[name]
             if parser is None:
                 row[name] = text
                 continue
@@ -182,10 +338,6 @@ def _parse(path: Path, lines: list[tuple[int, str]]) -> Results:
                 raise ValueError(
                     f"{path}:{number}: bad value {text!r} in column {name!r}"
                 ) from None
-        if row["predict"] < -1:
-            raise ValueError(
-                f"{path}:{number}: predict must be a class index or -1, got {row['predict']}"
-            )
         if row["correct"] not in (0, 1):
             raise ValueError(f"{path}:{number}: correct must be 0 or 1, got {row['correct']}")
         if row["correct"] != int(row["predict"] == row["label"]):
@@ -193,6 +345,11 @@ def _parse(path: Path, lines: list[tuple[int, str]]) -> Results:
                 f"{path}:{number}: correct={row['correct']} but predict={row['predict']}, "
                 f"label={row['label']}"
             )
+        if N_USED_COLUMN in row:
+            for name in limited:
+                if row[name] > row[N_USED_COLUMN]:
+                    raise ValueError(f"{path}:{number}: {name} {row[name]} exceeds "
+                                     f"{N_USED_COLUMN} {row[N_USED_COLUMN]}")
         if row["idx"] in seen_idx:
             raise ValueError(
                 f"{path}:{number}: idx {row['idx']} already appeared on line {seen_idx[row['idx']]}"
@@ -216,21 +373,23 @@ def load_run(path: str | os.PathLike) -> Results:
     A running or interrupted run keeps its rows in part files ``path.part<rank>``, one
     per process, and, if it extends an earlier run (a larger ``--max``), in ``path``
     too; the run merges them into ``path`` when it ends. As when the run resumes, a
-    torn last line of a part file (a row being written, or a killed process) is left
-    out, and so is a part file with no row yet. Each file is checked as by
-    :func:`load_results`; the files must share their header, and an image found in two
-    files (``path`` and a part just merged into it) must have the same row in both.
-    Raises ``FileNotFoundError`` when there is no such file or part file.
+    torn last line (a row being written, or a killed process) is left out
+    (:attr:`Results.left_out` names it), and so is a part file with no row yet. Each
+    file is checked as by :func:`load_results`; the files must share their header,
+    and an image found in two files (``path`` and a part just merged into it) must
+    have the same row in both. Raises ``FileNotFoundError`` when there is no such
+    file or part file.
     """
     path = Path(path)
     parts = existing_parts(path)
     if not parts:
         return load_results(path)
-    sources = [(path, _numbered_lines(path))] if path.is_file() else []
-    sources += [(part, list(enumerate(complete_lines(part), start=1))) for part in parts]
     header, first = None, None
+    left_out: tuple[str, ...] = ()
     rows: dict[int, tuple[str, Path]] = {}
-    for file, numbered in sources:
+    for file in ([path] if path.is_file() else []) + parts:
+        numbered, torn = _numbered_lines(file)
+        left_out += torn
         lines = [line for _, line in numbered if line.strip()]
         if file != path and len(lines) <= 1:
             continue  # a process that has not finished an image yet
@@ -246,7 +405,8 @@ def load_run(path: str | os.PathLike) -> Results:
     if header is None:
         raise ValueError(f"{path}: no result rows yet in its part files")
     joined = [(0, header)] + [(0, rows[idx][0]) for idx in sorted(rows)]
-    return _parse(path, joined)
+    results = replace(_parse(path, joined), left_out=left_out)
+    return _with_targets(results, saved_targets(path))
 
 
 def _extra_column(values: list) -> np.ndarray:
@@ -256,4 +416,4 @@ def _extra_column(values: list) -> np.ndarray:
         return np.asarray(values, dtype=str)
 
 
-__all__ = ["Results", "load_results", "load_run"]
+__all__ = ["Results", "config_of", "load_results", "load_run", "saved_targets"]
