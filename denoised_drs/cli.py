@@ -1,8 +1,9 @@
 """The one way the command-line scripts end: a result, or one line on stderr.
 
 Bad input (a missing or unreadable file, an impossible setting, a usage error, a
-batch that does not fit in memory) raises ValueError, OSError or an allocator's
-out-of-memory error somewhere below the script; :func:`run_script` turns it into
+batch or setting that does not fit in memory) raises ValueError, OSError or an
+out-of-memory error (MemoryError, torch's OutOfMemoryError, the CPU allocator's
+RuntimeError) somewhere below the script; :func:`run_script` turns it into
 ``<script>: error: <message>`` and exit status 2, never a traceback. Anything else
 is a bug: one line naming the exception, exit status 1, and the traceback when the
 environment sets ``DENOISED_DRS_TRACEBACK=1``. Under a multi-process launcher every
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from denoised_drs.errors import first_line
+from denoised_drs.errors import first_line, is_main_process
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -33,15 +34,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
-    # torch.OutOfMemoryError (CUDA) is a RuntimeError; the CPU allocator raises a
-    # plain RuntimeError whose message names the failed allocation.
-    return type(error).__name__ == "OutOfMemoryError" or (
+    # Python's MemoryError (numpy, lists, a huge bytes object); torch's OutOfMemoryError
+    # (CUDA), a RuntimeError recognised by name because torch.OutOfMemoryError exists
+    # only from torch 2.5 (torch.cuda.OutOfMemoryError from 1.13); and the CPU
+    # allocator's plain RuntimeError, whose message names the failed allocation.
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or (
         isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
     )
-
-
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def run_script(main: Callable[[], int | None], script: str) -> NoReturn:
@@ -49,7 +48,7 @@ def run_script(main: Callable[[], int | None], script: str) -> NoReturn:
     name = Path(script).name
 
     def fail(message: str, status: int) -> NoReturn:
-        if _is_main_process():
+        if is_main_process():
             print(f"{name}: {message}", file=sys.stderr)
         sys.exit(status)
 

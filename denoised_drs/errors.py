@@ -2,7 +2,8 @@
 
 Bad input raises ValueError with a one-line message, which
 :func:`denoised_drs.cli.run_script` turns into ``<script>: error: <message>`` and exit 2.
-:func:`first_line` summarises a foreign exception in one line; :func:`check_output_file`
+:func:`first_line` summarises a foreign exception in one line, :func:`is_main_process`
+says which process of a launch prints it; :func:`check_output_file`
 and :func:`check_distinct_outputs` refuse output paths before any work when they cannot
 be written as files or when two outputs of one run would land in the same file.
 """
@@ -21,16 +22,28 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def is_main_process() -> bool:
+    """Whether this process speaks for its launch (``RANK`` and ``LOCAL_RANK`` 0 or unset):
+    under a multi-process launcher every process meets the same error, one prints it."""
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
 def check_output_file(path: str | os.PathLike) -> None:
     """Raise ValueError unless ``path`` can be written as a file (checked before work).
 
     The path must be new or an existing regular file (symbolic links followed): a
     directory, a device node such as ``/dev/null``, a FIFO or a socket is refused,
-    since writing a result there either fails late or silently loses it.
+    since writing a result there either fails late or silently loses it. A path
+    spelled as a directory (ending in a separator, ``.`` or ``..``) is refused even
+    when nothing exists there yet: ``Path("res/")`` is ``res``, so the result would
+    become a file named like the intended folder.
     """
-    path = Path(path)
-    if str(path) == "":
+    spelled = os.fspath(path)
+    if spelled == "":
         raise ValueError("an output path is empty")
+    if os.path.basename(spelled) in ("", ".", ".."):  # "" after a trailing separator
+        raise ValueError(f"cannot write {spelled}: it names a directory; pass a file path")
+    path = Path(path)
     if path.is_dir():
         raise ValueError(f"cannot write {path}: it is a directory; pass a file path")
     if path.parent.exists() and not path.parent.is_dir():
@@ -71,4 +84,4 @@ def check_distinct_outputs(outputs: Mapping[str, str | os.PathLike]) -> None:
         seen[key] = role
 
 
-__all__ = ["check_distinct_outputs", "check_output_file", "first_line"]
+__all__ = ["check_distinct_outputs", "check_output_file", "first_line", "is_main_process"]

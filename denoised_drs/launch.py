@@ -11,13 +11,88 @@ the script's own one-line error; ``--quiet`` hides it but turns exit status 2 in
 exit status and nothing more on stderr (the script has already said what went
 wrong, once: see :func:`denoised_drs.cli.run_script`), and accelerate's notice about
 defaulted launch settings is not printed.
+
+The processes of a launch join in a rendezvous that torch.distributed would wait 30
+minutes for; a ``WORLD_SIZE`` left in the environment without a launcher would make a
+lone process wait that long for peers that never come. The scripts therefore join
+inside :func:`bounded_rendezvous`, which ends the process with one line and exit
+status 2 when the join takes longer than ``DENOISED_DRS_RENDEZVOUS_TIMEOUT`` seconds
+(default 60).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from denoised_drs.errors import is_main_process
+
+RENDEZVOUS_TIMEOUT_ENV = "DENOISED_DRS_RENDEZVOUS_TIMEOUT"
+"""The environment variable holding the rendezvous timeout in seconds."""
+DEFAULT_RENDEZVOUS_TIMEOUT = 60.0
+"""Seconds the processes of a launch wait for each other when the variable is unset."""
+
+
+def rendezvous_timeout() -> float:
+    """``$DENOISED_DRS_RENDEZVOUS_TIMEOUT`` in seconds, or 60 when unset.
+
+    Raises ValueError (one line) unless it is a positive finite number.
+    """
+    text = os.environ.get(RENDEZVOUS_TIMEOUT_ENV)
+    if text is None:
+        return DEFAULT_RENDEZVOUS_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise ValueError(
+            f"{RENDEZVOUS_TIMEOUT_ENV} must be a positive number of seconds, got {text!r}"
+        )
+    return value
+
+
+@contextmanager
+def bounded_rendezvous(script: str) -> Iterator[None]:
+    """Run the block (the join of a launch's processes), but at most the rendezvous timeout.
+
+    Armed only when ``WORLD_SIZE`` is set, i.e. when the block may wait for peers. If
+    the block has not finished within :func:`rendezvous_timeout` seconds, the main
+    process prints ``<script>: error: <why>`` and every process exits with status 2
+    at once: the wait happens inside torch.distributed's C++ store, which neither an
+    exception nor a signal handler can interrupt, and the scripts join before they
+    write anything, so nothing is left half-written.
+    """
+    timeout = rendezvous_timeout()
+    world = os.environ.get("WORLD_SIZE")
+    if world is None:
+        yield
+        return
+
+    def give_up() -> None:
+        if is_main_process():
+            print(
+                f"{Path(script).name}: error: the {world} processes of WORLD_SIZE={world} did "
+                f"not all join within {timeout:g} s; unset WORLD_SIZE if no launcher started "
+                f"them, or set {RENDEZVOUS_TIMEOUT_ENV} to wait longer",
+                file=sys.stderr, flush=True,
+            )
+        os._exit(2)
+
+    watchdog = threading.Timer(timeout, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()
 
 
 def _child_status(error: BaseException) -> int | None:

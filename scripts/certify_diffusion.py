@@ -13,6 +13,9 @@ joint and DRS split on the bundled Fashion-MNIST sample with the checkpoints und
 checkpoints/, and prints the certified-accuracy table. Results are TSV files in
 Cohen's format (one row per image, flushed per row; see denoised_drs.results), with
 the run's configuration saved beside each; rerunning the same command resumes.
+`--config OUT.config.json` repeats a run from any folder: the checkpoints it records
+must still hash to the recorded sha256. The processes of a launch wait at most
+$DENOISED_DRS_RENDEZVOUS_TIMEOUT seconds (default 60) for each other.
 """
 
 from __future__ import annotations
@@ -141,6 +144,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                      help="torch.compile the denoiser's network (GPU: about 2x in bf16; CPU: "
                      "no faster in bf16, and float32 loses the Winograd convolutions)")
+    # What --config records of the images its run certified (config_settings).
+    parser.set_defaults(recorded_content=None)
     return parser.parse_args(argv)
 
 
@@ -158,17 +163,126 @@ def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 RUN_KEYS = ("dataset", "data_dir", "skip", "max", "start")
 """Keys of a saved configuration that choose the data, not the pipeline."""
+CHECKPOINT_ROLES = ("classifier", "classifier_l", "classifier_r", "denoiser",
+                    "denoiser_checkpoint")
+"""Settings whose files the configuration saved beside a result records, with their
+sha256, in its ``content`` block (see denoised_drs.runner)."""
 
 
 def config_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The pipeline settings of ``--config``; its run keys fill data flags not given."""
+    """The pipeline settings of ``--config``; its run keys fill data flags not given.
+
+    What the file names does not depend on the working directory. A checkpoint the
+    file records in ``content`` (as the configuration saved beside a result does) is
+    loaded from its recorded absolute path or, if that is gone, from the path as
+    written resolved against the file's folder, and must hash to the recorded sha256
+    (ValueError naming the file otherwise). Every other relative path in the file (a
+    hand-written configuration, ``data_dir``, ``branches``) is resolved against the
+    file's folder. When the file also chooses the data (no --dataset, no --data-dir),
+    its record of the certified images is kept in ``args.recorded_content`` and
+    :func:`prepare_run` checks the loaded images against it. A setting given as a flag
+    replaces the file's as given: resolved against the working directory, with no
+    recorded hash to check.
+    """
     from denoised_drs.pipeline_config import PipelineConfig, pipeline_values, read_config_file
 
-    values = read_config_file(args.config)
+    config = args.config
+    raw = read_config_file(config)
+    folder = os.path.dirname(os.path.abspath(config))
+    file_chooses_data = args.dataset is None and args.data_dir is None
     for key in RUN_KEYS:
         if getattr(args, key) is None:
-            setattr(args, key, values.get(key))
-    return PipelineConfig.from_dict(pipeline_values(values)).to_dict()
+            setattr(args, key, _run_value(key, raw.get(key), folder, config))
+    record = raw.get("content", {})
+    if not isinstance(record, dict):
+        raise ValueError(f"{config}: its content record is damaged (not a mapping)")
+    if file_chooses_data and "data" in record:
+        args.recorded_content = record
+    values = pipeline_values(raw)
+    given = flag_settings(args)
+    for role in CHECKPOINT_ROLES:
+        if role in values and role not in given:
+            values[role] = _checkpoint_paths(role, values[role], record.get(role), folder, config)
+    if isinstance(values.get("denoiser_config"), str) and "denoiser_config" not in given:
+        # The flags file is also the denoiser (recorded under that role): one file, one path.
+        same = raw.get("denoiser_config") == raw.get("denoiser") and "denoiser" not in given
+        values["denoiser_config"] = (values["denoiser"] if same
+                                     else os.path.join(folder, values["denoiser_config"]))
+    if isinstance(values.get("branches"), list) and "branches" not in given:
+        values["branches"] = [_beside(folder, entry) for entry in values["branches"]]
+    return PipelineConfig.from_dict(values).to_dict()
+
+
+def _beside(folder: str, paths: Any) -> Any:
+    """A path or list of paths resolved against ``folder`` (other values as they are,
+    for PipelineConfig to refuse)."""
+    if isinstance(paths, str):
+        return os.path.join(folder, paths)
+    if isinstance(paths, list) and all(isinstance(p, str) for p in paths):
+        return [os.path.join(folder, p) for p in paths]
+    return paths
+
+
+def _run_value(key: str, value: Any, folder: str, config: str) -> Any:
+    """The data key ``key`` of the configuration file, type-checked (ranges are checked
+    with the flags'); a relative ``data_dir`` is resolved against the file's folder."""
+    if value is None:
+        return None
+    if key in ("dataset", "data_dir"):
+        if not isinstance(value, str) or not value:
+            kind = "a name" if key == "dataset" else "a path"
+            raise ValueError(f"{config}: {key} must be {kind}, got {value!r}")
+        return os.path.join(folder, value) if key == "data_dir" else value
+    if isinstance(value, bool) or not isinstance(value, int):
+        sign = "non-negative" if key == "start" else "positive"
+        raise ValueError(f"{config}: {key} must be a {sign} integer, got {value!r}")
+    return value
+
+
+def _checkpoint_paths(role: str, value: Any, entries: Any, folder: str, config: str) -> Any:
+    """The files to load for the checkpoint setting ``role`` of the configuration file
+    (see :func:`config_settings`); ``entries`` is its ``content`` record, if any."""
+    from denoised_drs.diffusion import PRESETS
+
+    if value is None or (role == "denoiser" and isinstance(value, str)
+                         and (value in ("", "none") or value in PRESETS)):
+        return value
+    if isinstance(value, str):
+        written = [value]
+    elif isinstance(value, list) and all(isinstance(path, str) for path in value):
+        written = value
+    else:
+        return value  # a wrong type, for PipelineConfig to refuse
+    if not isinstance(entries, list):  # no record: a hand-written file, or a preset's
+        return _beside(folder, value)
+    if len(entries) != len(written):
+        raise ValueError(f"{config}: its content record lists {len(entries)} {role} file(s) "
+                         f"for {len(written)} path(s); the file was edited")
+    found = [_recorded_file(role, path, entry, folder, config)
+             for path, entry in zip(written, entries)]
+    return found[0] if isinstance(value, str) else found
+
+
+def _recorded_file(role: str, written: str, entry: Any, folder: str, config: str) -> str:
+    """The recorded path of one checkpoint, else ``written`` beside the configuration,
+    whichever holds the recorded sha256; ValueError naming the file when neither does."""
+    from denoised_drs.content import path_sha256
+
+    sha256 = entry.get("sha256") if isinstance(entry, dict) else None
+    if not isinstance(sha256, str):
+        raise ValueError(f"{config}: its content record of the {role} files is damaged")
+    recorded = entry.get("path")
+    candidates = dict.fromkeys(
+        path for path in (recorded, os.path.join(folder, written)) if isinstance(path, str)
+    )
+    for path in candidates:
+        if os.path.exists(path) and path_sha256(path) == sha256:
+            return path
+    raise ValueError(
+        f"the {role} file {written} recorded in {config} (sha256 {sha256[:16]}...) is missing "
+        f"or changed at {' and at '.join(candidates)}; pass --{role.replace('_', '-')} to "
+        "certify with another file"
+    )
 
 
 def check_dataset_args(args: argparse.Namespace) -> None:
@@ -180,11 +294,12 @@ def check_dataset_args(args: argparse.Namespace) -> None:
     check_image_size(args.dataset, args.image_size)
 
 
-def run_one(args, settings: dict[str, Any], out: Path, state) -> None:
-    """Build the pipeline, check the data fits it, then certify (all before writing)."""
+def prepare_run(args, settings: dict[str, Any], out: Path, state) -> dict[str, Any]:
+    """Build the pipeline, check the data fits it and select the images (nothing written);
+    returns the keyword arguments of :func:`denoised_drs.runner.certify_dataset`."""
     from denoised_drs.data import data_source, get_dataset
     from denoised_drs.pipeline import Pipeline
-    from denoised_drs.runner import certify_dataset, select_indices
+    from denoised_drs.runner import select_indices
 
     if args.device is None and state.device.type != "cpu":
         settings = {**settings, "device": str(state.device)}
@@ -196,23 +311,44 @@ def run_one(args, settings: dict[str, Any], out: Path, state) -> None:
     skip = 1 if args.skip is None else args.skip
     start = args.start or 0
     indices = select_indices(len(dataset), skip, args.max, start)
+    if args.recorded_content is not None:
+        # A default data folder may be relative to the working directory (CIFAR-10's
+        # data/cifar10): the images --config's run certified must be the ones loaded.
+        # The runner's own check of a resumed run's images, applied to that record.
+        from denoised_drs.runner import _data_changes
+
+        changes = _data_changes(args.recorded_content, dataset, pipe.smoothed.num_classes, {})
+        if changes:
+            raise ValueError(f"{args.config}: the data loaded is not the data it records: "
+                             f"{changes[0]}; pass --dataset and --data-dir to certify other data")
     data_dir = None if args.data_dir is None else os.path.abspath(args.data_dir)
     extra = {"dataset": args.dataset, "data_dir": data_dir, "skip": skip, "max": args.max}
     if start:
         # recorded only when set, so the configurations of earlier runs still resume
         extra["start"] = start
-    certify_dataset(pipe, dataset, indices, out, state, extra,
-                    data_source=data_source(args.dataset, args.data_dir))
+    return {"pipe": pipe, "dataset": dataset, "indices": indices, "out": out, "state": state,
+            "extra_config": extra, "data_source": data_source(args.dataset, args.data_dir)}
+
+
+def run_one(args, settings: dict[str, Any], out: Path, state) -> None:
+    """Prepare (all checks before writing), then certify."""
+    from denoised_drs.runner import certify_dataset
+
+    certify_dataset(**prepare_run(args, settings, out, state))
 
 
 def run_default(args, state) -> None:
+    """The five runs of the embedded default; every output of every run is checked (a
+    foreign or changed result refused) before the first is written."""
     from denoised_drs import analysis
+    from denoised_drs.errors import check_output_file
+    from denoised_drs.runner import certify_dataset, check_config
 
     settings = {**DEFAULT_SETTINGS, **flag_settings(args)}
     default_skip = settings.pop("skip")
     args.skip = default_skip if args.skip is None else args.skip
     outdir = Path(args.outdir)
-    runs = []
+    planned = []
     for name, label, run_settings in DEFAULT_RUNS:
         resolved = {**run_settings, **settings}
         for key in ("classifier", "classifier_l", "classifier_r", "denoiser"):
@@ -220,10 +356,18 @@ def run_default(args, state) -> None:
                 resolved[key] = str(CHECKPOINTS / run_settings[key])
         if "denoiser" not in run_settings:
             resolved.pop("compile", None)  # compiles the denoiser; the plain runs have none
-        out = outdir / f"{name}.tsv"
-        run_one(args, resolved, out, state)
+        run = prepare_run(args, resolved, outdir / f"{name}.tsv", state)
+        check_output_file(run["out"])
+        check_config(run["pipe"], run["out"], run["extra_config"], run["dataset"],
+                     run["indices"], run["data_source"])
+        planned.append((label, run))
+    check_output_file(outdir / "table.md")
+    runs = []
+    for label, run in planned:
+        certify_dataset(**run)
         if state.is_main_process:
-            runs += analysis.runs_from_results(analysis.load_results(out), label, paper_radius=True)
+            runs += analysis.runs_from_results(analysis.load_results(run["out"]), label,
+                                               paper_radius=True)
     if state.is_main_process:
         table = analysis.certified_table(runs, (0.0, 0.25, 0.5, 0.75, 1.0))
         markdown = analysis.to_markdown(table)
@@ -236,11 +380,17 @@ def run_default(args, state) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keep_freed_memory()  # up to 2x faster on CPUs; see denoised_drs.cpu_memory
+    from denoised_drs.errors import check_output_file
+    from denoised_drs.launch import bounded_rendezvous
     from denoised_drs.runner import launched_state
 
     settings = config_settings(args) if args.config else {}
     check_dataset_args(args)
-    state = launched_state(args.device)
+    if args.outfile:
+        # Before Path() drops a trailing separator: "res/" names a folder, not a file "res".
+        check_output_file(args.outfile)
+    with bounded_rendezvous(__file__):
+        state = launched_state(args.device)
     if args.config is None and not (args.classifier or args.classifier_l or args.classifier_r
                                     or args.branches):
         run_default(args, state)

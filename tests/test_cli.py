@@ -72,15 +72,16 @@ def test_train_denoiser_refuses_impossible_settings_before_writing(tmp_path, fla
 
 
 def test_a_script_bug_exits_1_without_a_traceback(tmp_path):
-    # analyze.py on a TSV whose idx overflows int64: not anticipated, still one line.
-    tsv = tmp_path / "r.tsv"
-    tsv.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\tpA\tcount\n1e300\t1\t1\t0.1\t1\t0.1\t0.9\t9\n")
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "analyze.py"), str(tsv)],
+    # A real process whose main meets an exception nobody anticipated: still one line.
+    # (analyze.py's int64 overflow of an idx served here until it became bad input.)
+    bug = ("from denoised_drs.cli import run_script\n"
+           "run_script(lambda: float(10 ** 400), 'tool.py')\n")
+    result = subprocess.run([sys.executable, "-c", bug],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
     # The overflow is not a ValueError, so run_script reports it as a bug: exit 1.
     assert result.returncode == 1 and "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("analyze.py: error: unexpected OverflowError: ")
+    assert line.startswith("tool.py: error: unexpected OverflowError: ")
 
 
 def test_a_bad_input_under_the_launcher_ends_in_one_line(tmp_path):
