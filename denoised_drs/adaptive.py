@@ -144,11 +144,18 @@ def spending(alpha: float, num_looks: int) -> np.ndarray:
 
 
 def check_radii(radii: Sequence[float] | None) -> tuple[float, ...] | None:
-    """``radii`` as a tuple of floats, or ValueError unless non-empty, positive, finite,
-    ascending."""
+    """``radii`` as a tuple of floats, or ValueError unless a non-empty sequence of real
+    numbers (not bools or strings), positive, finite as floats, ascending."""
     if radii is None:
         return None
-    values = tuple(float(r) for r in radii)
+    if not isinstance(radii, (Sequence, np.ndarray)) or isinstance(radii, (str, bytes)):
+        raise ValueError(f"radii must be a list of numbers, got {radii!r}")
+    if any(isinstance(r, (bool, np.bool_)) or not isinstance(r, numbers.Real) for r in radii):
+        raise ValueError(f"radii must be a list of numbers, got {list(radii)}")
+    try:
+        values = tuple(float(r) for r in radii)
+    except OverflowError:  # an integer beyond any float, e.g. 10**400
+        raise ValueError(f"radii must be positive finite numbers, got {list(radii)}") from None
     if not values or any(not (math.isfinite(r) and r > 0) for r in values):
         raise ValueError(f"radii must be positive finite numbers, got {list(radii)}")
     if any(b <= a for a, b in zip(values, values[1:])):
@@ -180,6 +187,7 @@ class _Look:
     """The in-budget bounds of one look and the radius they certify."""
 
     n: int
+    alpha: float
     counts_top: np.ndarray
     p_lower: np.ndarray
     abstain: bool
@@ -226,7 +234,8 @@ def certify_at_looks(
     but the last, ``stop(counts_top, n, best)`` (if given) may end sampling: it sees
     the top class's counts per branch after ``n`` samples and the best score so far
     (-1 for abstain), and can only lower a radius, never make one unsound. The
-    certificate reports the best look (its counts, bounds and ``n``), ``n_used`` the
+    certificate reports the best look (its counts, bounds, ``n`` and share
+    ``alpha_look``), ``n_used`` the
     estimation samples drawn, and ``nonfinite`` the non-finite votes over the
     selection and every estimation sample drawn.
     """
@@ -246,7 +255,7 @@ def certify_at_looks(
         p_lower = np.atleast_1d(clopper_pearson_lower(counts_top, n,
                                                       branch_alpha(alpha_k, branches)))
         abstain, radius = scheme.decide(p_lower)
-        look = _Look(n, counts_top, p_lower, abstain, radius)
+        look = _Look(n, float(alpha_k), counts_top, p_lower, abstain, radius)
         if best is None or _score(abstain, radius) > _score(best.abstain, best.radius):
             best = look
         if n == looks[-1] or (stop is not None and stop(counts_top, n,
@@ -262,6 +271,7 @@ def certify_at_looks(
         n0=n0,
         n=best.n,
         alpha=alpha,
+        alpha_look=best.alpha,
         nonfinite=nonfinite,
         n_used=drawn,
     )
@@ -281,8 +291,9 @@ def certify_adaptive(
     """Adaptive CERTIFY of ``x`` by ``smoothed`` (a SmoothedClassifier); see the module docstring.
 
     Returns a :class:`~denoised_drs.certificate.Certificate` whose ``counts_top``,
-    ``p_lower`` and ``n`` are those of the look the radius comes from (bounds at
-    that look's ``alpha_k / num_branches``), ``n_used`` the estimation samples drawn
+    ``p_lower`` and ``n`` (``n_look``) are those of the look the radius comes from
+    (bounds at that look's ``alpha_k / num_branches``; ``alpha_look`` is that
+    ``alpha_k``), ``n_used`` the estimation samples drawn
     and ``nonfinite`` the non-finite votes among the selection and estimation samples
     (sample x branch, counted in no class, hence against the top class). With
     ``radii`` the radius is the largest target certified, and the prediction -1 when

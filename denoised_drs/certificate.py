@@ -24,6 +24,17 @@ ABSTAIN = -1
 SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
 """Sampling stages, in the noise seed key."""
 
+MAX_SAMPLES = 10**9
+"""The most samples per image of any one stage (``n0``, ``n``, PREDICT's ``n``).
+
+Ten thousand times the DRS paper's n = 100,000 and a thousand times the largest n of
+Cohen et al. (10^6), yet still a run that can finish: at 10,000 samples a second
+(a small classifier on one GPU) 10^9 samples take about 28 hours per image. It stays
+below a noise stream's 2^32 samples (:mod:`denoised_drs.noise`), so an accepted run
+never runs out of noise midway, and every count (at most ``MAX_SAMPLES`` times the
+number of branches) stays far from int64 overflow. A larger request (e.g. 2^63, which
+would sample forever) is refused before any work."""
+
 
 @dataclass(frozen=True)
 class Certificate:
@@ -33,16 +44,21 @@ class Certificate:
     radius (0.0 when abstaining). ``top_class`` is the class chosen from the
     selection samples (reported even when abstaining), ``counts_top[j]`` how many of
     the ``n`` estimation samples branch ``j`` gave it, and ``p_lower[j]`` the
-    Clopper-Pearson lower bound on that probability at ``alpha / num_branches``.
+    Clopper-Pearson lower bound on that probability at ``alpha_look / num_branches``.
     ``radius_paper`` is set where the scheme's rule reports the paper's uncertified
     radius (:meth:`~denoised_drs.scheme.Scheme.paper_radius`: coupled branches, the
     DRS paper's ``sigma (z_l + z_r) / sqrt(2)``; three or more independent branches,
     its Eq. 30 saddle value), which is NOT certified.
-    ``nonfinite`` counts the votes (sample, branch) whose logits were not finite,
+    ``nonfinite`` counts the votes (sample, branch) whose logits held a NaN or
+    had no finite maximum (:data:`~denoised_drs.voters.NONFINITE_VOTE`),
     over the ``n0`` selection samples and every estimation sample drawn (``n_used``)
     of every branch; none counts for any class, so each estimation one counts
     against the top class. ``n_used`` is the number of estimation samples drawn
     (``n`` for :meth:`SmoothedClassifier.certify`, at most the maximum adaptively).
+    ``alpha_look`` is the share of ``alpha`` that the look behind the bounds spent
+    (its ``n`` samples are :attr:`n_look`): each ``p_lower[j]`` is the Clopper-Pearson
+    bound of ``counts_top[j]`` out of ``n_look`` at ``alpha_look / num_branches``, so
+    the row can be recomputed. Fixed-n CERTIFY is one look: ``alpha_look == alpha``.
 
     Unpacks like Cohen's ``(prediction, radius)`` tuple.
     """
@@ -56,9 +72,16 @@ class Certificate:
     n: int
     alpha: float
     kind: str
+    alpha_look: float
     radius_paper: float | None = None
     nonfinite: int = 0
     n_used: int = 0
+
+    @property
+    def n_look(self) -> int:
+        """The estimation samples of the look the bounds come from (the same as ``n``;
+        named beside ``alpha_look``)."""
+        return self.n
 
     @property
     def abstained(self) -> bool:
@@ -70,8 +93,14 @@ class Certificate:
 
 
 def check_counts(n0: int | None, n: int, alpha: float, batch_size: int) -> None:
+    """Raise ValueError unless the sample counts lie in [1, MAX_SAMPLES], alpha in (0, 1)
+    and the batch size is positive."""
     if n < 1 or (n0 is not None and n0 < 1):
         raise ValueError(f"sample counts must be positive, got n0={n0}, n={n}")
+    if n > MAX_SAMPLES or (n0 is not None and n0 > MAX_SAMPLES):
+        raise ValueError(
+            f"sample counts must be at most {MAX_SAMPLES:,} per image, got n0={n0}, n={n}"
+        )
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
     if batch_size < 1:
@@ -89,6 +118,7 @@ def build_certificate(
     n0: int,
     n: int,
     alpha: float,
+    alpha_look: float,
     nonfinite: int,
     n_used: int,
 ) -> Certificate:
@@ -96,7 +126,8 @@ def build_certificate(
     already taken on its bounds.
 
     ``abstain`` and ``radius`` are the outcome (the radius 0.0 when abstaining);
-    ``counts_top``, ``p_lower`` and ``n`` the per-branch counts and bounds behind it.
+    ``counts_top``, ``p_lower`` and ``n`` the per-branch counts and bounds behind it,
+    the bounds taken at ``alpha_look / num_branches`` (the look's share of ``alpha``).
     Where the scheme's rule reports one, ``radius_paper`` is added: the paper's
     formula on the same bounds (0.0 when abstaining), which is NOT certified.
     """
@@ -110,6 +141,7 @@ def build_certificate(
         n=n,
         alpha=alpha,
         kind=scheme.kind.value,
+        alpha_look=float(alpha_look),
         radius_paper=scheme.paper_radius(p_lower, abstain),
         nonfinite=nonfinite,
         n_used=n_used,

@@ -40,7 +40,7 @@ from denoised_drs.partition import Partition, get_partition
 from denoised_drs.pipeline_config import AUTOCAST, PipelineConfig
 from denoised_drs.results import CertifyRecord
 from denoised_drs.scheme import branch_names
-from denoised_drs.smoothing import SmoothedClassifier
+from denoised_drs.smoothing import SmoothedClassifier, as_integer
 from denoised_drs.voters import (
     BranchClassifiers,
     DenoisedClassifier,
@@ -62,6 +62,15 @@ def _resolve_device(name: str | None) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
     return device
+
+
+def _image_index(idx: object) -> int:
+    """An image's index (it seeds the image's noise) as a non-negative Python int:
+    TypeError for a non-integer (1.5 must not become 1), ValueError for a negative one."""
+    index = as_integer(idx, "image index")
+    if index < 0:
+        raise ValueError(f"image index must be non-negative, got {index}")
+    return index
 
 
 @dataclass(frozen=True)
@@ -410,18 +419,27 @@ class Pipeline:
         batch = min(self.config.batch, max(self.config.n0, self.config.n))
         check_batch_fits(batch, per_sample, self.device)
 
-    def certify_one(self, image: torch.Tensor, label: int, idx: int) -> CertifyRecord:
-        """Certify one image (adaptively if ``config.adaptive``); noise seeded by
-        ``(config.seed, idx)``.
-
-        Raises ValueError for a label outside [0, num_classes).
-        """
-        config = self.config
-        if not 0 <= int(label) < self.smoothed.num_classes:
+    def _label(self, label: object, idx: int) -> int:
+        """``label`` of image ``idx`` as a class index: see :meth:`certify_one`."""
+        label = as_integer(label, "label")
+        if not 0 <= label < self.smoothed.num_classes:
             # A label no class can equal would turn every abstention into "correct".
             raise ValueError(
                 f"label {label} of image {idx} lies outside [0, {self.smoothed.num_classes})"
             )
+        return label
+
+    def certify_one(self, image: torch.Tensor, label: int, idx: int) -> CertifyRecord:
+        """Certify one image (adaptively if ``config.adaptive``); noise seeded by
+        ``(config.seed, idx)``.
+
+        ``label`` and ``idx`` are integers (Python ints or numpy / torch integer scalars):
+        TypeError for anything else (a float, a bool, a string), ValueError for a label
+        outside [0, num_classes) or a negative index.
+        """
+        config = self.config
+        idx = _image_index(idx)
+        label = self._label(label, idx)
         start = time.perf_counter()
         seed = (config.seed, idx)
         if config.adaptive:
@@ -434,7 +452,7 @@ class Pipeline:
                                          seed=seed)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return CertifyRecord.from_certificate(idx, int(label), cert, time.perf_counter() - start)
+        return CertifyRecord.from_certificate(idx, label, cert, time.perf_counter() - start)
 
     def certify(
         self,
@@ -442,27 +460,38 @@ class Pipeline:
         labels: Sequence[int],
         indices: Sequence[int] | None = None,
     ) -> list[CertifyRecord]:
-        """Certify each image; ``indices`` (default 0, 1, ...) seed their noise."""
+        """Certify each image; ``indices`` (default 0, 1, ...) seed their noise. Labels
+        and indices are checked as in :meth:`certify_one`."""
         indices = list(range(len(labels))) if indices is None else list(indices)
         if not len(images) == len(labels) == len(indices):
             raise ValueError(
                 "need as many images, labels and indices, "
                 f"got {len(images)}, {len(labels)}, {len(indices)}"
             )
-        return [self.certify_one(x, int(y), int(i)) for x, y, i in zip(images, labels, indices)]
+        # Every label and index is checked before the first image is certified, so a
+        # bad one late in the list does not end the call after hours of work.
+        indices = [_image_index(i) for i in indices]
+        labels = [self._label(y, i) for y, i in zip(labels, indices)]
+        return [self.certify_one(x, y, i) for x, y, i in zip(images, labels, indices)]
 
     def predict(
         self, images: torch.Tensor | Sequence[torch.Tensor], indices: Sequence[int] | None = None
     ) -> list[PredictRecord]:
-        """Cohen's PREDICT for each image with ``n`` samples (-1 = abstain)."""
+        """Cohen's PREDICT for each image with ``n`` samples (-1 = abstain); ``indices``
+        (default 0, 1, ...) seed their noise and are checked as in :meth:`certify_one`."""
         config = self.config
         indices = list(range(len(images))) if indices is None else list(indices)
+        if len(images) != len(indices):
+            raise ValueError(
+                f"need as many images and indices, got {len(images)}, {len(indices)}"
+            )
+        indices = [_image_index(i) for i in indices]  # all checked before any work
         records = []
         for x, idx in zip(images, indices):
             start = time.perf_counter()
             prediction = self.smoothed.predict(x, config.n, config.alpha, config.batch,
                                                seed=(config.seed, idx))
-            records.append(PredictRecord(int(idx), prediction, time.perf_counter() - start))
+            records.append(PredictRecord(idx, prediction, time.perf_counter() - start))
         return records
 
 

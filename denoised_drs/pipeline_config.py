@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from denoised_drs.adaptive import check_radii, check_tolerance
+from denoised_drs.certificate import MAX_SAMPLES
 from denoised_drs.errors import first_line
 from denoised_drs.modes import (
     CertificateKind,
@@ -39,6 +40,7 @@ from denoised_drs.modes import (
     partition_for,
 )
 from denoised_drs.noise import FLOAT32_MAX
+from denoised_drs.scheme import check_sigma_bound
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """The ``autocast`` names a configuration accepts, and the dtype each stands for."""
@@ -86,6 +88,9 @@ class PipelineConfig:
     It needs a denoiser loaded from a file or preset (an in-memory one is used as
     given). Like ``batch`` and ``device`` it changes only float rounding, never which
     rows are valid.
+    ``sigma`` (and ``sigma_r``) lie in (0, :data:`~denoised_drs.scheme.MAX_SIGMA`];
+    ``n0 <= n`` are at most :data:`~denoised_drs.certificate.MAX_SAMPLES` (10^9, a
+    run that can still finish).
     ``adaptive`` certifies by :mod:`denoised_drs.adaptive` with ``n`` as the maximum
     sample count, at the target ``radii`` (ascending; adaptive only) if given; without
     radii, ``tolerance`` (an l2 radius; default 0.05 times the largest sigma) is how
@@ -180,10 +185,17 @@ class PipelineConfig:
             raise ValueError(
                 f"sigma must be positive, got sigma={self.sigma}, sigma_r={self.sigma_r}"
             )
+        check_sigma_bound(self.part_sigmas())
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must lie in (0, 1), got {self.alpha}")
         if self.n0 < 1 or self.n < 1:
             raise ValueError(f"N0 and N must be positive, got N0={self.n0}, N={self.n}")
+        if max(self.n0, self.n) > MAX_SAMPLES:
+            # A count that cannot finish (2**63 would sample forever): see MAX_SAMPLES.
+            raise ValueError(
+                f"N0 and N must be at most {MAX_SAMPLES:,} samples per image, got "
+                f"N0={self.n0}, N={self.n}"
+            )
         if self.n0 > self.n:
             raise ValueError(f"N0 ({self.n0}) must not exceed N ({self.n})")
         if not isinstance(self.adaptive, bool):

@@ -31,10 +31,14 @@ sampling (each module's own mode is restored after, even on an error), so
 BatchNorm statistics are neither used per batch nor rewritten, and Dropout is off.
 
 Input and output checks: an image must be a float tensor ``(C, H, W)`` with finite
-values in [0, 1] (the unit the radius is in), else ValueError. The voter must
+values in [0, 1] (the unit the radius is in), on a device that holds values (not
+``meta``), else ValueError; a seed must be integers (:func:`as_integer`), else
+TypeError; sample counts are at most
+:data:`~denoised_drs.certificate.MAX_SAMPLES` per stage. The voter must
 return integer class indices of shape ``(N, num_branches)``; a vote outside
 ``[0, num_classes)`` is refused, except
-:data:`~denoised_drs.voters.NONFINITE_VOTE` (a sample whose logits were not finite),
+:data:`~denoised_drs.voters.NONFINITE_VOTE` (a sample whose logits held a NaN or had
+no finite maximum),
 which is counted for no class: it never wins a prediction and counts against the
 top class in a certificate.
 """
@@ -54,6 +58,7 @@ from denoised_drs.adaptive import certify_adaptive, certify_at_looks
 from denoised_drs.certificate import (
     ABSTAIN,
     ESTIMATION,
+    MAX_SAMPLES,
     PREDICTION,
     Certificate,
     check_counts,
@@ -68,17 +73,50 @@ from denoised_drs.voters import NONFINITE_VOTE, BranchClassifiers
 _BRANCH_CHOICE_PURPOSE = 1000
 
 
+def _describe(value: object) -> str:
+    """``value`` in a few words on one line, for an error message."""
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim > 0:
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{' '.join(repr(value).split())[:80]} ({type(value).__name__})"
+
+
+def as_integer(value: object, name: str) -> int:
+    """``value`` as a Python int, when it is an integer: a Python int or a numpy or torch
+    integer scalar (or a 0-dimensional integer array or tensor).
+
+    Raises TypeError, naming ``name``, for anything else, a bool, a float (even 3.0), a
+    string or a tensor of several values included: truncating a label of 9.7 to 9, or
+    reading "3" as 3, would certify something the caller did not ask for.
+    """
+    if isinstance(value, torch.Tensor):
+        exact = (value.dim() == 0 and value.dtype != torch.bool
+                 and not value.dtype.is_floating_point and not value.dtype.is_complex)
+    elif isinstance(value, np.ndarray):
+        exact = value.ndim == 0 and np.issubdtype(value.dtype, np.integer)
+    else:
+        exact = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not exact:
+        raise TypeError(f"{name} must be an integer, got {_describe(value)}")
+    return int(value)
+
+
 def _seed_key(seed: int | Sequence[int]) -> tuple[int, ...]:
-    key = (seed,) if isinstance(seed, (int, np.integer)) else tuple(seed)
-    if not key or any(int(k) < 0 for k in key):
+    """The noise seed key: ``seed`` (one integer, or a tuple / list of them) as a tuple of
+    non-negative Python ints; TypeError for a non-integer, ValueError for a negative one."""
+    several = isinstance(seed, (tuple, list)) or (isinstance(seed, np.ndarray) and seed.ndim)
+    key = tuple(seed) if several else (seed,)
+    key = tuple(as_integer(k, "seed") for k in key)
+    if not key or any(k < 0 for k in key):
         raise ValueError(f"seed must be a non-negative integer or a tuple of them, got {seed!r}")
-    return tuple(int(k) for k in key)
+    return key
 
 
 def _check_image(x: torch.Tensor) -> None:
     """Refuse anything but one float image (C, H, W) with finite values in [0, 1]."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected the image as a torch.Tensor, got {type(x).__name__}")
+    if x.device.type == "meta":
+        raise ValueError("the image is on the meta device, which holds no pixel values")
     if x.dim() != 3:
         raise ValueError(f"expected one image of shape (C, H, W), got {tuple(x.shape)}")
     if not x.dtype.is_floating_point:
@@ -222,6 +260,8 @@ class SmoothedClassifier:
         _check_image(x)
         if num < 1 or batch_size < 1:
             raise ValueError(f"num and batch_size must be positive, got {num}, {batch_size}")
+        if num > MAX_SAMPLES:
+            raise ValueError(f"num must be at most {MAX_SAMPLES:,} samples, got {num}")
         if start < 0:
             raise ValueError(f"start must be non-negative, got {start}")
         key = _seed_key(seed)
@@ -258,7 +298,9 @@ class SmoothedClassifier:
                 fresh_noise = fresh.take(start + first, start + last) if fresh is not None else None
                 try:
                     votes = self.voter(noisy_parts, fresh_noise)
-                except torch.OutOfMemoryError:
+                # torch.cuda's name of the class: torch.OutOfMemoryError is the same
+                # class, but only from torch 2.5 on (setup.cfg allows 2.1).
+                except torch.cuda.OutOfMemoryError:
                     raise
                 except RuntimeError as error:
                     # A shape or dtype the networks cannot take is bad input, not a bug.
@@ -298,7 +340,8 @@ class SmoothedClassifier:
         from one branch drawn uniformly at random, so the votes are independent
         draws from ``(p_l + p_r) / 2``, whose argmax is exactly the DRS prediction;
         this keeps Cohen's test exact for coupled and independent branches alike.
-        Votes whose logits were not finite count for no class (all of them: abstain).
+        Non-finite votes (:data:`~denoised_drs.voters.NONFINITE_VOTE`) count for no class
+        (all of them: abstain).
         """
         check_counts(None, n, alpha, batch_size)
         counts = self.sample_counts(x, n, batch_size, seed, PREDICTION, mix_branches=True)[0]
@@ -324,8 +367,9 @@ class SmoothedClassifier:
         Selects the top class from the summed votes of ``n0`` samples, counts it
         in ``n`` fresh samples per branch, bounds each branch's probability at
         ``alpha / num_branches`` and applies the abstain rule and radius of the
-        scheme's rule. See the module docstring for the guarantee. Votes whose
-        logits were not finite count for no class; their total is ``nonfinite``.
+        scheme's rule. See the module docstring for the guarantee. Non-finite
+        votes (:data:`~denoised_drs.voters.NONFINITE_VOTE`) count for no class; their
+        total is ``nonfinite``.
         """
         check_counts(n0, n, alpha, batch_size)
         return certify_at_looks(self, x, n0, (n,), alpha, (alpha,), batch_size, seed)
@@ -418,4 +462,5 @@ __all__ = [
     "DualSmooth",
     "Smooth",
     "SmoothedClassifier",
+    "as_integer",
 ]

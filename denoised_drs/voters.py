@@ -2,8 +2,9 @@
 
 A voter is an ``nn.Module`` called as ``voter(noisy_parts, fresh_noise)`` that
 returns ``(N, num_branches)`` integer class indices, or :data:`NONFINITE_VOTE` for a
-sample whose logits were not all finite (such a vote counts for no class, so it
-counts against the top class). Its ``certificate`` attribute says
+sample whose logits hold a NaN or whose largest logit is not finite (such a vote
+counts for no class, so it counts against the top class; a -inf below a finite
+maximum, as ``log(softmax)`` gives, is an ordinary vote). Its ``certificate`` attribute says
 which radius is sound for it (:class:`~denoised_drs.modes.CertificateKind`),
 and ``needs_fresh_noise`` whether the engine must pass an independent standard
 normal tensor of the full image shape.
@@ -25,12 +26,16 @@ from denoised_drs.modes import CertificateKind
 from denoised_drs.partition import Checkerboard, Partition
 
 NONFINITE_VOTE = -1
-"""The vote of a sample whose logits hold a NaN or an infinity: a vote for no class."""
+"""The vote of a sample whose logits hold a NaN, or whose largest logit is not finite
+(+inf, or every logit -inf): a vote for no class."""
 
 
 def _vote(logits: torch.Tensor) -> torch.Tensor:
     # argmax would pick a NaN (or any +inf) as the winner: such a row votes for nothing.
-    finite = torch.isfinite(logits).all(dim=1)
+    # A -inf below a finite maximum is an ordinary logit (log(softmax) underflowing gives
+    # it, with the argmax of log_softmax): the row still has one clear winner.
+    top = logits.max(dim=1).values  # NaN when the row holds one
+    finite = torch.isfinite(top)
     return torch.where(finite, logits.argmax(dim=1), NONFINITE_VOTE)
 
 
