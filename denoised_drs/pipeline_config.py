@@ -44,7 +44,7 @@ from denoised_drs.scheme import check_sigma_bound
 
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """The ``autocast`` names a configuration accepts, and the dtype each stands for."""
-RESULT_RECORD_KEYS = ("data_dir", "skip", "max", "start", "content")
+RESULT_RECORD_KEYS = ("data_dir", "skip", "max", "start", "content", "sessions")
 """Keys that a configuration saved beside a result adds to the pipeline's (the data it
 certified and the content hashes, see denoised_drs.runner); ``from_file`` skips them.
 ``dataset`` is a configuration field itself."""
