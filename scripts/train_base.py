@@ -13,7 +13,9 @@ Examples::
         --branch all --sigma 0.125 --out checkpoints/fmnist_poly2x2.pt
 
 Every recipe value (see ``denoised_drs.training.TRAINING_RECIPES``) can be overridden by a flag.
-Bad input gives a one-line message on stderr and exit code 2.
+Bad input gives a one-line message on stderr and exit code 2, before anything is written;
+so does a run that diverges (a loss or weight that is NaN or infinite), which saves nothing
+of the epoch it diverged in.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from denoised_drs.training import (
     STRATEGIES,
     TARGETS,
     TRAINING_RECIPES,
+    WORKERS_PER_CPU,
     TrainConfig,
     train,
 )
@@ -83,7 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--seed", type=int)
     add("--max-train", type=int, help="train on the first N training images only")
     add("--max-test", type=int, help="evaluate on the first N test images only")
-    add("--workers", type=int, help="data loader worker processes")
+    add("--workers", type=int,
+        help=f"data loader worker processes (at most {WORKERS_PER_CPU} per CPU)")
     add("--log", help="CSV log path (default: the checkpoint path with .csv)")
     add("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     add("--no-progress", action="store_true", help="no progress bar")

@@ -9,6 +9,8 @@ The network is trained for one-shot denoising at pixel noise levels in
 keeps the architecture flags and schedule, so it loads with
 ``--denoiser path/to/file.pt`` and nothing else. An exponential moving average of
 the weights is what gets saved. A CSV log (epoch, loss, lr, seconds) lies beside it.
+A run that diverges (a loss or weight that is NaN or infinite) ends with one line and
+exit 2, and nothing of the epoch it diverged in is saved.
 The training run itself is denoised_drs.diffusion.training.train_denoiser.
 """
 

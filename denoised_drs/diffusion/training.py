@@ -13,7 +13,10 @@ Adam with a linear warm-up and cosine decay, an exponential moving average of th
 weights, which is what gets saved after every epoch in our own checkpoint format
 (:mod:`denoised_drs.diffusion.checkpoint`), and a CSV log (epoch, loss, lr, seconds)
 rewritten whole, atomically, after every epoch. Nothing is written before the first
-epoch ends, so a run that fails early (a batch that runs out of memory) leaves no file.
+epoch ends, so a run that fails early (a batch that runs out of memory) leaves no file;
+an epoch whose loss or weights are not finite (a learning rate far too high) ends the
+run with :class:`~denoised_drs.training.divergence.TrainingDiverged` before anything of
+it is written.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from tqdm import tqdm
 
 from ..atomic_file import atomic_write
 from ..data import get_dataset
+from ..training.divergence import TrainingDiverged, non_finite_tensor
 from .checkpoint import save_denoiser_checkpoint
 from .schedule import alphas_cumprod, beta_schedule, sigma_to_timestep
 from .unet import openai_unet
@@ -142,12 +146,30 @@ def write_log(path: Path, rows: list[list[str]]) -> None:
         stream.write(buffer.getvalue())
 
 
+def check_finite_epoch(mean_loss: float, network: nn.Module, ema: nn.Module, epoch: int) -> None:
+    """Raise :class:`TrainingDiverged` if the epoch's mean loss (reduced over processes),
+    the network's or the EMA's weights are not finite: such an epoch must not be saved.
+    Every process reaches the same verdict, so none waits for the others."""
+    if math.isfinite(mean_loss):
+        found = non_finite_tensor({"weights": network.state_dict(), "ema": ema.state_dict()})
+        if found is None:
+            return
+        what = f"{found} holds a NaN or an infinity"
+    else:
+        what = f"the mean loss is {mean_loss}"
+    raise TrainingDiverged(
+        f"training diverged in epoch {epoch}: {what}; nothing of this epoch is saved "
+        "(try a lower --lr)"
+    )
+
+
 def train_denoiser(config: DenoiserTrainConfig) -> None:
     """Train the denoiser of ``config``; under ``accelerate launch`` data parallel.
 
     Raises ValueError before any work when the batch exceeds the training images
     (full batches only) or the images are not square. After every epoch the main
-    process saves the EMA weights to ``config.out`` and rewrites ``config.log``.
+    process saves the EMA weights to ``config.out`` and rewrites ``config.log``; an epoch
+    whose loss or weights are not finite raises TrainingDiverged (a ValueError) instead.
     """
     from accelerate import Accelerator
 
@@ -195,6 +217,12 @@ def train_denoiser(config: DenoiserTrainConfig) -> None:
             ema.update_parameters(accelerator.unwrap_model(network))
             total, count = total + loss.item(), count + 1
             bar.set_postfix(loss=f"{total / count:.4f}")
+        # The mean over every process's batches: all of them see the same verdict.
+        sums = accelerator.reduce(
+            torch.tensor([total, count], dtype=torch.float64, device=accelerator.device), "sum"
+        )
+        check_finite_epoch(float(sums[0] / sums[1]), accelerator.unwrap_model(network),
+                           ema.module, epoch)
         if accelerator.is_main_process:
             rows.append([
                 str(epoch),

@@ -18,6 +18,19 @@ from ..scheme import branch_names
 from .strategies import STRATEGIES
 
 TARGETS = choices(Mode)
+WORKERS_PER_CPU = 4
+"""The most data-loader worker processes per CPU a run may ask for (see
+:func:`max_workers`)."""
+
+
+def max_workers() -> int:
+    """The largest ``workers`` a run accepts: :data:`WORKERS_PER_CPU` per CPU of this machine.
+
+    Each worker is a process holding a copy of the dataset object; a count far above the
+    CPUs speeds nothing up and, large enough, exhausts the memory or the process table
+    before the first batch (a hang, then the out-of-memory killer).
+    """
+    return WORKERS_PER_CPU * (os.cpu_count() or 1)
 ALL_PARTS = "all"
 """``--branch all``: one classifier per part of the partition."""
 BOTH_PARTS = "both"
@@ -174,7 +187,7 @@ class TrainConfig:
                 "sigma must be positive, finite and a float32",
             ),
             (self.epochs >= 1, "epochs must be >= 1"),
-            (math.isfinite(self.lr) and self.lr > 0, "lr must be positive"),
+            (math.isfinite(self.lr) and self.lr > 0, "lr must be positive and finite"),
             (0 < self.gamma <= 1, "gamma must lie in (0, 1]"),
             (self.batch >= 1, "batch must be >= 1"),
             (all(m >= 1 for m in self.milestones), "milestones must be positive epochs"),
@@ -194,12 +207,17 @@ class TrainConfig:
                 "weight-decay and momentum must be non-negative and finite",
             ),
             (
-                self.epsilon > 0 and self.attack_steps >= 1 and self.warmup >= 0,
-                "smoothadv needs epsilon > 0, attack-steps >= 1, warmup >= 0",
+                math.isfinite(self.epsilon) and self.epsilon > 0
+                and self.attack_steps >= 1 and self.warmup >= 0,
+                "smoothadv needs a finite epsilon > 0, attack-steps >= 1, warmup >= 0",
             ),
             (self.max_train is None or self.max_train >= 1, "max-train must be >= 1"),
             (self.max_test is None or self.max_test >= 1, "max-test must be >= 1"),
-            (self.workers >= 0, "workers must be >= 0"),
+            (
+                0 <= self.workers <= max_workers(),
+                f"workers must lie in 0 ... {max_workers()} ({WORKERS_PER_CPU} per CPU), "
+                f"got {self.workers}",
+            ),
             (not (self.resume and self.overwrite), "give --resume or --overwrite, not both"),
         ]
         for ok, message in checks:

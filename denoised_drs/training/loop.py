@@ -13,12 +13,18 @@ Runs the same under ``python`` (one device or the CPU) and ``accelerate launch``
 * the CSV log: epoch, lr, train_loss, test_clean_acc, test_noisy_acc, epoch_time_s.
 
 Every file is written to a temporary name and renamed, so none is ever half-written.
+Nothing non-finite is started from or saved: an ``init`` checkpoint or resume state
+holding a NaN or an infinity is refused, and an epoch whose mean loss, weights or
+optimizer state is not finite ends the run with :class:`TrainingDiverged` before any
+file of that epoch is written (the files of earlier epochs stay, recording fewer
+``epochs_done`` than ``epochs``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,7 @@ from ..models import (
 )
 from ..partition import Partition
 from .config import TrainConfig, branch_input
+from .divergence import TrainingDiverged, check_finite_weights, non_finite_tensor
 from .strategies import SmoothAdv, make_strategy
 
 LOG_COLUMNS = ("epoch", "lr", "train_loss", "test_clean_acc", "test_noisy_acc", "epoch_time_s")
@@ -93,11 +100,13 @@ def build_spec(config: TrainConfig, branch: str) -> ClassifierSpec:
 
 def initial_classifier(config: TrainConfig, spec: ClassifierSpec) -> nn.Module:
     """The model to train: fresh, or the full-size network of ``config.init``, wrapped for
-    the branch."""
+    the branch. ValueError if ``config.init`` holds a NaN or an infinity."""
     full = create_model(spec.arch, **spec.model_options())
     if config.init is not None:
+        weights = load_state_dict(config.init)
+        check_finite_weights(weights, f"--init {config.init}")
         try:
-            load_weights(full.model, load_state_dict(config.init), spec.arch)
+            load_weights(full.model, weights, spec.arch)
         except ValueError as err:
             raise ValueError(f"--init {config.init}: {err}") from None
     return spec.wrap(full)
@@ -177,11 +186,53 @@ def check_resume_settings(config: TrainConfig, saved: Any, resume_file: Path) ->
         )
 
 
+def read_resume_state(config: TrainConfig, branch: str) -> dict[str, Any]:
+    """The resume state of ``branch`` (``<checkpoint>.state.pt``): FileNotFoundError if
+    there is none, ValueError if it cannot be read or its weights or optimizer state hold
+    a NaN or an infinity."""
+    resume_file = state_path(config.out_path(branch))
+    if not resume_file.is_file():
+        raise FileNotFoundError(f"--resume: no training state at {resume_file}")
+    state = load_weights_only(resume_file, "training state")
+    check_finite_weights({key: state.get(key) for key in ("state_dict", "optimizer")},
+                         f"--resume: {resume_file}")
+    return state
+
+
 def train(config: TrainConfig) -> list[Path]:
-    """Train every branch of ``config`` in turn; returns the checkpoint paths written."""
+    """Train every branch of ``config`` in turn; returns the checkpoint paths written.
+
+    A resume state that is missing or not finite is refused for every branch before
+    the first one trains, so such a refusal writes nothing.
+    """
     config.validate()
     check_outputs(config)
+    if config.resume:
+        for branch in config.branches:
+            read_resume_state(config, branch)
     return [train_branch(config, branch) for branch in config.branches]
+
+
+def check_finite_epoch(mean_loss: float, model: nn.Module, optimizer: Any, epoch: int,
+                       branch: str) -> None:
+    """Raise :class:`TrainingDiverged` if the epoch's mean loss, the weights or the
+    optimizer state are not finite: such an epoch must not be saved.
+
+    Every process reaches the same verdict (the loss is reduced over processes and the
+    weights are synchronised), so none is left waiting for the others.
+    """
+    if math.isfinite(mean_loss):
+        found = non_finite_tensor({"weights": model.state_dict(),
+                                   "optimizer": optimizer.state_dict()})
+        if found is None:
+            return
+        what = f"{found} holds a NaN or an infinity"
+    else:
+        what = f"the mean train loss is {mean_loss}"
+    raise TrainingDiverged(
+        f"training diverged in epoch {epoch} of branch {branch}: {what}; nothing of this "
+        "epoch is saved (try a lower --lr)"
+    )
 
 
 def train_branch(config: TrainConfig, branch: str) -> Path:
@@ -193,8 +244,7 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
 
     out, log = config.out_path(branch), config.log_path(branch)
     resume_file = state_path(out)
-    if config.resume and not resume_file.is_file():
-        raise FileNotFoundError(f"--resume: no training state at {resume_file}")
+    state = read_resume_state(config, branch) if config.resume else None
     spec = build_spec(config, branch)
     partition = config.split_partition()
     train_set = _limit(get_dataset(config.dataset, "train", config.data_dir), config.max_train)
@@ -211,8 +261,7 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
             parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
     start_epoch, rows = 0, []
-    if config.resume:
-        state = load_weights_only(resume_file, "training state")
+    if state is not None:
         try:
             full_network(model).model.load_state_dict(state["state_dict"])
             optimizer.load_state_dict(state["optimizer"])
@@ -277,20 +326,22 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
             totals += torch.stack((loss.detach() * len(y), loss.new_tensor(float(len(y)))))
             batches.set_postfix(loss=f"{loss.item():.4f}")
         totals = accelerator.reduce(totals, reduction="sum")
+        mean_loss = float(totals[0] / totals[1])
+        full = full_network(accelerator.unwrap_model(model))
+        check_finite_epoch(mean_loss, full, optimizer, epoch + 1, branch)
         clean_acc, noisy_acc = evaluate(
             model, test_loader, branch, config.sigma, config.seed, accelerator, partition
         )
         row = {
             "epoch": epoch + 1,
             "lr": lr,
-            "train_loss": round(float(totals[0] / totals[1]), 6),
+            "train_loss": round(mean_loss, 6),
             "test_clean_acc": round(clean_acc, 6),
             "test_noisy_acc": round(noisy_acc, 6),
             "epoch_time_s": round(time.time() - started, 2),
         }
         rows.append(row)
         if accelerator.is_main_process:
-            full = full_network(accelerator.unwrap_model(model))
             training = {**config.record(), "branch": branch, "epochs_done": epoch + 1, "log": rows}
             save_classifier(out, full, spec, training)
             with atomic_write(resume_file) as stream:

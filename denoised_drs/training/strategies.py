@@ -16,6 +16,7 @@ Noise comes from torch's global generator; seed it for reproducible runs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -98,8 +99,11 @@ def smoothadv_attack(
     epsilon`` per image. Model parameters get no gradient; the caller chooses the
     model's mode (SmoothAdv attacks in eval mode). Returns ``x + delta``, detached.
     """
-    if epsilon < 0 or steps < 0:
-        raise ValueError(f"epsilon and steps must be non-negative, got {epsilon}, {steps}")
+    if not (math.isfinite(epsilon) and epsilon >= 0) or steps < 0:
+        raise ValueError(
+            f"epsilon must be finite and non-negative and steps non-negative, got {epsilon}, "
+            f"{steps}"
+        )
     if epsilon == 0 or steps == 0:
         return x.detach().clone()
     step_size = 2.0 * epsilon / steps if step_size is None else step_size
@@ -152,8 +156,8 @@ class Consistency(Strategy):
     def __init__(self, num_noise: int = 2, lbd: float = 10.0, eta: float = 0.5) -> None:
         if num_noise < 2:
             raise ValueError(f"consistency needs num_noise >= 2 noisy copies, got {num_noise}")
-        if lbd < 0 or eta < 0:
-            raise ValueError(f"lbd and eta must be non-negative, got {lbd}, {eta}")
+        if not (math.isfinite(lbd) and lbd >= 0 and math.isfinite(eta) and eta >= 0):
+            raise ValueError(f"lbd and eta must be non-negative and finite, got {lbd}, {eta}")
         self.num_noise, self.lbd, self.eta = num_noise, lbd, eta
 
     def loss(
@@ -177,9 +181,11 @@ class SmoothAdv(Strategy):
     def __init__(
         self, num_noise: int = 1, steps: int = 1, epsilon: float = 0.5, warmup: int = 1
     ) -> None:
-        if num_noise < 1 or steps < 1 or epsilon <= 0 or warmup < 0:
+        if (num_noise < 1 or steps < 1 or not (math.isfinite(epsilon) and epsilon > 0)
+                or warmup < 0):
             raise ValueError(
-                f"smoothadv needs num_noise >= 1, steps >= 1, epsilon > 0, warmup >= 0; got "
+                "smoothadv needs num_noise >= 1, steps >= 1, a finite epsilon > 0, warmup >= 0; "
+                "got "
                 f"{num_noise}, {steps}, {epsilon}, {warmup}"
             )
         self.num_noise, self.steps, self.epsilon, self.warmup = num_noise, steps, epsilon, warmup
