@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -88,8 +91,22 @@ def load_weights_only(path: str | os.PathLike, what: str = "checkpoint") -> dict
 
             payload = load_file(str(path), device="cpu")
         else:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch warns (on stderr) of any pickle protocol above 2 before refusing
+                # or reading the file; the outcome is what matters.
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # the readers fail in many types: pickle, zip, key, OS errors
+        if isinstance(error, pickle.UnpicklingError) and "Weights only" in str(error):
+            # torch's message suggests weights_only=False, which could run the file's
+            # code: such a file is never read here, so say what it is instead.
+            found = re.search(r"GLOBAL ([\w.]+)", str(error))
+            detail = f", which names {found.group(1)}," if found else ""
+            raise ValueError(
+                f"{path} is not a {what} this library reads: a weights-only load refuses "
+                f"its pickled content{detail} and nothing else is tried (only tensors and "
+                "plain data are read, since unpickling other objects can run code)"
+            ) from None
         raise ValueError(
             f"cannot read {path} as a weights-only PyTorch {what}: {first_line(error)}"
         ) from None

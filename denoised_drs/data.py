@@ -14,8 +14,12 @@
 * ``"sample"``: 100 Fashion-MNIST test images bundled with the package.
 
 Nothing is downloaded: a missing folder raises FileNotFoundError saying what was
-looked for and how to get it; a CIFAR-10 file that is missing or fails torchvision's
-MD5 check is named in a FileNotFoundError or ValueError. :data:`DATASET_INFO` holds
+looked for and how to get it; an ImageNet folder holding a link to a directory, or an
+image-named entry that is not a regular file (a FIFO), is refused before any image is
+read (:func:`check_image_folder`), and an image whose header claims more pixels than
+PIL's ``MAX_IMAGE_PIXELS`` raises ValueError naming it when read (:func:`load_image`);
+a CIFAR-10 file that is missing or fails torchvision's MD5 check is named in a
+FileNotFoundError or ValueError. :data:`DATASET_INFO` holds
 each dataset's class count, image shape and normalisation constants, the one table the
 rest of the package reads.
 """
@@ -25,18 +29,24 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import warnings
 import zipfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from denoised_drs.atomic_file import atomic_write
+from denoised_drs.errors import first_line
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 SPLITS = ("train", "test")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -411,9 +421,72 @@ def imagenet(
         steps = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
     else:
         steps = [transforms.Resize(max(image_size, 256)), transforms.CenterCrop(image_size)]
+    folder = Path(base) / sub
+    check_image_folder(folder)
     return datasets.ImageFolder(
-        str(Path(base) / sub), transform=transforms.Compose([*steps, transforms.ToTensor()])
+        str(folder),
+        transform=transforms.Compose([*steps, transforms.ToTensor()]),
+        loader=load_image,
     )
+
+
+def check_image_folder(folder: str | os.PathLike) -> None:
+    """Refuse an ImageFolder whose class folders hold anything but plain directories and
+    regular image files, before any image is opened.
+
+    Raises ValueError naming the entry for a link to a directory (a class folder
+    included) and for an image-named entry that is not a regular file (a FIFO, a
+    device, a socket, a directory, a broken link); links to regular files are read.
+    torchvision follows directory links, so a link back into the tree lists its images
+    again and again (a loop: over a hundred rows for six images) and one out of it adds
+    images from elsewhere; opening a FIFO waits for a writer for ever. Entries are
+    checked by their type in the directory listing (or ``stat`` for a link), never opened.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    pending = [(Path(folder), True)]
+    while pending:
+        here, top = pending.pop()
+        with os.scandir(here) as entries:
+            for entry in entries:
+                # DirEntry's type tests use the directory listing (and a stat only for a
+                # link): no file is opened.
+                if entry.is_dir():  # following a link, as torchvision does
+                    if entry.is_symlink():
+                        raise ValueError(
+                            f"{entry.path} is a link to a directory: an image folder follows "
+                            "none (they repeat images or bring in others); put the folder "
+                            "itself there"
+                        )
+                    pending.append((Path(entry.path), False))
+                elif (not top  # torchvision reads class folders only, not files beside them
+                      and has_file_allowed_extension(entry.name, IMG_EXTENSIONS)
+                      and not entry.is_file()):
+                    raise ValueError(
+                        f"{entry.path} is not a regular file (a FIFO, device, socket or "
+                        "broken link): remove it from the image folder"
+                    )
+
+
+def load_image(path: str | os.PathLike) -> PILImage:
+    """The image file ``path`` as RGB, as torchvision's loader reads it, refusing a
+    decompression bomb.
+
+    An image whose header claims more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels raises
+    ValueError naming the file before any pixel is decoded: PIL itself refuses only
+    twice that many and merely warns (then decodes) in between.
+    """
+    from PIL import Image
+
+    with open(path, "rb") as stream, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(stream)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise ValueError(
+                f"{path} is refused as a possible decompression bomb: {first_line(error)}"
+            ) from None
+        return image.convert("RGB")
 
 
 def _fashion_mnist_folder(root: str | os.PathLike | None) -> Path:

@@ -20,11 +20,14 @@ import torch
 from ..atomic_file import atomic_write
 from ..checkpoint_file import with_content_hash
 from ..state_dicts import check_state_dict
+from .flags_file import MAX_TIMESTEPS, checked_flags
 from .network import DenoiserNetwork
-from .schedule import alphas_cumprod, beta_schedule
+from .schedule import SCHEDULES, alphas_cumprod, beta_schedule
 from .unet import OpenAIUNet, openai_unet
 
 CHECKPOINT_FORMAT = "denoised_drs.denoiser"
+REQUIRED_KEYS = ("flags", "schedule", "num_timesteps", "rescale_timesteps", "state_dict")
+"""The entries every denoiser checkpoint must hold (``extra`` and the hash are optional)."""
 
 
 def save_denoiser_checkpoint(
@@ -67,21 +70,60 @@ def is_denoiser_checkpoint(obj: Any) -> bool:
 def network_from_checkpoint(payload: Mapping[str, Any], name: str = "") -> DenoiserNetwork:
     """Rebuild the network of a :func:`save_denoiser_checkpoint` payload, loaded strictly.
 
-    Weights whose keys or shapes do not fit the recorded flags raise
-    :class:`~denoised_drs.state_dicts.StateDictMismatchError` (a ValueError).
+    Every entry is checked first (:data:`REQUIRED_KEYS` present, the flags as a
+    ``--denoiser-config`` file's, a known schedule, 1 to :data:`MAX_TIMESTEPS` steps, a
+    state dict of tensors): anything else raises one ValueError naming ``name``. Weights
+    whose keys or shapes do not fit the recorded flags raise
+    :class:`~denoised_drs.state_dicts.StateDictMismatchError` (a ValueError), checked
+    on a network without storage before the real one is built.
     """
-    network = openai_unet(**payload["flags"])
+    where = f"denoiser checkpoint {name or '<payload>'}"
+    try:
+        _check_payload(payload)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-    check_state_dict(
-        state,
-        network.state_dict(),
-        f"denoiser checkpoint {name or '<payload>'} does not fit its own flags",
-    )
+    with torch.device("meta"):  # flags claiming a huge network cost no memory here
+        shapes = openai_unet(**payload["flags"]).state_dict()
+    check_state_dict(state, shapes, f"{where} does not fit its own flags")
+    network = openai_unet(**payload["flags"])
     network.load_state_dict(state, strict=True)
-    num_timesteps = int(payload["num_timesteps"])
+    num_timesteps = payload["num_timesteps"]
     return DenoiserNetwork(
         network=network.eval(),
         alphas_cumprod=alphas_cumprod(beta_schedule(payload["schedule"], num_timesteps)),
         timestep_scale=1000.0 / num_timesteps if payload["rescale_timesteps"] else 1.0,
         name=name,
     )
+
+
+def _check_payload(payload: Mapping[str, Any]) -> None:
+    """ValueError (one line) unless every entry of ``payload`` has its type and range."""
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise ValueError(f"a {CHECKPOINT_FORMAT} checkpoint with no {missing[0]!r}")
+    flags = payload["flags"]
+    if not isinstance(flags, Mapping):
+        raise ValueError(f"flags must be a dict of OpenAI UNet flags, got {flags!r}")
+    try:
+        checked_flags(flags)
+    except ValueError as error:
+        raise ValueError(f"flags: {error}") from None
+    if not isinstance(payload["schedule"], str) or payload["schedule"] not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {payload['schedule']!r}")
+    steps = payload["num_timesteps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_TIMESTEPS:
+        raise ValueError(
+            f"num_timesteps must be an integer from 1 to {MAX_TIMESTEPS}, got {steps!r}"
+        )
+    if not isinstance(payload["rescale_timesteps"], bool):
+        raise ValueError(
+            f"rescale_timesteps must be true or false, got {payload['rescale_timesteps']!r}"
+        )
+    state = payload["state_dict"]
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError("state_dict must map parameter names to tensors")
+    if not isinstance(payload.get("extra", {}), Mapping):
+        raise ValueError(f"extra must be a dict, got {payload['extra']!r}")

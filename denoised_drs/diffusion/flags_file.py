@@ -45,6 +45,9 @@ from .presets import DenoiserPreset
 from .schedule import SCHEDULES
 from .unet import OpenAIUNetConfig
 
+MAX_TIMESTEPS = 100_000
+"""The most diffusion steps a schedule may have: the OpenAI models use up to 4,000; a
+larger count is no trained model's and would only spend memory on its schedule."""
 REQUIRED = ("diffusion_steps", "noise_schedule", "rescale_timesteps")
 """Keys a denoiser config must give: the schedule the network was trained with."""
 
@@ -94,15 +97,12 @@ def preset_from_flags(flags: Mapping[str, Any], name: str) -> DenoiserPreset:
             f"missing {missing}: give the schedule the checkpoint was trained with "
             "(rescale_timesteps: true for improved-diffusion, false for guided-diffusion)"
         )
-    checked = {key: _checked(key, value) for key, value in flags.items()}
-    if checked.get("class_cond"):
-        raise ValueError("class_cond is true: one-shot denoising takes unconditional models only")
+    checked = checked_flags(flags)
     if checked["noise_schedule"] not in SCHEDULES:
         raise ValueError(
             f"noise_schedule must be one of {SCHEDULES}, got {checked['noise_schedule']!r}"
         )
     architecture = {k: v for k, v in checked.items() if k not in REQUIRED}
-    OpenAIUNetConfig.from_flags(**architecture)  # the layers fit together (ValueError)
     return DenoiserPreset(
         name=name,
         flags=MappingProxyType(architecture),
@@ -111,6 +111,21 @@ def preset_from_flags(flags: Mapping[str, Any], name: str) -> DenoiserPreset:
         rescale_timesteps=checked["rescale_timesteps"],
         prediction_type="sample" if checked.get("predict_xstart") else "epsilon",
     )
+
+
+def checked_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """``flags`` (OpenAI flags, any subset), each checked for its type and range and
+    parsed (``"1,2"`` lists as tuples), after checking that they name an unconditional
+    network whose layers fit together. Raises ValueError (one line) otherwise."""
+    unknown = sorted(str(key) for key in set(flags) - KNOWN_FLAGS)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}; known: {sorted(KNOWN_FLAGS)}")
+    checked = {key: _checked(key, value) for key, value in flags.items()}
+    if checked.get("class_cond"):
+        raise ValueError("class_cond is true: one-shot denoising takes unconditional models only")
+    architecture = {k: v for k, v in checked.items() if k not in REQUIRED}
+    OpenAIUNetConfig.from_flags(**architecture)  # the layers fit together (ValueError)
+    return checked
 
 
 def _checked(key: str, value: Any) -> Any:
@@ -125,6 +140,8 @@ def _checked(key: str, value: Any) -> Any:
         if value < 1 and not (key in _HEAD_INTS and value == -1):
             allowed = "positive or -1" if key in _HEAD_INTS else "positive"
             raise ValueError(f"{key} must be {allowed}, got {value}")
+        if key == "diffusion_steps" and value > MAX_TIMESTEPS:
+            raise ValueError(f"diffusion_steps must be at most {MAX_TIMESTEPS}, got {value}")
         return value
     if key in _INT_LISTS:
         return _int_list(key, value)

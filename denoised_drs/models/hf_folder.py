@@ -62,19 +62,31 @@ def _check_folder(folder: Path) -> None:
 
 def _side(size: Any) -> tuple[int, int] | None:
     """An image processor's ``size`` / ``crop_size`` as (H, W): an int, or a dict with
-    ``height`` and ``width`` or ``shortest_edge`` (a square input)."""
-    if isinstance(size, int):
-        return size, size
+    ``height`` and ``width`` or ``shortest_edge`` (a square input); None for None or a
+    dict naming neither. ValueError for any other value, or sides that are not
+    positive integers."""
+    if size is None:
+        return None
     if isinstance(size, Mapping):
         if "height" in size and "width" in size:
-            return int(size["height"]), int(size["width"])
-        if "shortest_edge" in size:
-            return int(size["shortest_edge"]), int(size["shortest_edge"])
-    return None
+            side = size["height"], size["width"]
+        elif "shortest_edge" in size:
+            side = size["shortest_edge"], size["shortest_edge"]
+        else:
+            return None
+    else:
+        side = size, size
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in side):
+        raise ValueError(f"an image size must be positive integers, got {size!r}")
+    return side
 
 
 def _per_channel(value: Any, channels: int) -> tuple[float, ...]:
-    values = [value] * channels if isinstance(value, (int, float)) else list(value)
+    """A processor's mean or std: one number for every channel, or a list of numbers
+    (ValueError otherwise; the count is checked with the rest of the spec)."""
+    values = [value] * channels if not isinstance(value, (list, tuple)) else list(value)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"image_mean and image_std must be numbers, got {value!r}")
     return tuple(float(v) for v in values)
 
 
@@ -123,7 +135,10 @@ def folder_defaults(folder: str | os.PathLike) -> dict[str, Any]:
         "num_classes": int(config.num_labels),
         "in_channels": channels,
     }
-    side = _side(getattr(config, "image_size", None))
+    try:
+        side = _side(getattr(config, "image_size", None))
+    except ValueError as err:
+        raise ValueError(f"{folder / CONFIG_FILE}: {err}") from None
     if side is not None:
         values["input_size"] = side
     processor_file = folder / PREPROCESSOR_FILE
@@ -134,7 +149,10 @@ def folder_defaults(folder: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"{processor_file}: {first_line(err)}") from None
         if not isinstance(processor, Mapping):
             raise ValueError(f"{processor_file} does not hold a JSON object")
-        values.update(preprocessor_defaults(processor, channels))
+        try:
+            values.update(preprocessor_defaults(processor, channels))
+        except ValueError as err:
+            raise ValueError(f"{processor_file}: {err}") from None
     return values
 
 

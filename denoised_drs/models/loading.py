@@ -23,6 +23,8 @@ architecture and the first missing / unexpected / wrongly shaped key
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -82,6 +84,35 @@ class ClassifierSpec:
     partition: str = ""
 
     def __post_init__(self) -> None:
+        # Checked here, so that a checkpoint's metadata of the wrong type or range is one
+        # ValueError rather than a TypeError deep in model building (or a silent cast).
+        if not isinstance(self.arch, str) or not self.arch:
+            raise ValueError(f"arch must be a model name, got {self.arch!r}")
+        for name in ("num_classes", "in_channels"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.input_size, (list, tuple)) and len(self.input_size) == 2
+                and all(_is_int(v) and v >= 1 for v in self.input_size)):
+            raise ValueError(
+                f"input_size must be two positive integers (height, width), got "
+                f"{self.input_size!r}"
+            )
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not (isinstance(values, (list, tuple)) and all(
+                    _is_real(v) and math.isfinite(v) and (name == "mean" or v > 0)
+                    for v in values)):
+                kind = "finite numbers" if name == "mean" else "positive finite numbers"
+                raise ValueError(f"{name} must be a list of {kind}, got {values!r}")
+        for name in ("normalization", "dataset", "branch", "interpolation", "partition"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if self.sigma is not None and not (
+                _is_real(self.sigma) and math.isfinite(self.sigma) and self.sigma >= 0):
+            raise ValueError(
+                f"sigma must be a finite number >= 0 (or absent), got {self.sigma!r}"
+            )
         if self.branch not in BRANCHES and not (self.branch.isdigit() and int(self.branch) >= 1):
             raise ValueError(
                 f"branch must be one of {BRANCHES} or a part number 1, 2, ..., got "
@@ -168,8 +199,48 @@ class ClassifierSpec:
                                   part_size=part_size)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+REQUIRED_FIELDS = ("arch", "num_classes", "in_channels", "input_size", "mean", "std")
+"""The :class:`ClassifierSpec` fields every checkpoint in our format must record."""
+
+
 def is_own_checkpoint(obj: Mapping[str, Any]) -> bool:
     return obj.get("format") == CHECKPOINT_FORMAT
+
+
+def own_checkpoint_spec(path: str | os.PathLike, obj: Mapping[str, Any]) -> ClassifierSpec:
+    """The :class:`ClassifierSpec` that our checkpoint ``obj`` (read from ``path``) records.
+
+    Every field is checked: a missing required field, a ``version`` that is not an
+    integer from 1 to :data:`CHECKPOINT_VERSION`, a ``training`` record that is not a
+    dict, or a field of the wrong type or range raises one ValueError naming ``path``.
+    """
+    version = obj.get("version", CHECKPOINT_VERSION)
+    if not _is_int(version) or version < 1:
+        raise ValueError(
+            f"{path}: checkpoint version must be a positive integer, got {version!r}"
+        )
+    if version > CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} has checkpoint version {version}; this library reads <= "
+            f"{CHECKPOINT_VERSION}"
+        )
+    missing = [name for name in REQUIRED_FIELDS if name not in obj]
+    if missing:
+        raise ValueError(f"{path}: a {CHECKPOINT_FORMAT} checkpoint with no {missing[0]!r}")
+    if not isinstance(obj.get("training", {}), Mapping):
+        raise ValueError(f"{path}: training must be a dict, got {obj['training']!r}")
+    try:
+        return ClassifierSpec.from_dict(obj)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def read_classifier_spec(
@@ -193,12 +264,12 @@ def read_classifier_spec(
         return _folder_spec(path, overrides)
     obj = load_weights_only(path) if checkpoint is None else checkpoint
     if is_own_checkpoint(obj):
-        version = obj.get("version", CHECKPOINT_VERSION)
-        if version > CHECKPOINT_VERSION:
-            raise ValueError(f"{path} has checkpoint version {version}; this library reads <= 1")
-        return ClassifierSpec.from_dict({**obj, **overrides})
+        # The file's own record first, so that its errors name the file.
+        return ClassifierSpec.from_dict({**own_checkpoint_spec(path, obj).to_dict(),
+                                         **overrides})
     recorded, arch = obj.get("arch"), overrides.pop("arch", None)
-    recorded = recorded if isinstance(recorded, str) else None
+    if recorded is not None and not isinstance(recorded, str):
+        raise ValueError(f"{path} records arch {recorded!r}, not an architecture name")
     recorded_dataset = recorded if recorded in DATASET_ARCHS else None
     if recorded_dataset is not None:
         recorded = DATASET_ARCHS[recorded_dataset]
@@ -238,7 +309,10 @@ def _folder_spec(path: str | os.PathLike, overrides: dict[str, Any]) -> Classifi
             )
     arch = recorded.pop("arch")
     dataset = overrides.pop("dataset", None) or "imagenet"
-    return ClassifierSpec.for_dataset(arch, dataset, **{**recorded, **overrides})
+    try:
+        return ClassifierSpec.for_dataset(arch, dataset, **{**recorded, **overrides})
+    except ValueError as error:  # a value of the folder's, or an override that misfits it
+        raise ValueError(f"{path}: {error}") from None
 
 
 def timm_defaults(arch: str) -> dict[str, Any]:
