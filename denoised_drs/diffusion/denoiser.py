@@ -39,7 +39,7 @@ from numpy.typing import ArrayLike
 from torch import nn
 
 from ..errors import first_line
-from .loading import load_denoiser_network
+from .loading import PREDICTION_TYPES, load_denoiser_network
 from .presets import DenoiserPreset
 from .schedule import sigma_to_timestep
 from .unet import DiffusersUNet
@@ -47,7 +47,6 @@ from .unet import DiffusersUNet
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin
 
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 # The layers whose weights torch.autocast casts to the autocast dtype on every call.
 _AUTOCAST_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

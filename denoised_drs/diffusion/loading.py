@@ -37,6 +37,9 @@ from .network import DenoiserNetwork
 from .presets import PRESETS, DenoiserPreset, get_preset
 from .unet import DiffusersUNet
 
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+"""What a diffusers scheduler's network may predict; the denoiser turns each into x0."""
+
 CLASS_EMBEDDING_KEY = "label_emb.weight"
 """The official key of a class-conditional OpenAI UNet's class embedding."""
 
@@ -233,7 +236,6 @@ def _weights_file(unet_dir: Path) -> Path:
 def _check_scheduler_config(config: dict[str, Any]) -> None:
     """ValueError unless ``config`` gives a DDPM schedule diffusers can compute and a
     prediction type one-shot denoising knows."""
-    from .denoiser import PREDICTION_TYPES  # denoiser.py imports this module
 
     for key in ("num_train_timesteps", "beta_schedule"):
         if key not in config:
