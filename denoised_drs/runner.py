@@ -7,15 +7,20 @@ processes. The configuration is saved beside the result (``OUT.config.json``)
 with the sha256 of every checkpoint and of the selected images and labels;
 rerunning with the same output resumes, and rerunning with different settings,
 checkpoint content or data is refused rather than mixed into one file (see
-:func:`check_or_save_config` for exactly what may change).
+:func:`check_config` for exactly what may change). Part files carry the run's
+identity (:func:`run_identity`), so another run's file is never merged; a refused
+run writes nothing; each session is logged in the configuration (``sessions``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +37,9 @@ _BY_CONTENT = ("classifier", "classifier_l", "classifier_r", "denoiser", "denois
                "denoiser_config", "data_dir", "max", "content")
 """Settings compared through the content record rather than by value: paths (any
 spelling of the same content is the same run) and ``max`` (a run may be extended)."""
+SESSIONS_KEY = "sessions"
+"""The key of ``OUT.config.json`` holding the log of the run's sessions (never compared)."""
+_NOT_COMPARED = (*_RESULT_NEUTRAL, *_BY_CONTENT, SESSIONS_KEY)
 _CHECKPOINT_KEYS = ("classifier", "classifier_l", "classifier_r", "denoiser", "denoiser_checkpoint")
 
 
@@ -205,27 +213,36 @@ def _content_changes(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
     return changes
 
 
-def check_or_save_config(
+def _saved_sessions(path: Path, theirs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The session log of the saved configuration ``theirs`` (empty for older versions)."""
+    sessions = theirs.get(SESSIONS_KEY, [])
+    if not isinstance(sessions, list) or not all(isinstance(s, dict) for s in sessions):
+        raise ValueError(f"{path} has a damaged session log; pass another output path")
+    return sessions
+
+
+def check_config(
     pipe: Pipeline,
     out: Path,
     extra: dict[str, Any],
     dataset: Any,
     indices: Sequence[int],
     data_source: str | None = None,
-) -> None:
-    """Refuse to resume ``out`` unless its rows stay valid; otherwise save our configuration.
+) -> dict[str, Any]:
+    """Refuse to resume ``out`` unless its rows stay valid; return the configuration to save.
 
-    The saved configuration is the pipeline's, ``extra`` (e.g. dataset, skip, max)
-    and a ``content`` record: the resolved path and sha256 of every checkpoint, the
-    data source, the certified indices and a sha256 over their images and labels.
-    A resume is accepted when (1) every setting equals the saved one, except the
-    result-neutral ones (batch, compile, denoiser_chunk, device) and those compared by
+    The configuration is the pipeline's, ``extra`` (e.g. dataset, skip, max), a
+    ``content`` record: the resolved path and sha256 of every checkpoint, the data
+    source, the certified indices and a sha256 over their images and labels; and the
+    ``sessions`` log saved so far (see :func:`session_entry`). A resume is accepted
+    when (1) every setting equals the saved one, except the result-neutral ones
+    (batch, compile, denoiser_chunk, device), the session log and those compared by
     content (checkpoint paths, data_dir, max); (2) every checkpoint's sha256 equals
     the saved one, in order; and (3) the current dataset's images and labels at the
     *saved* indices hash to the saved sha256, so the rows already written were
     computed from the same data, whatever the new selection (a larger ``max``
     extends the run). Labels of the selected images must lie in
-    [0, num_classes). Raises ValueError (one line) before writing anything.
+    [0, num_classes). Raises ValueError (one line); writes nothing.
     """
     path = config_path(out)
     selected = list(indices)
@@ -238,11 +255,11 @@ def check_or_save_config(
             "sha256": content.selection_sha256(known[i] for i in selected),
         },
     }
-    ours = {**pipe.config.to_dict(), **extra, "content": record}
+    ours = {**pipe.config.to_dict(), **extra, "content": record, SESSIONS_KEY: []}
     if path.is_file() and (results.existing_parts(out) or out.is_file()):
         try:
-            theirs = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            theirs = json.loads(path.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError):
             theirs = None
         if not isinstance(theirs, dict):
             raise ValueError(
@@ -253,10 +270,11 @@ def check_or_save_config(
                 f"{path} records no content hashes (an older version wrote it); "
                 "pass another output path"
             )
+        ours[SESSIONS_KEY] = _saved_sessions(path, theirs)
         changes = [
             f"{k} was {theirs.get(k)!r}, now {ours.get(k)!r}"
             for k in sorted(set(ours) | set(theirs))
-            if k not in _RESULT_NEUTRAL + _BY_CONTENT and ours.get(k) != theirs.get(k)
+            if k not in _NOT_COMPARED and ours.get(k) != theirs.get(k)
         ]
         changes += _content_changes(theirs["content"], record)
         if not changes:
@@ -268,7 +286,116 @@ def check_or_save_config(
             )
     elif out.is_file() or results.existing_parts(out):
         raise ValueError(f"{out} exists without its configuration file; pass another output path")
-    pipe.save_config(path, {**extra, "content": record})
+    return ours
+
+
+def run_identity(config: dict[str, Any]) -> str:
+    """The sha256 naming a run: of every setting a resume must keep (all but the
+    result-neutral ones, the session log and those compared by content) and of every
+    checkpoint's content.
+
+    It is the same for every session of a run, whatever the batch, device or ``max``,
+    and for the configuration as saved or as read back, so part files written in any
+    session of the run carry it (:func:`denoised_drs.results.identity_line`).
+    """
+    settings = {k: v for k, v in config.items() if k not in _NOT_COMPARED and v is not None}
+    saved = config.get("content") if isinstance(config.get("content"), dict) else {}
+    checkpoints = {}
+    for key in _CHECKPOINT_KEYS:
+        entries = saved.get(key)
+        if isinstance(entries, list):  # files: their content, never their paths
+            entries = [e.get("sha256") if isinstance(e, dict) else e for e in entries]
+        checkpoints[key] = entries
+    text = json.dumps({"settings": settings, "checkpoints": checkpoints}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _unmarked_parts(out: Path, config: dict[str, Any]) -> list[Path]:
+    """The part files of ``out`` without an identity file, once they may be this run's.
+
+    Only a version without identity files wrote such parts, and it wrote no session
+    log: so they are accepted only when the saved configuration (which matched) has no
+    session log yet, and never when the part is itself another run's result (it has
+    a configuration of its own). ValueError (one line) otherwise.
+    """
+    unmarked = [p for p in results.existing_parts(out) if not results.identity_path(p).exists()]
+    for part in unmarked:
+        if config_path(part).exists():
+            raise ValueError(
+                f"{part} is not a part file of this run ({config_path(part).name} shows it "
+                "is another run's result); move it away or pass another output path"
+            )
+        if config[SESSIONS_KEY]:
+            raise ValueError(
+                f"{part} is not a part file of this run (it has no identity file "
+                f"{results.identity_path(part).name}); move it away or pass another output path"
+            )
+    return unmarked
+
+
+def _numeric_path(pipe: Pipeline) -> dict[str, Any]:
+    """The choices that change the rounding, not the validity, of the numbers computed."""
+    import torch
+
+    from denoised_drs.diffusion.winograd import WinogradConv2d, winograd_pays
+
+    winograd = None
+    if pipe.device.type == "cpu" and isinstance(pipe.denoiser, torch.nn.Module) and any(
+        isinstance(m, WinogradConv2d) for m in pipe.denoiser.modules()
+    ):
+        # Decided once per process and thread count; asking now decides it for the run.
+        winograd = winograd_pays()
+    return {
+        "autocast": pipe.config.autocast,
+        "winograd": winograd,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _cpu_name() -> str:
+    """The CPU's model name where Linux tells it (it decides e.g. the Winograd path)."""
+    try:
+        with open("/proc/cpuinfo") as stream:
+            for line in stream:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def session_entry(pipe: Pipeline, processes: int) -> dict[str, Any]:
+    """What a session of a run records in the ``sessions`` log of ``OUT.config.json``.
+
+    Its start (UTC), the result-neutral settings, the number of processes, the device's
+    name, the torch and CUDA versions, the numeric path (autocast, Winograd on CPUs
+    when the denoiser has such layers, TF32, threads) and ``rows``: the rows this
+    session certified, None until it ends (a session that was killed keeps None).
+    """
+    import torch
+
+    if pipe.device.type == "cuda":
+        device_name = torch.cuda.get_device_name(pipe.device)
+    else:
+        device_name = _cpu_name()
+    return {
+        "start": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": {k: getattr(pipe.config, k) for k in _RESULT_NEUTRAL},
+        "processes": processes,
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "numeric": _numeric_path(pipe),
+        "rows": None,
+    }
+
+
+def _save_config(pipe: Pipeline, out: Path, config: dict[str, Any]) -> None:
+    extra = {k: v for k, v in config.items() if k not in pipe.config.to_dict()}
+    pipe.save_config(config_path(out), extra)
 
 
 def _data_changes(
@@ -304,25 +431,40 @@ def certify_dataset(
     """Certify ``dataset[i]`` for ``i`` in ``indices`` into the TSV ``out``; returns rows written.
 
     Every process must call this with the same arguments. Images already in ``out``
-    or its part files are skipped; a resume is checked by :func:`check_or_save_config`.
-    ``data_source`` (e.g. the resolved data folder) is recorded beside the result.
+    or its part files are skipped; a resume is checked by :func:`check_config`, and
+    every existing row and part file is checked (:func:`denoised_drs.results.check_parts`)
+    before anything is written, so a refused run changes no file. Each session is
+    logged in ``OUT.config.json`` (:func:`session_entry`); its row count is filled in
+    when it ends. ``data_source`` (e.g. the resolved data folder) is recorded beside
+    the result.
     """
     state = state or SingleProcess()
     out = Path(out)
     details = pipe.smoothed.scheme.columns()
     header = results.columns_for(details)
+    targets = tuple(pipe.config.radii or ())
     check_output_file(out)
+    config: dict[str, Any] = {}
+    already = 0
     if state.is_main_process:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        check_or_save_config(pipe, out, extra_config or {}, dataset, indices, data_source)
+        config = check_config(pipe, out, extra_config or {}, dataset, indices, data_source)
+        unmarked = _unmarked_parts(out, config)
+        already = len(results.check_parts(out, header, run_identity(config)))
+        config[SESSIONS_KEY] = [*config[SESSIONS_KEY],
+                                session_entry(pipe, state.num_processes)]
+        _save_config(pipe, out, config)
+        for part in unmarked:  # adopted: the parts of an older version's run, checked above
+            results.write_identity(part, run_identity(config))
     state.wait_for_everyone()
+    # Every process names its part by the configuration just saved, hashed alike.
+    identity = run_identity(json.loads(config_path(out).read_text()))
     if progress and state.is_main_process and state.num_processes > 1:
         print(f"{out}: {state.num_processes} processes, one part file each, merged at the end",
               file=sys.stderr)
     mine = list(indices)[state.process_index :: state.num_processes]
     done = results.read_rows([out, *results.existing_parts(out)], header)
     todo = [i for i in mine if i not in done]
-    writer = results.PartWriter(results.part_path(out, state.process_index), header)
+    writer = results.PartWriter(results.part_path(out, state.process_index), header, identity)
     try:
         bar = tqdm(
             todo,
@@ -335,12 +477,14 @@ def certify_dataset(
         for idx in bar:
             image, label = dataset[idx]
             record = pipe.certify_one(image, int(label), idx)
-            writer.write(results.format_row(record, details))
+            writer.write(results.format_row(record, details, targets))
     finally:
         writer.close()
     state.wait_for_everyone()
     rows = 0
     if state.is_main_process:
-        rows = results.merge(out, header)
+        rows = results.merge(out, header, identity)
+        config[SESSIONS_KEY][-1]["rows"] = rows - already
+        _save_config(pipe, out, config)
     state.wait_for_everyone()
     return rows
