@@ -51,6 +51,9 @@ PAPER_RADIUS_COLUMN = "radius_paper"
 """The DRS paper's radius for joint denoising: NOT certified, tabulated apart."""
 N_USED_COLUMN = "n_used"
 TRAILING_COLUMNS = ("nonfinite", N_USED_COLUMN)
+LOOK_COLUMNS = ("n_look", "alpha_look")
+"""Adaptive runs only: the sample count and the share of alpha of the look whose bounds
+the row reports, so that each ``pA`` column can be recomputed from its ``count``."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class CertifyRecord:
     radius_paper: float | None = None
     nonfinite: int = 0
     n_used: int = 0
+    n_look: int = 0
+    alpha_look: float = 0.0
 
     @classmethod
     def from_certificate(cls, idx: int, label: int, cert: Certificate,
@@ -84,13 +89,17 @@ class CertifyRecord:
             radius_paper=cert.radius_paper,
             nonfinite=cert.nonfinite,
             n_used=cert.n_used,
+            n_look=cert.n_look,
+            alpha_look=cert.alpha_look,
         )
 
 
-def columns_for(details: Sequence[str]) -> tuple[str, ...]:
+def columns_for(details: Sequence[str], looks: bool = False) -> tuple[str, ...]:
     """The header of a result file whose scheme has the detail columns ``details``
-    (:meth:`denoised_drs.scheme.Scheme.columns`)."""
-    return (*BASE_COLUMNS, *details, *TRAILING_COLUMNS)
+    (:meth:`denoised_drs.scheme.Scheme.columns`); ``looks`` (adaptive runs) appends
+    :data:`LOOK_COLUMNS`. A fixed-n run is one look at ``N`` and all of alpha, so its
+    files keep the columns they always had."""
+    return (*BASE_COLUMNS, *details, *TRAILING_COLUMNS, *(LOOK_COLUMNS if looks else ()))
 
 
 def floor_decimals(value: float, decimals: int = 6) -> str:
@@ -113,8 +122,8 @@ def format_radius(radius: float, targets: Sequence[float] = ()) -> str:
 
 
 def format_row(record: CertifyRecord, details: Sequence[str],
-               targets: Sequence[float] = ()) -> str:
-    """``record`` as one line of the file whose header is ``columns_for(details)``;
+               targets: Sequence[float] = (), looks: bool = False) -> str:
+    """``record`` as one line of the file whose header is ``columns_for(details, looks)``;
     ``targets`` are the run's target radii (see :func:`format_radius`)."""
     cells = [
         str(record.idx),
@@ -129,6 +138,10 @@ def format_row(record: CertifyRecord, details: Sequence[str],
     if PAPER_RADIUS_COLUMN in details:
         cells.append(floor_decimals(record.radius_paper or 0.0))
     cells += [str(record.nonfinite), str(record.n_used)]
+    if looks:
+        # alpha_look exactly (shortest round trip): it is a share of the user's alpha,
+        # a setting, and the bounds are recomputed from it.
+        cells += [str(record.n_look), repr(float(record.alpha_look))]
     return "\t".join(cells)
 
 

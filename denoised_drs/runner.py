@@ -40,7 +40,8 @@ spelling of the same content is the same run) and ``max`` (a run may be extended
 SESSIONS_KEY = "sessions"
 """The key of ``OUT.config.json`` holding the log of the run's sessions (never compared)."""
 _NOT_COMPARED = (*_RESULT_NEUTRAL, *_BY_CONTENT, SESSIONS_KEY)
-_CHECKPOINT_KEYS = ("classifier", "classifier_l", "classifier_r", "denoiser", "denoiser_checkpoint")
+_CHECKPOINT_KEYS = ("classifier", "classifier_l", "classifier_r", "branches", "denoiser",
+                    "denoiser_checkpoint")
 
 
 class ProcessState(Protocol):
@@ -138,6 +139,10 @@ def _checkpoint_entries(config: PipelineConfig) -> dict[str, Any]:
         key: [_file_entry(p) for p in getattr(config, key)]
         for key in ("classifier", "classifier_l", "classifier_r")
     }
+    if config.branches is not None:
+        # k >= 3 parts: every branch file in part order (the parts' sizes are the
+        # `branches` setting itself, compared as such)
+        entries["branches"] = [_file_entry(p) for part in config.branches for p in part]
     denoiser = config.denoiser
     if denoiser is None or denoiser in PRESETS:
         entries["denoiser"] = denoiser and {"preset": denoiser}
@@ -302,7 +307,9 @@ def run_identity(config: dict[str, Any]) -> str:
     saved = config.get("content") if isinstance(config.get("content"), dict) else {}
     checkpoints = {}
     for key in _CHECKPOINT_KEYS:
-        entries = saved.get(key)
+        if key not in saved:  # e.g. `branches`, recorded for k >= 3 parts only
+            continue
+        entries = saved[key]
         if isinstance(entries, list):  # files: their content, never their paths
             entries = [e.get("sha256") if isinstance(e, dict) else e for e in entries]
         checkpoints[key] = entries
@@ -441,7 +448,8 @@ def certify_dataset(
     state = state or SingleProcess()
     out = Path(out)
     details = pipe.smoothed.scheme.columns()
-    header = results.columns_for(details)
+    looks = pipe.config.adaptive
+    header = results.columns_for(details, looks)
     targets = tuple(pipe.config.radii or ())
     check_output_file(out)
     config: dict[str, Any] = {}
@@ -477,7 +485,7 @@ def certify_dataset(
         for idx in bar:
             image, label = dataset[idx]
             record = pipe.certify_one(image, int(label), idx)
-            writer.write(results.format_row(record, details, targets))
+            writer.write(results.format_row(record, details, targets, looks))
     finally:
         writer.close()
     state.wait_for_everyone()

@@ -209,8 +209,22 @@ def config_settings(args: argparse.Namespace) -> dict[str, Any]:
         values["denoiser_config"] = (values["denoiser"] if same
                                      else os.path.join(folder, values["denoiser_config"]))
     if isinstance(values.get("branches"), list) and "branches" not in given:
-        values["branches"] = [_beside(folder, entry) for entry in values["branches"]]
+        values["branches"] = _branch_paths(values["branches"], record.get("branches"), folder,
+                                           config)
     return PipelineConfig.from_dict(values).to_dict()
+
+
+def _branch_paths(parts: list, entries: Any, folder: str, config: str) -> list:
+    """The files to load for the ``branches`` (k >= 3 parts) of the configuration file:
+    each checked against its recorded sha256 as :func:`_checkpoint_paths` does, in part
+    order; resolved beside the file when it records none (a hand-written file)."""
+    if entries is None or not all(
+        isinstance(part, list) and all(isinstance(p, str) for p in part) for part in parts
+    ):
+        return [_beside(folder, part) for part in parts]
+    found = iter(_checkpoint_paths("branches", [p for part in parts for p in part], entries,
+                                   folder, config))
+    return [[next(found) for _ in part] for part in parts]
 
 
 def _beside(folder: str, paths: Any) -> Any:
@@ -278,9 +292,10 @@ def _recorded_file(role: str, written: str, entry: Any, folder: str, config: str
     for path in candidates:
         if os.path.exists(path) and path_sha256(path) == sha256:
             return path
+    flag = "branch" if role == "branches" else role.replace("_", "-")
     raise ValueError(
         f"the {role} file {written} recorded in {config} (sha256 {sha256[:16]}...) is missing "
-        f"or changed at {' and at '.join(candidates)}; pass --{role.replace('_', '-')} to "
+        f"or changed at {' and at '.join(candidates)}; pass --{flag} to "
         "certify with another file"
     )
 
