@@ -425,6 +425,18 @@ def _data_changes(
     return []
 
 
+def _begun_without_looks(out: Path, details: Sequence[str]) -> bool:
+    """Whether ``out`` is a run that a version before the look columns began (its
+    first file's header is the one without them): its resume keeps that header, so
+    the rows of one file never mix two layouts."""
+    for path in [out, *results.existing_parts(out)]:
+        if path.is_file():
+            with open(path, "rb") as stream:
+                first = stream.readline(1 << 16).rstrip(b"\n")
+            return first == "\t".join(results.columns_for(details)).encode()
+    return False
+
+
 def certify_dataset(
     pipe: Pipeline,
     dataset: Any,
@@ -448,7 +460,7 @@ def certify_dataset(
     state = state or SingleProcess()
     out = Path(out)
     details = pipe.smoothed.scheme.columns()
-    looks = pipe.config.adaptive
+    looks = pipe.config.adaptive and not _begun_without_looks(out, details)
     header = results.columns_for(details, looks)
     targets = tuple(pipe.config.radii or ())
     check_output_file(out)

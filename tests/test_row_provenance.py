@@ -122,3 +122,19 @@ def test_a_config_rerun_of_a_k_part_run_checks_each_branch_file(tmp_path, monkey
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert "the branches file part2.pt recorded in" in err and "pass --branch" in err
     assert not (elsewhere / "third.tsv").exists()
+
+
+def test_an_adaptive_run_begun_without_look_columns_resumes_in_its_own_layout(tmp_path):
+    full = write_classifier(tmp_path / "full.pt", 0, branch="full", sigma=0.25)
+    out = tmp_path / "older.tsv"
+    argv = [*ONE, "--mode", "rs", "--classifier", full, "--sigma", "0.25", "--adaptive",
+            "--outfile", str(out)]
+    assert run_cli([*argv, "--max", "1"])[0] == 0
+    # What a version before the look columns wrote: the same rows without them.
+    out.write_text("".join("\t".join(line.split("\t")[:-2]) + "\n"
+                           for line in out.read_text().splitlines()))
+    status, err = run_cli([*argv, "--max", "3"])
+    assert status == 0, err
+    lines = out.read_text().splitlines()
+    assert lines[0].split("\t")[-2:] == ["nonfinite", "n_used"] and len(lines) == 4
+    assert {len(line.split("\t")) for line in lines} == {len(lines[0].split("\t"))}
