@@ -110,6 +110,10 @@ def clopper_pearson_lower(k: ArrayLike, n: ArrayLike, alpha: ArrayLike) -> float
     """
     k = np.asarray(k)
     n = np.asarray(n)
+    if not (np.issubdtype(k.dtype, np.number) and np.issubdtype(n.dtype, np.number)) or (
+        k.dtype == bool or n.dtype == bool
+    ):
+        raise TypeError(f"k and n must be numbers, got k={k!r}, n={n!r}")
     alpha = _check_alpha(alpha)
     if np.any(n < 1) or np.any(k < 0) or np.any(k > n):
         raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")

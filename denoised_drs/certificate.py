@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -95,6 +96,11 @@ class Certificate:
 def check_counts(n0: int | None, n: int, alpha: float, batch_size: int) -> None:
     """Raise ValueError unless the sample counts lie in [1, MAX_SAMPLES], alpha in (0, 1)
     and the batch size is positive."""
+    for name, value in (("n0", n0), ("n", n), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Integral)):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, Real):
+        raise TypeError(f"alpha must be a number, got {alpha!r}")
     if n < 1 or (n0 is not None and n0 < 1):
         raise ValueError(f"sample counts must be positive, got n0={n0}, n={n}")
     if n > MAX_SAMPLES or (n0 is not None and n0 > MAX_SAMPLES):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -310,9 +310,9 @@ class PipelineConfig:
                     f"sigma: give one value for every part or one per part ({k}), "
                     f"got {len(values)}"
                 )
-            if self.sigma_r is not None:
+            if self.sigma_r is not None and len(values) > 1:
                 raise ValueError("give sigma_r or a list of sigmas, not both")
-            if len(set(values)) == 1:
+            if len(set(values)) == 1:  # one value (--sigma S, beside --sigma-r R or not)
                 self.sigma = values[0]
             elif k == 2:
                 self.sigma, self.sigma_r = values
@@ -446,6 +446,9 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PipelineConfig:
+        if not isinstance(values, Mapping):
+            raise TypeError(f"a configuration is a mapping of configuration keys, got a "
+                            f"{type(values).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -474,7 +477,11 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"configuration file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot parse configuration file {path}: it is not UTF-8 text "
+                         "(JSON or YAML)") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml

@@ -290,7 +290,9 @@ def check_config(
                 "pass another output path"
             )
     elif out.is_file() or results.existing_parts(out):
-        raise ValueError(f"{out} exists without its configuration file; pass another output path")
+        found = out if out.is_file() else results.existing_parts(out)[0]
+        raise ValueError(f"{found} exists without the configuration file {path.name}; move it "
+                         "away or pass another output path")
     return ours
 
 

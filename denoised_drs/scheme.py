@@ -188,7 +188,7 @@ class Scheme:
                  sigmas: Sequence[float]) -> None:
         self.partition = partition
         self.rule = rule
-        self.sigmas = tuple(float(s) for s in sigmas)
+        self.sigmas = tuple(_sigma_value(s) for s in sigmas)
         if len(self.sigmas) != partition.num_parts:
             raise ValueError(
                 f"need one sigma per part ({partition.num_parts}), got {len(self.sigmas)}"
@@ -226,6 +226,17 @@ class Scheme:
     def columns(self) -> tuple[str, ...]:
         """The detail columns of this scheme's result rows (see :mod:`denoised_drs.results`)."""
         return detail_columns(self.num_parts, self.rule.reports_paper_radius(self.num_parts))
+
+
+def _sigma_value(sigma: object) -> float:
+    """``sigma`` as a float; TypeError naming it unless it is a real number (a string,
+    even "0.25", or a bool is refused rather than read)."""
+    if isinstance(sigma, (str, bytes, bool)):
+        raise TypeError(f"sigma must be a number, got {sigma!r}")
+    try:
+        return float(sigma)
+    except (TypeError, ValueError):
+        raise TypeError(f"sigma must be a number, got {sigma!r}") from None
 
 
 def check_sigma_bound(sigmas: Sequence[float]) -> None:

@@ -213,12 +213,12 @@ def test_resumed_adaptive_run_gives_the_same_rows(tiny_checkpoints, tmp_path):
     def rows(path):
         lines = path.read_text().splitlines()
         header = lines[0].split("\t")
-        assert header[-1] == "n_used"
+        assert header[-3:] == ["n_used", "n_look", "alpha_look"]
         return [[c for name, c in zip(header, line.split("\t")) if name != "time"]
                 for line in lines[1:]]
 
     assert rows(out) == rows(tmp_path / "ref.tsv") and len(rows(out)) == len(indices)
-    assert all(int(row[-1]) <= 600 for row in rows(out))
+    assert all(int(row[-2]) <= int(row[-3]) <= 600 for row in rows(out))
 
 
 def test_command_line_adaptive_with_radii(tiny_checkpoints, tmp_path):
@@ -231,7 +231,7 @@ def test_command_line_adaptive_with_radii(tiny_checkpoints, tmp_path):
     done = run([*common, "--adaptive", "--radii", "0.25", "0.5", "--outfile", str(out)])
     assert done.returncode == 0, done.stderr
     rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
-    assert len(rows) == 2 and all(float(r[3]) in (0.0, 0.25, 0.5) and 0 < int(r[-1]) <= 400
+    assert len(rows) == 2 and all(float(r[3]) in (0.0, 0.25, 0.5) and 0 < int(r[-3]) <= 400
                                   for r in rows)
     refused = run([*common, "--radii", "0.25", "--outfile", str(tmp_path / "no.tsv")])
     assert (refused.returncode == 2 and "adaptive" in refused.stderr

@@ -117,8 +117,7 @@ FILE_FRAGMENTS = {
     "config": {  # certify --config
         "missing": "configuration file not found: {file}",
         "text": "cannot parse configuration file {file}",
-        "truncated": ("{file}", "the message names neither the file nor --config: \"'utf-8' "
-                      "codec can't decode byte 0x80 in position 64: invalid start byte\""),
+        "truncated": "cannot parse configuration file {file}: it is not UTF-8 text",
         "empty": "cannot parse configuration file {file}",
         "directory": "configuration file not found: {file}",
         "json": "cannot parse configuration file {file}",
@@ -258,10 +257,7 @@ def certify_cases() -> list[Case]:
              [*DRS_DEFAULT_SIGMA, "--sigma-r", "nan"],
              expect="sigma_r must be a finite number, got nan"),
         Case("certify DRS --sigma 0.25 --sigma-r 0", "certify_diffusion",
-             [*DRS, "--sigma-r", "0"], expect="sigma_r=0.0",
-             known="the message is \"give sigma_r or a list of sigmas, not both\": --sigma is "
-                   "always a list in certify_diffusion.py, so --sigma S --sigma-r R is refused "
-                   "for every R, even a valid one"),
+             [*DRS, "--sigma-r", "0"], expect="sigma_r=0.0"),
         Case("certify missing data folder", "certify_diffusion",
              [*CERTIFY, "--dataset", "fashion-mnist", "--data-dir", "{INPUTS}/none"],
              expect="Fashion-MNIST folder {INPUTS}/none not found"),
@@ -330,9 +326,8 @@ def certify_cases() -> list[Case]:
              expect="{WORK}/out.tsv.part0 is not a part file of this run"),
         Case("certify a new run beside a part file of another run", "certify_diffusion",
              CERTIFY, setup=("foreign_id/out.tsv.part0", "foreign_id/out.tsv.part0.id"),
-             expect="{WORK}/out.tsv.part0",
-             known="the message is \"OUT/out.tsv exists without its configuration file\", "
-                   "but out.tsv does not exist: only the part file out.tsv.part0 does"),
+             expect="{WORK}/out.tsv.part0 exists without the configuration file "
+                    "out.tsv.config.json"),
         Case("certify resume onto a part file of another run", "certify_diffusion", CERTIFY,
              setup=("out.tsv", "out.tsv.config.json", "foreign_id/out.tsv.part0",
                     "foreign_id/out.tsv.part0.id"),
@@ -402,9 +397,8 @@ def train_cases() -> list[Case]:
         Case("train --out with a bad template", "train_base",
              [*TRAIN, "--out", "{WORK}/m{{branch}}{{x}}.pt"],
              expect="only {{branch}} can be filled in (got 'x')"),
-        Case("train --out empty", "train_base", [*TRAIN, "--out", ""], expect="--out",
-             known="the message is \"PosixPath('.') has an empty name\", naming neither --out "
-                   "nor what was given"),
+        Case("train --out empty", "train_base", [*TRAIN, "--out", ""],
+             expect="--out is empty"),
         Case("train --resume without state", "train_base", [*TRAIN, "--resume"],
              expect="--resume: no training state at {WORK}/m.pt.state.pt"),
         Case("train --resume and --overwrite", "train_base", [*TRAIN, "--resume", "--overwrite"],
@@ -470,9 +464,8 @@ def denoiser_cases() -> list[Case]:
         "sigma-max": ("--sigma-min <= --sigma-max", ["inf"]),
         "schedule": (CHOICE, ["xx"]),
         "dataset": ("unknown dataset '{value}'", ["xx"]),
-        "channel-mult": ("--channel-mult", [(
-            "a,b", "--channel-mult", "the message is \"invalid literal for int() with base 10: "
-            "'a'\", naming no flag")]),
+        "channel-mult": ("channel_mult must be comma-separated integers, got '{value}'",
+                         ["a,b"]),
         "seed": (NOT_INT, ["x"]),
     })
     for kind, path in {"directory": "{INPUTS}", "device node": "{WORK}/null", "fifo": "{WORK}/fifo",
@@ -579,9 +572,8 @@ def api_cases() -> list[Case]:
                                  lambda p: Smooth(torch.nn.Identity(), 0, 0.25)),
         "Smooth sigma -1": ("sigma must be positive and finite, got (-1.0,)",
                             lambda p: Smooth(torch.nn.Identity(), 10, -1)),
-        "Smooth sigma 'a'": ("sigma", lambda p: Smooth(torch.nn.Identity(), 10, "a"),
-                             "the message is \"could not convert string to float: 'a'\", "
-                             "naming no parameter"),
+        "Smooth sigma 'a'": ("sigma must be a number, got 'a'",
+                             lambda p: Smooth(torch.nn.Identity(), 10, "a")),
         "Smooth sigma nan": ("sigma must be positive and finite, got (nan,)",
                              lambda p: Smooth(torch.nn.Identity(), 10, math.nan)),
         "certify a 2-d image": ("expected one image of shape (C, H, W), got (28, 28)",
@@ -601,9 +593,8 @@ def api_cases() -> list[Case]:
                          lambda p: smooth(p).certify(image, 0, 20, 0.01, 10)),
         "certify n -1": ("sample counts must be positive, got n0=10, n=-1",
                          lambda p: smooth(p).certify(image, 10, -1, 0.01, 10)),
-        "certify n 'many'": ("'many'", lambda p: smooth(p).certify(image, 10, "many", 0.01, 10),
-                             "the message is \"'<' not supported between instances of 'str' "
-                             "and 'int'\", naming neither n nor its value"),
+        "certify n 'many'": ("n must be an integer, got 'many'",
+                             lambda p: smooth(p).certify(image, 10, "many", 0.01, 10)),
         "certify n 2**63": ("sample counts must be at most 1,000,000,000 per image",
                             lambda p: smooth(p).certify(image, 10, 2**63, 0.01, 10)),
         "certify alpha 2": ("alpha must lie in (0, 1), got 2.0",
@@ -638,11 +629,9 @@ def api_cases() -> list[Case]:
         "PipelineConfig unknown key": ("unknown configuration keys ['bogus']",
                                        lambda p: PipelineConfig.from_dict(
                                            {"mode": "rs", "bogus": 1})),
-        "PipelineConfig from a list": ("mapping",
-                                       lambda p: PipelineConfig.from_dict(["mode", "rs"]),
-                                       "the message is \"unknown configuration keys ['rs']; "
-                                       "known: ...\": the list is taken apart as if it were "
-                                       "a mapping"),
+        "PipelineConfig from a list": ("a configuration is a mapping of configuration keys, "
+                                       "got a list",
+                                       lambda p: PipelineConfig.from_dict(["mode", "rs"])),
         "PipelineConfig sigma -1": ("sigma must be positive, got sigma=-1.0",
                                     lambda p: PipelineConfig(mode="rs", classifier=p["FULL"],
                                                              sigma=-1.0)),
@@ -686,15 +675,13 @@ def api_cases() -> list[Case]:
                                  lambda p: create_model("xx", num_classes=10)),
         "create_model 0 classes": ("num_classes and in_chans must be positive, got 0",
                                    lambda p: create_model("small_cnn", num_classes=0)),
-        "create_model classes '10'": ("num_classes",
-                                      lambda p: create_model("small_cnn", num_classes="10"),
-                                      "the message is \"'<' not supported between instances "
-                                      "of 'str' and 'int'\", naming no parameter"),
+        "create_model classes '10'": ("num_classes must be an integer, got '10'",
+                                      lambda p: create_model("small_cnn", num_classes="10")),
         "create_model arch None": ("arch must be a model name (str), got NoneType",
                                    lambda p: create_model(None, num_classes=10)),
-        "create_model input_size 5": ("input_size", lambda p: create_model(
-            "small_cnn", num_classes=10, in_chans=1, input_size=5),
-            "the message is \"'int' object is not iterable\", naming no parameter"),
+        "create_model input_size 5": ("input_size must be two positive integers",
+                                      lambda p: create_model("small_cnn", num_classes=10,
+                                                             in_chans=1, input_size=5)),
         "load_classifier 123": ("expected str, bytes or os.PathLike object, not int",
                                 lambda p: load_classifier(123)),
         "load_classifier missing": ("checkpoint not found (or not a file): {INPUTS}/none.pt",
@@ -752,10 +739,8 @@ def api_cases() -> list[Case]:
                                   lambda p: bounds.clopper_pearson_lower(-1, 10, 0.01)),
         "clopper_pearson alpha 0": ("alpha must lie in (0, 1), got 0.0",
                                     lambda p: bounds.clopper_pearson_lower(5, 10, 0.0)),
-        "clopper_pearson k 'x'": ("'x'", lambda p: bounds.clopper_pearson_lower("x", 10, 0.01),
-                                  "the message is numpy's \"ufunc 'less' did not contain a "
-                                  "loop with signature matching types ...\", naming neither "
-                                  "k nor its value"),
+        "clopper_pearson k 'x'": ("k and n must be numbers",
+                                  lambda p: bounds.clopper_pearson_lower("x", 10, 0.01)),
     }
     cases = []
     for name, (expect, call, *known) in calls.items():

@@ -220,7 +220,8 @@ def test_the_embedded_default_refuses_a_foreign_result_before_writing(certify_ma
         certify_main, ["--N0", "5", "--N", "10", "--max", "1", "--device", "cpu",
                        "--outdir", str(outdir)])
     assert status == 2 and len(lines) == 1
-    assert "drs_joint.tsv exists without its configuration file" in lines[0]
+    assert ("drs_joint.tsv exists without the configuration file drs_joint.tsv.config.json"
+            in lines[0])
     assert files_under(outdir) == before
 
 

@@ -149,9 +149,8 @@ class OpenAIUNetConfig:
         image_size = int(f["image_size"])
         channel_mult = _parse_channel_mult(f["channel_mult"], image_size)
         model_channels = int(f["num_channels"])
-        attention_ds = tuple(
-            image_size // int(res) for res in _parse_int_list(f["attention_resolutions"])
-        )
+        resolutions = _parse_int_list(f["attention_resolutions"], "attention_resolutions")
+        attention_ds = tuple(image_size // int(res) for res in resolutions)
         in_channels = int(f["in_channels"])
         num_heads = int(f["num_heads"])
         num_heads_upsample = int(f["num_heads_upsample"])
@@ -339,14 +338,18 @@ def openai_unet(state_dict: Mapping[str, torch.Tensor] | None = None, **flags: A
 # Construction
 
 
-def _parse_int_list(value: str | Iterable[int]) -> tuple[int, ...]:
-    if isinstance(value, str):
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    return tuple(int(v) for v in value)
+def _parse_int_list(value: str | Iterable[int], name: str) -> tuple[int, ...]:
+    """The integers of the OpenAI flag ``name`` ("1,2,2" or a sequence); ValueError
+    naming the flag otherwise."""
+    items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+    try:
+        return tuple(int(v) for v in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be comma-separated integers, got {value!r}") from None
 
 
 def _parse_channel_mult(value: str | Iterable[int], image_size: int) -> tuple[int, ...]:
-    mult = _parse_int_list(value)
+    mult = _parse_int_list(value, "channel_mult")
     if mult:
         return mult
     if image_size not in _DEFAULT_CHANNEL_MULT:

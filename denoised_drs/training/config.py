@@ -186,6 +186,7 @@ class TrainConfig:
                 math.isfinite(self.sigma) and 0 < self.sigma <= FLOAT32_MAX,
                 "sigma must be positive, finite and a float32",
             ),
+            (str(self.out).strip() != "", "--out is empty: give a checkpoint path"),
             (self.epochs >= 1, "epochs must be >= 1"),
             (math.isfinite(self.lr) and self.lr > 0, "lr must be positive and finite"),
             (0 < self.gamma <= 1, "gamma must lie in (0, 1]"),
