@@ -110,6 +110,20 @@ def test_a_diverging_run_ends_with_one_line_and_saves_nothing(tmp_path, capsys, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_one_step_to_finite_but_huge_weights_is_divergence_too(tmp_path, capsys):
+    # One step at lr 1e30: the loss was measured before the step and every weight is
+    # finite, but the network's test outputs are not, as the engine would see them.
+    out = tmp_path / "m.pt"
+    err = _exit_2_one_line(
+        TRAIN_BASE, "train_base",
+        [*QUICK, "--epochs", "1", "--max-train", "8", "--batch", "8", "--lr", "1e30",
+         "--out", str(out)],
+        capsys,
+    )
+    assert "diverged in epoch 1" in err and "outputs on" in err and "not finite" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_diverging_denoiser_run_ends_with_one_line_and_saves_nothing(tmp_path, capsys):
     out = tmp_path / "d.pt"
     err = _exit_2_one_line(TRAIN_DENOISER, "train_denoiser",

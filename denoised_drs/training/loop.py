@@ -126,21 +126,27 @@ def evaluate(
     seed: int,
     accelerator: Any,
     partition: Partition | None = None,
-) -> tuple[float, float]:
-    """(clean accuracy, accuracy on one seeded noisy copy per image) over ``loader``, the
-    model fed :func:`branch_input` of ``branch`` and ``partition``."""
+) -> tuple[float, float, int]:
+    """(clean accuracy, accuracy on one seeded noisy copy per image, number of clean
+    images whose logits hold a NaN or have no finite maximum) over ``loader``, the
+    model fed :func:`branch_input` of ``branch`` and ``partition``. The last is the
+    smoothing engine's non-finite vote: a network that gives one has diverged even when
+    every weight is finite (e.g. weights near 1e30 after one step at a huge lr)."""
     model.eval()
-    counts = torch.zeros(3, device=accelerator.device)
+    counts = torch.zeros(4, device=accelerator.device)
     for index, (x, y) in enumerate(loader):
         x = branch_input(x, branch, partition)
         generator = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + index)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        clean = model(x).argmax(dim=1) == y
+        logits = model(x)
+        clean = logits.argmax(dim=1) == y
+        nonfinite = ~torch.isfinite(logits.amax(dim=1)) | logits.isnan().any(dim=1)
         noisy = model(x + sigma * noise).argmax(dim=1) == y
-        flags = accelerator.gather_for_metrics(torch.stack((clean, noisy), dim=1).float())
+        flags = accelerator.gather_for_metrics(
+            torch.stack((clean, noisy, nonfinite), dim=1).float())
         counts += torch.cat((flags.sum(dim=0), flags.new_tensor([len(flags)])))
-    clean_total, noisy_total, seen = counts.tolist()
-    return clean_total / max(seen, 1), noisy_total / max(seen, 1)
+    clean_total, noisy_total, nonfinite_total, seen = counts.tolist()
+    return clean_total / max(seen, 1), noisy_total / max(seen, 1), int(nonfinite_total)
 
 
 def check_outputs(config: TrainConfig) -> None:
@@ -329,9 +335,15 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
         mean_loss = float(totals[0] / totals[1])
         full = full_network(accelerator.unwrap_model(model))
         check_finite_epoch(mean_loss, full, optimizer, epoch + 1, branch)
-        clean_acc, noisy_acc = evaluate(
+        clean_acc, noisy_acc, nonfinite = evaluate(
             model, test_loader, branch, config.sigma, config.seed, accelerator, partition
         )
+        if nonfinite:
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch + 1} of branch {branch}: the network's "
+                f"outputs on {nonfinite} test image(s) are not finite; nothing of this epoch "
+                "is saved (try a lower --lr)"
+            )
         row = {
             "epoch": epoch + 1,
             "lr": lr,
