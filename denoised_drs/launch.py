@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,7 +91,11 @@ def bounded_rendezvous(script: str) -> Iterator[None]:
     watchdog.daemon = True
     watchdog.start()
     try:
-        yield
+        with warnings.catch_warnings():
+            # accelerate's advice on OMP_NUM_THREADS is two lines of stderr in front of
+            # the one line a failed join ends with; the thread count is the user's choice.
+            warnings.filterwarnings("ignore", message="OMP_NUM_THREADS/MKL_NUM_THREADS unset")
+            yield
     finally:
         watchdog.cancel()
 

@@ -216,3 +216,25 @@ def test_non_finite_weights_alone_mean_divergence():
         net.bias[1] = math.nan
     with pytest.raises(TrainingDiverged, match="epoch 4 of branch l: weights.bias holds a NaN"):
         loop.check_finite_epoch(0.5, net, optimizer, 4, "l")
+
+
+@pytest.mark.parametrize(("script", "argv"), [
+    (TRAIN_BASE, QUICK),
+    (TRAIN_DENOISER, DENOISER),
+])
+def test_a_stale_world_size_ends_training_in_one_line(tmp_path, script, argv):
+    # No launcher started a peer: the join would wait forever. Warnings are left on, so
+    # accelerate's OMP_NUM_THREADS advice would show up as extra lines.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",
+                                                             "PYTHONWARNINGS")}
+    env.update(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(29600 + (os.getpid() % 300)), DENOISED_DRS_RENDEZVOUS_TIMEOUT="2")
+    result = subprocess.run([sys.executable, str(script), *argv, "--out", str(tmp_path / "m.pt")],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "did not all join within 2 s" in line
+    assert list(tmp_path.iterdir()) == []

@@ -173,7 +173,10 @@ def train_denoiser(config: DenoiserTrainConfig) -> None:
     """
     from accelerate import Accelerator
 
-    accelerator = Accelerator()
+    from denoised_drs.launch import bounded_rendezvous
+
+    with bounded_rendezvous("train_denoiser.py"):  # a stale WORLD_SIZE must not hang
+        accelerator = Accelerator()
     torch.manual_seed(config.seed)
     dataset = get_dataset(config.dataset, "train", config.data_dir)
     if config.max_train is not None:

@@ -248,6 +248,8 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
+    from denoised_drs.launch import bounded_rendezvous
+
     out, log = config.out_path(branch), config.log_path(branch)
     resume_file = state_path(out)
     state = read_resume_state(config, branch) if config.resume else None
@@ -256,7 +258,8 @@ def train_branch(config: TrainConfig, branch: str) -> Path:
     train_set = _limit(get_dataset(config.dataset, "train", config.data_dir), config.max_train)
     test_set = _limit(get_dataset(config.dataset, "test", config.data_dir), config.max_test)
 
-    accelerator = Accelerator(cpu=config.cpu)
+    with bounded_rendezvous("train_base.py"):  # a stale WORLD_SIZE must not hang
+        accelerator = Accelerator(cpu=config.cpu)
     set_seed(config.seed, device_specific=True)
     model = initial_classifier(config, spec)
     parameters = model.parameters()
