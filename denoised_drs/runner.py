@@ -201,6 +201,10 @@ def _content_changes(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
     changes = []
     for key in _CHECKPOINT_KEYS:
         old, new = theirs.get(key), ours.get(key)
+        if key not in theirs and isinstance(new, list):
+            changes.append(f"it records no sha256 of its {key} files (a version before they "
+                           "were recorded wrote it), so they cannot be checked")
+            continue
         if not isinstance(new, list) or not isinstance(old, list):
             if old != new:
                 changes.append(f"{key} was {old}, now {new}")

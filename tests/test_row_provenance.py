@@ -138,3 +138,17 @@ def test_an_adaptive_run_begun_without_look_columns_resumes_in_its_own_layout(tm
     lines = out.read_text().splitlines()
     assert lines[0].split("\t")[-2:] == ["nonfinite", "n_used"] and len(lines) == 4
     assert {len(line.split("\t")) for line in lines} == {len(lines[0].split("\t"))}
+
+
+def test_a_k_part_run_begun_without_branch_hashes_is_not_resumed_unchecked(tmp_path):
+    paths = four_branches(tmp_path)
+    out = tmp_path / "k4.tsv"
+    assert run_cli(k4_argv(paths, out, 1))[0] == 0
+    config = tmp_path / "k4.tsv.config.json"
+    saved = json.loads(config.read_text())
+    del saved["content"]["branches"]  # what a version before branch hashes wrote
+    config.write_text(json.dumps(saved))
+    before = out.read_bytes(), config.read_bytes()
+    status, err = run_cli(k4_argv(paths, out, 2))
+    assert status == 2 and "records no sha256 of its branches files" in err
+    assert (out.read_bytes(), config.read_bytes()) == before
