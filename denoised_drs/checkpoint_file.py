@@ -75,6 +75,22 @@ def verify_content_hash(payload: Any, path: str | os.PathLike) -> None:
         )
 
 
+def _check_torch_file_start(path: Path, what: str) -> None:
+    """ValueError unless ``path`` starts as torch.save writes: a zip archive, or (the
+    legacy format) a pickle, which opens with the PROTO opcode. Anything else would
+    fail inside the unpickler with a message that depends on its first bytes."""
+    try:
+        with open(path, "rb") as stream:
+            start = stream.read(4)
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {first_line(error)}") from None
+    if not start:
+        raise ValueError(f"{path} is empty, not a {what}")
+    if not (start.startswith(b"PK\x03\x04") or start.startswith(b"\x80")):
+        raise ValueError(f"{path} is not a {what} this library reads: it is neither a "
+                         "PyTorch file (a zip archive or a pickle) nor .safetensors")
+
+
 def load_weights_only(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
     """The dict stored in ``path`` (a checkpoint or a bare state dict), read onto the CPU
     with safetensors (``.safetensors``) or ``torch.load(weights_only=True)``.
@@ -85,6 +101,8 @@ def load_weights_only(path: str | os.PathLike, what: str = "checkpoint") -> dict
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found (or not a file): {path}")
+    if path.suffix != ".safetensors":
+        _check_torch_file_start(path, what)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -77,6 +77,35 @@ def test_targets_floored_to_6_decimals_read_as_the_targets_of_the_saved_config(t
     assert analysis.load_results(tmp_path / "run.tsv.part0").radius.tolist() == [0.3, 0.6, 0.0]
 
 
+def test_a_floor_shared_by_two_targets_is_never_read_above_what_was_certified(tmp_path):
+    # Targets 0.299999 and 0.3 both floor to 0.299999: a row there certified at least
+    # 0.299999 and perhaps not 0.3, so it must read as 0.299999.
+    out = write(tmp_path / "run.tsv", RS_HEADER, ADAPTIVE_ROWS)
+    (tmp_path / "run.tsv.config.json").write_text(json.dumps(rs_config([0.299999, 0.3, 0.6])))
+    assert analysis.load_results(out).radius.tolist() == [0.299999, 0.6, 0.0]
+    (tmp_path / "run.tsv.config.json").write_text(json.dumps(rs_config([0.1, 0.1000001, 0.6])))
+    assert analysis.load_results(out).radius.tolist() == [0.299999, 0.6, 0.0]
+
+
+def test_files_with_exact_targets_are_read_as_written(tmp_path):
+    # Since targets are written exactly, adaptive files carry the look columns: no row of
+    # theirs is a floor standing for a target.
+    rows = [row + "\t400\t0.001" for row in ADAPTIVE_ROWS]
+    out = write(tmp_path / "run.tsv", RS_HEADER + "\tn_look\talpha_look", rows)
+    (tmp_path / "run.tsv.config.json").write_text(json.dumps(rs_config([0.3, 0.6])))
+    assert analysis.load_results(out).radius.tolist() == [0.299999, 0.599999, 0.0]
+
+
+def test_only_a_part_file_can_end_in_a_torn_row(tmp_path):
+    # A finished file is written whole and renamed: a last line without a line break
+    # (a hand edit) is a row like any other, checked as such.
+    finished = write(tmp_path / "done.tsv", RS_HEADER, ADAPTIVE_ROWS, end="")
+    results = analysis.load_results(finished)
+    assert results.idx.tolist() == [0, 1, 2] and results.left_out == ()
+    part = write(tmp_path / "run.tsv.part0", RS_HEADER, ADAPTIVE_ROWS, end="")
+    assert analysis.load_results(part).idx.tolist() == [0, 1]
+
+
 def test_analyze_tabulates_an_unfinished_radii_run_at_its_targets(tmp_path, capsys):
     write(tmp_path / "run.tsv.part0", RS_HEADER, ADAPTIVE_ROWS)
     (tmp_path / "run.tsv.config.json").write_text(json.dumps(rs_config([0.3, 0.6])))

@@ -376,3 +376,17 @@ def test_bad_preprocessor_configs_of_classifier_folders_are_refused(tmp_path, ca
     changes, match = PROCESSOR_CASES[case]
     edit_json("preprocessor_config.json", **changes)(folder)
     assert str(folder) in one_line_error(load_classifier, folder, match=match)
+
+
+@pytest.mark.parametrize("text", ["hello", "abc", "1,2,3", "not a checkpoint\n"])
+def test_a_text_file_is_no_checkpoint_whatever_its_first_bytes(tmp_path, text):
+    from denoised_drs.models import load_classifier
+
+    path = tmp_path / "t.pt"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="is not a checkpoint this library reads: it is "
+                                         "neither a PyTorch file"):
+        load_classifier(path)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="is empty, not a checkpoint"):
+        load_classifier(path)

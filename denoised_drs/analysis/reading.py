@@ -32,6 +32,7 @@ import numpy as np
 
 from denoised_drs.results import (
     BASE_COLUMNS,
+    LOOK_COLUMNS,
     N_USED_COLUMN,
     PAPER_RADIUS_COLUMN,
     existing_parts,
@@ -226,16 +227,24 @@ def load_results(path: str | os.PathLike) -> Results:
     return _with_targets(replace(results, left_out=left_out), saved_targets(path))
 
 
+_PART_NAME = re.compile(r".+\.part[0-9]+")
+
+
 def _numbered_lines(path: Path) -> tuple[list[tuple[int, str]], tuple[str, ...]]:
-    """``(line number, text)`` of the complete lines of ``path``, and ``path:line`` of
-    a torn last line (no line break at its end), which is left out."""
+    """``(line number, text)`` of the lines of ``path``, and ``path:line`` of a torn last
+    line, which is left out.
+
+    Only a part file (``OUT.part<rank>``, appended to row by row) can end in a torn row
+    (no line break at its end: a row being written, or a killed process); a finished
+    ``OUT`` is written whole and renamed, so its unterminated last line (a file edited
+    by hand) is read, and checked, like any other."""
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a UTF-8 text file") from None
     lines = text.splitlines(keepends=True)
     left_out = ()
-    if lines and lines[-1] == lines[-1].rstrip("\r\n"):
+    if lines and lines[-1] == lines[-1].rstrip("\r\n") and _PART_NAME.fullmatch(path.name):
         left_out = (f"{path}:{len(lines)}",)
         lines = lines[:-1]
     return [(number, line.rstrip("\r\n")) for number, line in enumerate(lines, start=1)], left_out
@@ -292,10 +301,20 @@ def _target(value: object) -> float | None:
 
 
 def _with_targets(results: Results, targets: tuple[float, ...]) -> Results:
-    """``results`` with each radius that is a target's 6-decimal floor read as the target."""
-    if not targets:
+    """``results`` with each radius that is a target's 6-decimal floor read as the target.
+
+    Only files written before targets were written exactly need it: those without the
+    look columns (every adaptive file since has ``alpha_look``). A floor is read as a
+    target only when exactly one target rounds down to it and it is no target itself
+    (targets 0.299999 and 0.3 both floor to 0.299999: that row stays 0.299999, never
+    more than the run certified)."""
+    if not targets or LOOK_COLUMNS[-1] in results.extra:
         return results
-    floors = {float(floor_decimals(target)): target for target in targets}
+    by_floor: dict[float, list[float]] = {}
+    for target in targets:
+        by_floor.setdefault(float(floor_decimals(target)), []).append(target)
+    floors = {floor: found[0] for floor, found in by_floor.items()
+              if len(found) == 1 and floor not in targets}
     radius = np.asarray([floors.get(r, r) for r in results.radius.tolist()], dtype=np.float64)
     return replace(results, radius=radius)
 
