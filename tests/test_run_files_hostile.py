@@ -7,6 +7,7 @@ merged or deleted, a refused resume changes nothing, and every session is logged
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from denoised_drs import results
 from denoised_drs.data import load_sample
 from denoised_drs.pipeline import Pipeline
 from denoised_drs.results import CertifyRecord, columns_for, format_row
-from denoised_drs.runner import certify_dataset, config_path
+from denoised_drs.runner import certify_dataset, config_path, run_identity
 
 FAST = {"mode": "rs", "sigma": 0.25, "n0": 10, "n": 40, "batch": 25, "device": "cpu"}
 
@@ -177,17 +178,26 @@ def _binary(out: Path) -> None:
 
 
 def _foreign_part(out: Path) -> None:
+    # A two-branch run's part file, marked with this run's identity so that what is
+    # refused is its content, not a missing identity file.
     header = columns_for(("pA_l", "pA_r", "count_l", "count_r"))
-    results.part_path(out, 0).write_text("\t".join(header) + "\n")
+    part = results.part_path(out, 0)
+    part.write_text("\t".join(header) + "\n")
+    results.write_identity(part, run_identity(json.loads(config_path(out).read_text())))
 
 
-@pytest.mark.parametrize("damage", [_damage_header, _junk_row, _binary, _foreign_part])
-def test_a_refused_resume_changes_nothing(tiny_checkpoints, data, tmp_path, damage):
+@pytest.mark.parametrize(("damage", "reason"), [
+    (_damage_header, "r.tsv has another header than this run writes"),
+    (_junk_row, "r.tsv line 4 is not a result row of this run (1 fields"),
+    (_binary, "r.tsv is not a text result file (it is not UTF-8)"),
+    (_foreign_part, "r.tsv.part0 has another header than this run writes"),
+])
+def test_a_refused_resume_changes_nothing(tiny_checkpoints, data, tmp_path, damage, reason):
     out = tmp_path / "r.tsv"
     certify_dataset(rs_pipe(tiny_checkpoints), data, [0, 1], out, progress=False)
     damage(out)
     before = snapshot(tmp_path)
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ValueError, match=re.escape(reason)) as error:
         # A changed batch: the configuration would be rewritten if the resume went on.
         certify_dataset(rs_pipe(tiny_checkpoints, batch=20), data, [0, 1, 2], out,
                         progress=False)
