@@ -278,10 +278,13 @@ class SmoothedClassifier:
             choices = torch.from_numpy(drawn).to(self.device)
         rows = 1 if choices is not None else self.num_branches
         offsets = torch.arange(rows, device=self.device) * self.num_classes
-        counts = torch.zeros(rows * self.num_classes, dtype=torch.int64, device=self.device)
-        # Votes are counted in one flat bincount, where an out-of-range vote of one
-        # branch would land in another branch's row: count them apart and refuse.
-        # Non-finite votes go to the dropped bin with them, but are not refused.
+        # One bin per (row, class) and a last bin that is dropped. Votes are counted
+        # with a fixed-size scatter_add_, not torch.bincount, which reads the votes'
+        # maximum back to the host on CUDA: the loop makes no host-device sync, the
+        # counts are read back once, after it. An out-of-range vote of one branch would
+        # land in another branch's row: count them apart and refuse. Non-finite votes
+        # go to the dropped bin with them, but are not refused.
+        counts = torch.zeros(rows * self.num_classes + 1, dtype=torch.int64, device=self.device)
         out_of_range = torch.zeros((), dtype=torch.int64, device=self.device)
         buffer = torch.empty((min(batch_size, num), *x.shape), device=self.device)
         with torch.inference_mode(), _eval_mode(self.voter):
@@ -313,10 +316,9 @@ class SmoothedClassifier:
                     votes = votes.gather(1, choices[first:last, None])
                 valid = (votes >= 0) & (votes < self.num_classes)
                 out_of_range += (~valid & (votes != NONFINITE_VOTE)).sum()
-                # Invalid votes go to one extra bin, dropped (no host sync on GPUs).
-                bins = torch.where(valid, votes + offsets, rows * self.num_classes)
-                counts += torch.bincount(bins.flatten(), minlength=rows * self.num_classes + 1)[:-1]
-        counts = counts.view(rows, self.num_classes).cpu().numpy()
+                bins = torch.where(valid, votes + offsets, rows * self.num_classes).flatten()
+                counts.scatter_add_(0, bins, torch.ones_like(bins))
+        counts = counts[:-1].view(rows, self.num_classes).cpu().numpy()
         if int(out_of_range):
             raise ValueError(
                 f"the classifiers returned class indices outside [0, {self.num_classes}); "

@@ -270,7 +270,17 @@ class OneShotDenoiser(nn.Module):
     def _predict_xstart_chunk(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         channels = x_t.shape[1]
         check_autocast_device(self.autocast_dtype, x_t.device)
-        model_t = (t.double() * self.timestep_scale).to(device=x_t.device, dtype=torch.float32)
+        # One timestep for the whole chunk (the certification engine's case): the
+        # network's timesteps are filled on the device and the coefficients are Python
+        # floats, so no tensor is copied from the host per chunk (such a copy waits for
+        # the GPU). The values are those of the per-sample path, float64 then float32.
+        uniform = bool((t == t[0]).all()) if t.numel() else False
+        if uniform:
+            model_t = torch.full((t.numel(),), float(np.float32(float(t[0]) * self.timestep_scale)),
+                                 device=x_t.device, dtype=torch.float32)
+        else:
+            model_t = (t.double() * self.timestep_scale).to(device=x_t.device,
+                                                             dtype=torch.float32)
         with torch.autocast(
             device_type=x_t.device.type,
             dtype=self.autocast_dtype,
@@ -285,9 +295,11 @@ class OneShotDenoiser(nn.Module):
             )
         prediction = output[:, :channels].float()
         # Coefficients in float64 from the float64 schedule, then float32 (as OpenAI does).
-        abar = torch.from_numpy(self.alphas_cumprod[t.numpy()])
+        abar = torch.from_numpy(self.alphas_cumprod[t[:1].numpy() if uniform else t.numpy()])
 
-        def coefficient(values: torch.Tensor) -> torch.Tensor:
+        def coefficient(values: torch.Tensor) -> torch.Tensor | float:
+            if uniform:
+                return float(np.float32(float(values[0])))
             return values.to(device=x_t.device, dtype=torch.float32).view(-1, 1, 1, 1)
 
         x_t = x_t.float()
