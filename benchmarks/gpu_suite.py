@@ -11,6 +11,24 @@ second and peak GPU memory of denoised RS, DRS with joint denoising and DRS with
 split denoising (two denoiser calls per sample), and the ratios between them; then
 certifies two random images per preset (DRS joint, bf16) as a smoke test.
 
+Beside each rate it reports the model FLOPs of one noisy sample and the model-FLOPs
+utilisation (MFU). ``flops_per_sample`` is counted once per measured configuration by
+``torch.utils.flop_counter.FlopCounterMode`` over a small batch of the configuration's
+own sampling engine (eager: a compiled row is counted on its eager network, same
+precision), divided by the batch, so it is what one sample actually runs: denoised RS one
+UNet pass and one classifier call, DRS joint one UNet pass and two branch classifier
+calls on half-images, DRS split two UNet passes and two classifier calls; it is split into
+``flops_per_sample_denoiser`` and ``flops_per_sample_classifier`` (by module). The counter
+counts matmuls, convolutions and the attention kernels it has formulas for (elementwise
+work, group norms included, is not counted); NNPACK is off while counting, as on the CPU
+its convolutions were otherwise counted differently from run to run. ``mfu`` = samples_per_s x
+flops_per_sample / ``peak_flops``, the device's dense peak from :data:`PEAK_FLOPS` matched
+by ``torch.cuda.get_device_name()``: fp32 rows against the TF32 peak (whether TF32 was on
+is in the JSON's ``tf32``), bf16 rows against the bf16 peak. On the CPU or an unknown
+device ``peak_flops`` and ``mfu`` are null and ``peak_source`` says why.
+``peak_memory_gib`` / ``peak_memory_bytes`` are ``torch.cuda.max_memory_allocated()`` over
+the timed batches, reset before each configuration's (null on the CPU).
+
 Eager fp32 and bf16 and the smoke test run first for every preset, ``torch.compile``
 last: compile time is the least predictable part. The JSON is rewritten after every
 step, so a run cut short keeps what it measured; ``--budget SECONDS`` skips the
@@ -39,6 +57,7 @@ import argparse
 import json
 import math
 import platform
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -84,6 +103,19 @@ PRECISIONS = ("fp32", "bf16", "bf16+compile")
 MODES = {"rs": {"mode": "rs"}, "drs_joint": {"mode": "drs", "denoise": "joint"},
          "drs_split": {"mode": "drs", "denoise": "split"}}
 SIGMA = 0.25
+FLOP_COUNT_SAMPLES = 2  # noisy samples run under FlopCounterMode per configuration
+
+# Dense (no sparsity) peak FLOP/s per GPU, from the vendors' datasheets (the sparse
+# figures halved): H100 SXM 989 TFLOP/s bf16, 494.7 TF32 (NVIDIA H100 datasheet);
+# H100 PCIe 756 bf16, 378 TF32 (same datasheet); H200 (SXM) the H100 SXM's, 989 / 494.7
+# (NVIDIA H200 datasheet); A100 (40 GB and 80 GB, SXM and PCIe) 312 bf16, 156 TF32
+# (NVIDIA A100 datasheet). fp32 rows use the TF32 peak, bf16 rows the bf16 peak.
+PEAK_FLOPS = {
+    "H100 SXM": {"bf16": 989e12, "tf32": 494.7e12},
+    "H100 PCIe": {"bf16": 756e12, "tf32": 378e12},
+    "H200": {"bf16": 989e12, "tf32": 494.7e12},
+    "A100": {"bf16": 312e12, "tf32": 156e12},
+}
 
 
 @dataclass(frozen=True)
@@ -199,6 +231,60 @@ def make_pipeline(preset: Preset, denoiser: nn.Module, classifier: nn.Module, mo
                     interpolation="bicubic", batch=preset.batch, device=str(device), **settings)
 
 
+def peak_row(device_name: str) -> str | None:
+    """The :data:`PEAK_FLOPS` row of a ``torch.cuda.get_device_name()``, or None.
+
+    "NVIDIA H200" -> H200; "NVIDIA H100 PCIe" -> H100 PCIe; any other H100 ("NVIDIA H100
+    80GB HBM3", "NVIDIA H100 SXM5 80GB") -> H100 SXM; "NVIDIA A100-SXM4-80GB",
+    "NVIDIA A100-PCIE-40GB" -> A100. NVL parts (other clocks) are not in the table."""
+    name = device_name.upper()
+    if "NVL" in name:
+        return None
+    if "H200" in name:
+        return "H200"
+    if "H100" in name:
+        return "H100 PCIe" if "PCIE" in name else "H100 SXM"
+    if "A100" in name:
+        return "A100"
+    return None
+
+
+def peak_flops(device_name: str | None, precision: str) -> tuple[float | None, str]:
+    """(dense peak FLOP/s, where it comes from) for a precision of :data:`PRECISIONS`:
+    the TF32 peak for fp32, the bf16 peak otherwise; (None, why) off the table."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    if device_name is None:
+        return None, "not a CUDA device"
+    row = peak_row(device_name)
+    if row is None:
+        return None, f"unknown device {device_name!r}"
+    column = "tf32" if precision == "fp32" else "bf16"
+    return PEAK_FLOPS[row][column], f"{row} {column} dense"
+
+
+_DENOISER_MODULE = re.compile(r"^[^.]+(\.classifiers\.\d+)?\.(denoiser|denoisers\.\d+)$")
+
+
+def count_flops(pipe, image: torch.Tensor, samples: int = FLOP_COUNT_SAMPLES) -> dict[str, float]:
+    """Model FLOPs per noisy sample of the pipeline's sampling engine, total and by model.
+
+    Runs ``samples`` noisy samples under FlopCounterMode and divides by ``samples``;
+    the denoiser's share is what its module (the voter's ``denoiser`` or ``denoisers.j``)
+    ran, the classifiers' the rest."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.backends.nnpack.flags(enabled=False), counter:
+        pipe.smoothed.sample_counts(image, samples, samples, seed=0)
+    total = counter.get_total_flops()
+    denoiser = sum(sum(ops.values()) for name, ops in counter.get_flop_counts().items()
+                   if _DENOISER_MODULE.match(name))
+    return {"flops_per_sample": total / samples,
+            "flops_per_sample_denoiser": denoiser / samples,
+            "flops_per_sample_classifier": (total - denoiser) / samples}
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -220,9 +306,18 @@ def measure(pipe, image: torch.Tensor, batch: int, seconds: float,
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             break
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return {"samples_per_s": samples / elapsed, "samples": samples, "seconds": elapsed,
-            "peak_memory_gib": peak}
+            "peak_memory_gib": None if peak is None else peak / 2**30,
+            "peak_memory_bytes": peak}
+
+
+def add_mfu(result: dict[str, Any], flops: dict[str, float], device_name: str | None,
+            precision: str) -> dict[str, Any]:
+    """``result`` with the FLOPs per sample, the device's peak and the MFU added."""
+    peak, source = peak_flops(device_name, precision)
+    mfu = None if peak is None else result["samples_per_s"] * flops["flops_per_sample"] / peak
+    return {**result, **flops, "peak_flops": peak, "peak_source": source, "mfu": mfu}
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -292,13 +387,23 @@ def run_precisions(preset: Preset, precisions: tuple[str, ...], out: dict[str, A
     image = torch.rand(3, preset.image_size, preset.image_size,
                        generator=torch.Generator().manual_seed(3))
     backend = out["compile_backend"]
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     for precision in precisions:
         denoiser = build_denoiser(preset, network, precision, device, backend)
-        results = {mode: measure(make_pipeline(preset, denoiser, classifier, mode, device), image,
-                                 preset.batch, args.seconds, device) for mode in MODES}
+        # The FLOPs are counted on the eager network (a compiled one runs the same model).
+        eager = (build_denoiser(preset, network, "bf16", device, backend)
+                 if precision == "bf16+compile" else denoiser)
+        results = {}
+        for mode in MODES:
+            result = measure(make_pipeline(preset, denoiser, classifier, mode, device), image,
+                             preset.batch, args.seconds, device)
+            flops = count_flops(make_pipeline(preset, eager, classifier, mode, device), image)
+            results[mode] = add_mfu(result, flops, device_name, precision)
         out["precisions"][precision] = {**results, "ratios": ratios(results)}
         print(f"{preset.name} {precision}: " + ", ".join(
-            f"{mode} {r['samples_per_s']:.1f}/s" for mode, r in results.items()), flush=True)
+            f"{mode} {r['samples_per_s']:.1f}/s"
+            + ("" if r["mfu"] is None else f" ({100 * r['mfu']:.1f}% MFU)")
+            for mode, r in results.items()), flush=True)
     if smoke:
         out["smoke"] = smoke_test(preset, build_denoiser(preset, network, "bf16", device, backend),
                                   classifier, device)
@@ -329,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "sigma": SIGMA, "seconds_per_measurement": args.seconds,
         "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32,
                  "cudnn": torch.backends.cudnn.allow_tf32},
+        "peak_flops_table": PEAK_FLOPS,
         "presets": {},
     }
     out = Path(args.out)
