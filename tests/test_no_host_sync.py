@@ -89,3 +89,21 @@ def test_one_timestep_per_chunk_gives_the_per_sample_values_bit_for_bit(predicti
         per_sample = denoiser.predict_xstart(x_t, torch.tensor([37, 37, 37, 37, 37, 38]))
     assert torch.equal(shared[:5], per_sample[:5])
     assert not torch.equal(shared[5], per_sample[5])
+
+
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_cuda_gets_the_autotuner_and_tf32_and_a_cpu_nothing(device):
+    # Setting the flags needs no GPU; they are restored after the test.
+    from denoised_drs.pipeline import configure_cuda_backends
+
+    flags = ((torch.backends.cudnn, "benchmark"), (torch.backends.cuda.matmul, "allow_tf32"),
+             (torch.backends.cudnn, "allow_tf32"))
+    saved = [getattr(owner, name) for owner, name in flags]
+    try:
+        for owner, name in flags:
+            setattr(owner, name, False)
+        configure_cuda_backends(torch.device(device))
+        assert [getattr(owner, name) for owner, name in flags] == [device == "cuda"] * 3
+    finally:
+        for (owner, name), value in zip(flags, saved):
+            setattr(owner, name, value)
