@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from denoised_drs.errors import is_integer, is_real
 
 if TYPE_CHECKING:
     from denoised_drs.scheme import Scheme
@@ -97,9 +98,9 @@ def check_counts(n0: int | None, n: int, alpha: float, batch_size: int) -> None:
     """Raise ValueError unless the sample counts lie in [1, MAX_SAMPLES], alpha in (0, 1)
     and the batch size is positive."""
     for name, value in (("n0", n0), ("n", n), ("batch_size", batch_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, Integral)):
+        if value is not None and not is_integer(value):
             raise TypeError(f"{name} must be an integer, got {value!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, Real):
+    if not is_real(alpha):
         raise TypeError(f"alpha must be a number, got {alpha!r}")
     if n < 1 or (n0 is not None and n0 < 1):
         raise ValueError(f"sample counts must be positive, got n0={n0}, n={n}")

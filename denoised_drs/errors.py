@@ -10,10 +10,22 @@ be written as files or when two outputs of one run would land in the same file.
 
 from __future__ import annotations
 
+import numbers
 import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+
+def is_integer(value: Any) -> bool:
+    """Whether ``value`` is an integer (Python or numpy), a bool excluded: True is no count."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value: Any) -> bool:
+    """Whether ``value`` is a real number (Python or numpy), a bool excluded."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def first_line(error: BaseException) -> str:
@@ -84,4 +96,5 @@ def check_distinct_outputs(outputs: Mapping[str, str | os.PathLike]) -> None:
         seen[key] = role
 
 
-__all__ = ["check_distinct_outputs", "check_output_file", "first_line", "is_main_process"]
+__all__ = ["check_distinct_outputs", "check_output_file", "first_line", "is_integer",
+           "is_main_process", "is_real"]

@@ -24,7 +24,6 @@ architecture and the first missing / unexpected / wrongly shaped key
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -36,6 +35,7 @@ from torch import nn
 from denoised_drs.atomic_file import atomic_write
 from denoised_drs.checkpoint_file import load_weights_only, with_content_hash
 from denoised_drs.data import DATASET_INFO
+from denoised_drs.errors import is_integer, is_real
 from denoised_drs.modes import PartitionName
 from denoised_drs.partition import INTERPOLATIONS, Partition, get_partition, part_shape
 from denoised_drs.state_dicts import find_state_dict
@@ -90,10 +90,10 @@ class ClassifierSpec:
             raise ValueError(f"arch must be a model name, got {self.arch!r}")
         for name in ("num_classes", "in_channels"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not (isinstance(self.input_size, (list, tuple)) and len(self.input_size) == 2
-                and all(_is_int(v) and v >= 1 for v in self.input_size)):
+                and all(is_integer(v) and v >= 1 for v in self.input_size)):
             raise ValueError(
                 f"input_size must be two positive integers (height, width), got "
                 f"{self.input_size!r}"
@@ -101,7 +101,7 @@ class ClassifierSpec:
         for name in ("mean", "std"):
             values = getattr(self, name)
             if not (isinstance(values, (list, tuple)) and all(
-                    _is_real(v) and math.isfinite(v) and (name == "mean" or v > 0)
+                    is_real(v) and math.isfinite(v) and (name == "mean" or v > 0)
                     for v in values)):
                 kind = "finite numbers" if name == "mean" else "positive finite numbers"
                 raise ValueError(f"{name} must be a list of {kind}, got {values!r}")
@@ -109,7 +109,7 @@ class ClassifierSpec:
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         if self.sigma is not None and not (
-                _is_real(self.sigma) and math.isfinite(self.sigma) and self.sigma >= 0):
+                is_real(self.sigma) and math.isfinite(self.sigma) and self.sigma >= 0):
             raise ValueError(
                 f"sigma must be a finite number >= 0 (or absent), got {self.sigma!r}"
             )
@@ -199,14 +199,6 @@ class ClassifierSpec:
                                   part_size=part_size)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 REQUIRED_FIELDS = ("arch", "num_classes", "in_channels", "input_size", "mean", "std")
 """The :class:`ClassifierSpec` fields every checkpoint in our format must record."""
 
@@ -223,7 +215,7 @@ def own_checkpoint_spec(path: str | os.PathLike, obj: Mapping[str, Any]) -> Clas
     dict, or a field of the wrong type or range raises one ValueError naming ``path``.
     """
     version = obj.get("version", CHECKPOINT_VERSION)
-    if not _is_int(version) or version < 1:
+    if not is_integer(version) or version < 1:
         raise ValueError(
             f"{path}: checkpoint version must be a positive integer, got {version!r}"
         )

@@ -11,7 +11,6 @@ ImageNet weights; timm models: their ``pretrained_cfg``).
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from denoised_drs.checkpoint_file import load_weights_only
+from denoised_drs.errors import is_integer
 from denoised_drs.partition import INTERPOLATIONS, InterpolationMode
 from denoised_drs.state_dicts import find_state_dict
 
@@ -172,16 +172,14 @@ def create_model(
     if not isinstance(name, str):
         raise TypeError(f"arch must be a model name (str), got {type(name).__name__}")
     for field, value in (("num_classes", num_classes), ("in_chans", in_chans)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if not is_integer(value):
             raise TypeError(f"{field} must be an integer, got {value!r}")
     if num_classes < 1 or in_chans < 1:
         raise ValueError(
             f"num_classes and in_chans must be positive, got {num_classes}, {in_chans}"
         )
-    if not (isinstance(input_size, Sequence) and len(input_size) == 2 and all(
-        isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1
-        for side in input_size
-    )):
+    if not (isinstance(input_size, Sequence) and len(input_size) == 2
+            and all(is_integer(side) and side >= 1 for side in input_size)):
         raise ValueError(f"input_size must be two positive integers (height, width), got "
                          f"{input_size!r}")
     network = _bare_network(name, num_classes, in_chans, tuple(input_size))
