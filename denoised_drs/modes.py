@@ -92,7 +92,13 @@ def certificate_for(mode: Mode | str, denoised: bool, denoise: Denoise | str) ->
     return CertificateKind.INDEPENDENT
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""``torch.compile`` modes the engine's step may be compiled with (reduce-overhead and
+max-autotune replay CUDA graphs)."""
+
+
 __all__ = [
+    "COMPILE_MODES",
     "CertificateKind",
     "Denoise",
     "Mode",

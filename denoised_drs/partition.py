@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -157,18 +158,10 @@ class Partition:
         of ``noisy_part`` and ``fresh_noise`` only: the other sub-images cannot
         influence it.
         """
-        if part_index not in range(self.num_parts):
-            raise ValueError(
-                f"part_index must be one of 0..{self.num_parts - 1} for the {self.name} "
-                f"partition, got {part_index}"
-            )
+        plan = self.fill_plan(part_index, noisy_part)
         zeros = torch.zeros_like(noisy_part)
-        ones = torch.ones_like(noisy_part[..., :1, :, :])
         placed = self.merge(
             [noisy_part if j == part_index else zeros for j in range(self.num_parts)]
-        )
-        observed = self.merge(
-            [ones if j == part_index else torch.zeros_like(ones) for j in range(self.num_parts)]
         )
         if fresh_noise.shape != placed.shape:
             raise ValueError(
@@ -179,32 +172,79 @@ class Partition:
         channels = placed.shape[-3]
         flat = placed.reshape(-1, channels, height, width)
         noise = fresh_noise.reshape(flat.shape)
-        mask = observed.reshape(-1, 1, height, width)[:1]
-        missing = ~mask.bool()
         # Observed pixels keep their values; each ring (nearest first) fills the missing
         # pixels that have observed pixels on it and none nearer.
         filled = flat
+        for ring in plan:
+            neighbour_sum = F.conv2d(
+                flat, ring.kernel.expand(channels, 1, *ring.kernel.shape[-2:]),
+                padding=ring.radius, groups=channels,
+            )
+            mean = neighbour_sum / ring.count
+            top_up = sigma * ring.root
+            filled = torch.where(ring.use, mean + top_up * noise, filled)
+        return filled.reshape(placed.shape)
+
+    def fill_plan(self, part_index: int, like: torch.Tensor) -> tuple[FillRing, ...]:
+        """Where :meth:`fill_missing` fills part ``part_index``'s missing pixels from, for
+        sub-images shaped, typed and placed as ``like`` (..., C, h, w): one
+        :class:`FillRing` per distance that fills any pixel, nearest first.
+
+        It depends on the geometry alone, so it is computed once per part, sub-image size,
+        device and dtype and kept (the per-batch fill then reads no tensor value back,
+        and a compiled step traces no data-dependent branch).
+        """
+        if part_index not in range(self.num_parts):
+            raise ValueError(
+                f"part_index must be one of 0..{self.num_parts - 1} for the {self.name} "
+                f"partition, got {part_index}"
+            )
+        key = (self.name, part_index, tuple(like.shape[-2:]), like.device, like.dtype)
+        plan = _FILL_PLANS.get(key)
+        if plan is None:
+            plan = _FILL_PLANS[key] = self._compute_fill_plan(part_index, like)
+        return plan
+
+    def _compute_fill_plan(self, part_index: int, like: torch.Tensor) -> tuple[FillRing, ...]:
+        ones = torch.ones((1, 1, *like.shape[-2:]), dtype=like.dtype, device=like.device)
+        mask = self.merge([ones if j == part_index else torch.zeros_like(ones)
+                           for j in range(self.num_parts)])
+        height, width = mask.shape[-2:]
+        missing = ~mask.bool()
+        plan = []
         for radius, offsets in _rings(height, width):
             if not missing.any():
                 break
-            ring = placed.new_zeros(2 * radius + 1, 2 * radius + 1)
+            ring = mask.new_zeros(2 * radius + 1, 2 * radius + 1)
             for di, dj in offsets:
                 ring[radius + di, radius + dj] = 1.0
-            neighbours = F.conv2d(mask, ring.view(1, 1, *ring.shape), padding=radius)
+            kernel = ring.view(1, 1, *ring.shape)
+            neighbours = F.conv2d(mask, kernel, padding=radius)
             use = missing & (neighbours > 0)
             if not use.any():
                 continue
-            neighbour_sum = F.conv2d(
-                flat, ring.expand(channels, 1, *ring.shape), padding=radius, groups=channels
-            )
             # Pixels with no observed pixel on this ring have count 0; clamp so the
             # unused branch of the `where` stays finite.
             count = neighbours.clamp_min(1.0)
-            mean = neighbour_sum / count
-            top_up = sigma * torch.sqrt(1.0 - 1.0 / count)
-            filled = torch.where(use, mean + top_up * noise, filled)
+            plan.append(FillRing(radius, kernel, use, count, torch.sqrt(1.0 - 1.0 / count)))
             missing = missing & ~use
-        return filled.reshape(placed.shape)
+        return tuple(plan)
+
+
+@dataclass(frozen=True)
+class FillRing:
+    """One distance of :meth:`Partition.fill_plan`: the pixels it fills (``use``, (1, 1, H, W))
+    from the ``count`` observed pixels on a ring of offsets (``kernel``, (1, 1, 2r + 1,
+    2r + 1), r = ``radius``) around them, with ``root`` = sqrt(1 - 1 / count)."""
+
+    radius: int
+    kernel: torch.Tensor
+    use: torch.Tensor
+    count: torch.Tensor
+    root: torch.Tensor
+
+
+_FILL_PLANS: dict[tuple, tuple[FillRing, ...]] = {}
 
 
 def _rings(height: int, width: int) -> Iterator[tuple[int, set[tuple[int, int]]]]:

@@ -19,11 +19,11 @@ The result for an image depends only on the seed and the image's index.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,15 +32,22 @@ import torch
 from torch import nn
 
 from denoised_drs.atomic_file import atomic_write
-from denoised_drs.batch_memory import check_batch_fits, peak_bytes_per_sample
+from denoised_drs.batch_memory import (
+    BatchChoice,
+    available_bytes,
+    check_batch_fits,
+    choose_batch,
+    peak_bytes_per_sample,
+)
 from denoised_drs.checkpoint_file import load_weights_only
 from denoised_drs.errors import first_line
 from denoised_drs.modes import Denoise
 from denoised_drs.partition import Partition, get_partition
-from denoised_drs.pipeline_config import AUTOCAST, PipelineConfig
+from denoised_drs.pipeline_config import AUTO_BATCH, AUTOCAST, CPU_AUTO_BATCH, PipelineConfig
 from denoised_drs.results import CertifyRecord
 from denoised_drs.scheme import branch_names
 from denoised_drs.smoothing import SmoothedClassifier, as_integer
+from denoised_drs.vote_step import VoteStep
 from denoised_drs.voters import (
     BranchClassifiers,
     DenoisedClassifier,
@@ -67,6 +74,21 @@ def configure_cuda_backends(device: torch.device) -> None:
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+
+
+def _compile_mode(config: PipelineConfig, device: torch.device) -> str | None:
+    """The ``torch.compile`` mode of the engine's step, or None (eager): ``compile``
+    None means on for CUDA, off elsewhere; ValueError where dynamo cannot run."""
+    compiled = device.type == "cuda" if config.compile is None else config.compile
+    if not compiled:
+        return None
+    from torch._dynamo import is_dynamo_supported
+
+    if not is_dynamo_supported():
+        if config.compile is None:
+            return None
+        raise ValueError("compile: torch.compile does not support this Python and torch")
+    return config.compile_mode or "default"
 
 
 def _resolve_device(name: str | None) -> torch.device:
@@ -153,8 +175,9 @@ class Pipeline:
     images in [0, 1] to denoised ones of the same shape (e.g. a :class:`OneShotDenoiser`
     for the same sigma; a bare diffusion network such as a diffusers ``UNet2DModel`` is
     refused when the pipeline is built, since it does not say its schedule: wrap it as
-    ``OneShotDenoiser(unet, scheduler, sigma)``); ``autocast``, ``denoiser_chunk`` and
-    ``compile`` do not apply to it.
+    ``OneShotDenoiser(unet, scheduler, sigma)``); ``denoiser_chunk`` does not apply to
+    it, and its weights stay in the dtype they are in (``autocast`` runs the whole step,
+    it included, under ``torch.autocast``; ``compile`` compiles the whole step).
     The configuration records them as ``"<in-memory>"``, so such a pipeline cannot be
     saved (:meth:`save_config` raises ValueError, and so does the resumable runner).
     """
@@ -189,6 +212,9 @@ class Pipeline:
             # Refused up front: fp16 on a CPU runs about 50x slower than float32.
             check_autocast_device(AUTOCAST[config.autocast], self.device)
         self.modules = modules
+        self.compile_mode = _compile_mode(config, self.device)
+        self.batch: int | None = None if config.batch == AUTO_BATCH else config.batch
+        self.batch_choice: BatchChoice | None = None
         self.denoiser = self._load_denoiser()
         self.smoothed = self._build_smoothed()
 
@@ -328,30 +354,7 @@ class Pipeline:
             chunk_size=config.denoiser_chunk,
             autocast_dtype=AUTOCAST.get(config.autocast) if config.autocast else None,
         ).to(self.device)
-        if config.compile:
-            from torch._dynamo import is_dynamo_supported
-
-            if not is_dynamo_supported():
-                raise ValueError("compile: torch.compile does not support this Python and torch")
-            # The network only: the denoiser's chunking, scaling and autocast stay eager.
-            denoiser.network = torch.compile(denoiser.network)
         return denoiser
-
-    @contextlib.contextmanager
-    def _eager_denoiser(self) -> Iterator[None]:
-        """Every denoiser's network uncompiled for the duration (a no-op without compile)."""
-        compiled = [
-            (module, module.network)
-            for module in self.smoothed.voter.modules()
-            if getattr(getattr(module, "network", None), "_orig_mod", None) is not None
-        ]
-        for module, network in compiled:
-            module.network = network._orig_mod
-        try:
-            yield
-        finally:
-            for module, network in compiled:
-                module.network = network
 
     def _module_denoiser(self, denoiser: nn.Module | Sequence[nn.Module]) -> nn.Module:
         """An in-memory denoiser, vetted by :func:`~denoised_drs.diffusion.checked_denoiser`
@@ -406,7 +409,15 @@ class Pipeline:
                 [self._denoiser_at(sigma) for sigma in sigmas], *classifiers,
                 sigma=sigmas, partition=partition,
             )
-        return SmoothedClassifier(voter, partition, classes.pop(), sigmas, device=self.device)
+        if self.device.type == "cuda":
+            # Tensor cores' native layout; the UNets are channels-last already.
+            for classifier in classifiers:
+                classifier.to(memory_format=torch.channels_last)
+        return SmoothedClassifier(
+            voter, partition, classes.pop(), sigmas, device=self.device,
+            autocast_dtype=AUTOCAST[config.autocast] if config.autocast else None,
+            compile_mode=self.compile_mode,
+        )
 
     # -- running -----------------------------------------------------------------
 
@@ -428,17 +439,49 @@ class Pipeline:
         parts = self.smoothed.partition.split(probe)
         fresh = probe if getattr(self.smoothed.voter, "needs_fresh_noise", False) else None
         try:
-            # Eager: compiling for this one-image probe would build a graph that
-            # certification never uses, and a compile error would read as a shape error.
-            with torch.inference_mode(), self._eager_denoiser():
+            # The voter itself, eagerly: compiling for this one-image probe would build a
+            # graph that certification never uses.
+            with torch.inference_mode():
                 per_sample = peak_bytes_per_sample(self.smoothed.voter,
                                                    lambda: self.smoothed.voter(parts, fresh))
         except (RuntimeError, ValueError) as error:
             raise ValueError(
                 f"images of shape {tuple(shape)} do not fit the models: {first_line(error)}"
             ) from None
-        batch = min(self.config.batch, max(self.config.n0, self.config.n))
-        check_batch_fits(batch, per_sample, self.device)
+        if self.batch is None:
+            self.batch_choice = self._choose_batch(shape)
+            self.batch = self.batch_choice.batch
+            print(self.batch_choice.describe(), file=sys.stderr)
+        check_batch_fits(min(self.batch, max(self.config.n0, self.config.n)), per_sample,
+                         self.device)
+
+    def _choose_batch(self, shape: Sequence[int]) -> BatchChoice:
+        """``batch="auto"``: on CUDA the largest batch of images of ``shape`` whose step
+        fits in free memory (:func:`~denoised_drs.batch_memory.choose_batch`, measured
+        on the eager step, which needs at least the compiled one's memory); on a CPU
+        :data:`~denoised_drs.pipeline_config.CPU_AUTO_BATCH`. At most ``max(n0, n)``."""
+        cap = max(self.config.n0, self.config.n)
+        if self.device.type != "cuda":
+            batch = min(CPU_AUTO_BATCH, cap)
+            free = available_bytes(self.device) or 0
+            return BatchChoice(batch, 0, 0, free)
+        image = torch.full(tuple(shape), 0.5, device=self.device)
+        smoothed = self.smoothed
+        compiled_step = smoothed.step
+        smoothed.step = VoteStep(smoothed.voter, smoothed.partition, smoothed.sigmas,
+                                 smoothed.num_classes, compiled_step.autocast_dtype)
+
+        def bytes_at(batch: int) -> int:
+            torch.cuda.synchronize(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            smoothed.sample_counts(image, batch, batch)
+            return torch.cuda.max_memory_allocated(self.device) - before
+
+        try:
+            return choose_batch(bytes_at, available_bytes(self.device) or 0, cap)
+        finally:
+            smoothed.step = compiled_step
 
     def _label(self, label: object, idx: int) -> int:
         """``label`` of image ``idx`` as a class index: see :meth:`certify_one`."""
@@ -461,15 +504,17 @@ class Pipeline:
         config = self.config
         idx = _image_index(idx)
         label = self._label(label, idx)
+        if self.batch is None:
+            self.check_image_shape(tuple(image.shape))
         start = time.perf_counter()
         seed = (config.seed, idx)
         if config.adaptive:
             cert = self.smoothed.certify_adaptive(
-                image, config.n0, config.n, config.alpha, config.batch, seed, config.radii,
+                image, config.n0, config.n, config.alpha, self.batch, seed, config.radii,
                 config.tolerance,
             )
         else:
-            cert = self.smoothed.certify(image, config.n0, config.n, config.alpha, config.batch,
+            cert = self.smoothed.certify(image, config.n0, config.n, config.alpha, self.batch,
                                          seed=seed)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -509,8 +554,10 @@ class Pipeline:
         indices = [_image_index(i) for i in indices]  # all checked before any work
         records = []
         for x, idx in zip(images, indices):
+            if self.batch is None:
+                self.check_image_shape(tuple(x.shape))
             start = time.perf_counter()
-            prediction = self.smoothed.predict(x, config.n, config.alpha, config.batch,
+            prediction = self.smoothed.predict(x, config.n, config.alpha, self.batch,
                                                seed=(config.seed, idx))
             records.append(PredictRecord(idx, prediction, time.perf_counter() - start))
         return records

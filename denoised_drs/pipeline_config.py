@@ -32,6 +32,7 @@ from denoised_drs.adaptive import check_radii, check_tolerance
 from denoised_drs.certificate import MAX_SAMPLES
 from denoised_drs.errors import first_line
 from denoised_drs.modes import (
+    COMPILE_MODES,
     CertificateKind,
     Denoise,
     Mode,
@@ -49,7 +50,12 @@ RESULT_RECORD_KEYS = ("data_dir", "skip", "max", "start", "content", "sessions")
 certified and the content hashes, see denoised_drs.runner); ``from_file`` skips them.
 ``dataset`` is a configuration field itself."""
 OPTIONAL_FIELDS = ("sigma_r", "denoiser", "denoiser_checkpoint", "denoiser_config", "device",
-                   "autocast", "denoiser_chunk", "partition")
+                   "autocast", "denoiser_chunk", "partition", "compile_mode")
+AUTO_BATCH = "auto"
+"""The ``batch`` that is chosen from free memory (see :class:`PipelineConfig`)."""
+CPU_AUTO_BATCH = 1000
+"""What ``batch="auto"`` is on a CPU (no allocator to measure; throughput there stops
+growing long before memory runs out)."""
 
 
 def _as_paths(value: str | Sequence[str] | None) -> list[str]:
@@ -81,13 +87,18 @@ class PipelineConfig:
     identity for rs and checkerboard for drs; ``drs-release`` for classifiers trained
     by the DRS authors' released code).
     ``autocast`` is None, "bf16" or "fp16".
-    ``compile`` runs the loaded denoiser's network through ``torch.compile`` (on an
-    H200, 2.0-2.3x the eager bf16 throughput of the 50M and 552M UNets,
-    ``benchmarks/gpu_suite.py``; on this project's CPU no faster in bf16, and in float32
-    it gives up the Winograd convolutions, which eager inference uses: not measured).
-    It needs a denoiser loaded from a file or preset (an in-memory one is used as
-    given). Like ``batch`` and ``device`` it changes only float rounding, never which
-    rows are valid.
+    ``autocast`` runs the whole per-batch step (denoiser and classifiers) under
+    ``torch.autocast`` in that dtype.
+    ``compile`` compiles the engine's whole per-batch step (noise, partition, denoiser,
+    classifiers, votes) into one ``torch.compile`` graph with static shapes
+    (:class:`~denoised_drs.vote_step.VoteStep`); None (the default) means on for CUDA
+    devices, off on CPUs (where eager float32 uses the Winograd convolutions and the
+    compile time does not pay). ``compile_mode`` is the ``torch.compile`` mode (None:
+    "default"; "reduce-overhead" and "max-autotune" replay CUDA graphs). ``batch`` is a
+    positive number of noise samples per forward pass or "auto": on CUDA the largest
+    that fits in free memory (measured, :func:`~denoised_drs.batch_memory.choose_batch`),
+    on CPUs :data:`CPU_AUTO_BATCH`; never more than ``max(n0, n)``. Like ``device``,
+    these change only float rounding, never which rows are valid.
     ``sigma`` (and ``sigma_r``) lie in (0, :data:`~denoised_drs.scheme.MAX_SIGMA`];
     ``n0 <= n`` are at most :data:`~denoised_drs.certificate.MAX_SAMPLES` (10^9, a
     run that can still finish).
@@ -127,12 +138,13 @@ class PipelineConfig:
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
-    batch: int = 1000
+    batch: int | str = 1000
     seed: int = 0
     device: str | None = None
     autocast: str | None = None
     denoiser_chunk: int | None = None
-    compile: bool = False
+    compile: bool | None = None
+    compile_mode: str | None = None
     adaptive: bool = False
     radii: list[float] | None = None
     tolerance: float | None = None
@@ -171,10 +183,15 @@ class PipelineConfig:
             raise ValueError(f"mode must be one of {choices(Mode)}, got {self.mode!r}")
         self._validate_partition()
         self._normalize_parts()
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile must be true or false, got {self.compile!r}")
-        if self.compile and self.denoiser is None:
-            raise ValueError("compile applies to the denoiser's network, and there is no denoiser")
+        if self.compile is not None and not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be true, false or null, got {self.compile!r}")
+        if self.compile_mode is not None:
+            if self.compile_mode not in COMPILE_MODES:
+                raise ValueError(
+                    f"compile_mode must be one of {list(COMPILE_MODES)}, got {self.compile_mode!r}"
+                )
+            if self.compile is False:
+                raise ValueError("compile_mode is given, but compile is off")
         if self.denoiser_checkpoint is not None and self.denoiser is None:
             raise ValueError("denoiser_checkpoint is given without a denoiser (a preset name)")
         if self.denoiser_config is not None and self.denoiser != self.denoiser_config:
@@ -212,8 +229,8 @@ class PipelineConfig:
             if not self.adaptive:
                 raise ValueError("tolerance applies to adaptive certification only (set adaptive)")
             self.tolerance = check_tolerance(self.tolerance, self.radii)
-        if self.batch < 1:
-            raise ValueError(f"batch must be positive, got {self.batch}")
+        if self.batch != AUTO_BATCH and self.batch < 1:
+            raise ValueError(f"batch must be positive or {AUTO_BATCH!r}, got {self.batch}")
         if self.denoise not in choices(Denoise):
             raise ValueError(f"denoise must be one of {choices(Denoise)}, got {self.denoise!r}")
         if self.autocast not in (None, *AUTOCAST):
@@ -417,8 +434,10 @@ class PipelineConfig:
             elif kind is numbers.Integral:
                 setattr(self, name, int(value))
 
-        for name in ("n0", "n", "batch", "seed", "denoiser_chunk"):
+        for name in ("n0", "n", "seed", "denoiser_chunk"):
             check(name, numbers.Integral, "an integer")
+        if self.batch != AUTO_BATCH:
+            check("batch", numbers.Integral, f"an integer or {AUTO_BATCH!r}")
         for name in ("num_classes", "classifier_size", "image_size"):
             if getattr(self, name) is not None:
                 check(name, numbers.Integral, "an integer")
@@ -430,7 +449,7 @@ class PipelineConfig:
         if not isinstance(self.sigma, list):
             check("sigma", numbers.Real, "a number or a list of them, one per part")
         for name in ("mode", "denoise", "denoiser", "denoiser_checkpoint", "denoiser_config",
-                     "device", "autocast", "partition"):
+                     "device", "autocast", "partition", "compile_mode"):
             check(name, str, "a string")
 
     @property

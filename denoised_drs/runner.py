@@ -31,7 +31,7 @@ from denoised_drs.errors import check_output_file
 from denoised_drs.pipeline import Pipeline
 from denoised_drs.pipeline_config import PipelineConfig
 
-_RESULT_NEUTRAL = ("batch", "compile", "denoiser_chunk", "device")
+_RESULT_NEUTRAL = ("batch", "compile", "compile_mode", "denoiser_chunk", "device")
 """Settings that change speed, memory or where the work runs, never which rows are valid."""
 _BY_CONTENT = ("classifier", "classifier_l", "classifier_r", "denoiser", "denoiser_checkpoint",
                "denoiser_config", "data_dir", "max", "content")
@@ -245,7 +245,7 @@ def check_config(
     source, the certified indices and a sha256 over their images and labels; and the
     ``sessions`` log saved so far (see :func:`session_entry`). A resume is accepted
     when (1) every setting equals the saved one, except the result-neutral ones
-    (batch, compile, denoiser_chunk, device), the session log and those compared by
+    (batch, compile, compile_mode, denoiser_chunk, device), the session log and those compared by
     content (checkpoint paths, data_dir, max); (2) every checkpoint's sha256 equals
     the saved one, in order; and (3) the current dataset's images and labels at the
     *saved* indices hash to the saved sha256, so the rows already written were
@@ -360,6 +360,9 @@ def _numeric_path(pipe: Pipeline) -> dict[str, Any]:
         winograd = winograd_pays()
     return {
         "autocast": pipe.config.autocast,
+        "compile_mode": pipe.compile_mode,
+        "batch": pipe.batch,
+        "batch_choice": None if pipe.batch_choice is None else pipe.batch_choice.describe(),
         "winograd": winograd,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
@@ -470,6 +473,9 @@ def certify_dataset(
     header = results.columns_for(details, looks)
     targets = tuple(pipe.config.radii or ())
     check_output_file(out)
+    if pipe.batch is None and len(indices):
+        # batch="auto" is chosen before the session is logged, which records it.
+        pipe.check_image_shape(tuple(dataset[indices[0]][0].shape))
     config: dict[str, Any] = {}
     already = 0
     if state.is_main_process:

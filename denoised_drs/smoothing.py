@@ -68,7 +68,8 @@ from denoised_drs.modes import CertificateKind
 from denoised_drs.noise import NoiseStream, derive_seed
 from denoised_drs.partition import Checkerboard, Identity, Partition
 from denoised_drs.scheme import Scheme, rule_for
-from denoised_drs.voters import NONFINITE_VOTE, BranchClassifiers
+from denoised_drs.vote_step import VoteStep, is_compile_error
+from denoised_drs.voters import BranchClassifiers
 
 _BRANCH_CHOICE_PURPOSE = 1000
 
@@ -136,21 +137,6 @@ def _check_image(x: torch.Tensor) -> None:
         )
 
 
-def _check_votes(votes: torch.Tensor, samples: int, branches: int) -> None:
-    """Refuse voter output that is not integer class indices of shape (samples, branches)."""
-    if not isinstance(votes, torch.Tensor):
-        raise TypeError(
-            f"the voter must return a tensor of class indices, got {type(votes).__name__}"
-        )
-    if votes.dtype.is_floating_point or votes.dtype.is_complex or votes.dtype == torch.bool:
-        raise ValueError(f"the voter must return integer class indices, got dtype {votes.dtype}")
-    if tuple(votes.shape) != (samples, branches):
-        raise ValueError(
-            f"the voter returned votes of shape {tuple(votes.shape)}, expected "
-            f"({samples}, {branches}): one class index per sample and branch"
-        )
-
-
 @contextlib.contextmanager
 def _eval_mode(module: nn.Module) -> Iterator[None]:
     """Every submodule of ``module`` in eval mode; each one's own flag restored after."""
@@ -180,6 +166,12 @@ class SmoothedClassifier:
             voter declares (independent for a coupled voter) is refused.
         device: where noise is drawn and votes are counted; defaults to the device
             of the voter's first parameter (CPU if it has none).
+        autocast_dtype: None computes in float32; torch.bfloat16 / torch.float16 run
+            the whole voter (denoiser and classifiers) under ``torch.autocast``.
+        compile_mode: None runs each batch eagerly; a ``torch.compile`` mode
+            (:data:`~denoised_drs.vote_step.COMPILE_MODES`) compiles the per-batch step
+            into one graph and pads short batches to the full batch's shape
+            (:class:`~denoised_drs.vote_step.VoteStep`).
     """
 
     ABSTAIN: ClassVar[int] = ABSTAIN
@@ -193,6 +185,9 @@ class SmoothedClassifier:
         sigmas: Sequence[float],
         kind: CertificateKind | str | None = None,
         device: torch.device | str | None = None,
+        *,
+        autocast_dtype: torch.dtype | None = None,
+        compile_mode: str | None = None,
     ) -> None:
         declared = getattr(voter, "certificate", None)
         if kind is None:
@@ -214,6 +209,8 @@ class SmoothedClassifier:
             first = next(iter(voter.parameters()), None)
             device = first.device if first is not None else "cpu"
         self.device = torch.device(device)
+        self.step = VoteStep(voter, partition, self.sigmas, self.num_classes, autocast_dtype,
+                             compile_mode)
 
     @property
     def partition(self) -> Partition:
@@ -277,7 +274,14 @@ class SmoothedClassifier:
             drawn = rng.integers(self.num_branches, size=start + num)[start:]
             choices = torch.from_numpy(drawn).to(self.device)
         rows = 1 if choices is not None else self.num_branches
-        offsets = torch.arange(rows, device=self.device) * self.num_classes
+        step = self.step
+        # A compiled step takes every batch at the full batch's shape (short ones padded);
+        # an eager one takes the samples there are. Padding rows are zeros, then noise.
+        size = batch_size if step.padded else min(batch_size, num)
+        buffer = torch.zeros((size, *x.shape), device=self.device)
+        fresh_buffer = torch.zeros_like(buffer) if fresh is not None else None
+        choice_buffer = (torch.zeros(size, dtype=torch.int64, device=self.device)
+                         if choices is not None else None)
         # One bin per (row, class) and a last bin that is dropped. Votes are counted
         # with a fixed-size scatter_add_, not torch.bincount, which reads the votes'
         # maximum back to the host on CUDA: the loop makes no host-device sync, the
@@ -286,38 +290,39 @@ class SmoothedClassifier:
         # go to the dropped bin with them, but are not refused.
         counts = torch.zeros(rows * self.num_classes + 1, dtype=torch.int64, device=self.device)
         out_of_range = torch.zeros((), dtype=torch.int64, device=self.device)
-        buffer = torch.empty((min(batch_size, num), *x.shape), device=self.device)
         with torch.inference_mode(), _eval_mode(self.voter):
             for first in range(0, num, batch_size):
                 last = min(num, first + batch_size)
                 batch_noise = noise.take(start + first, start + last, out=buffer)
-                # One fused pass, in place: noise <- clean + sigma * noise.
-                noisy_parts = [
-                    torch.add(clean, part_noise, alpha=sigma, out=part_noise)
-                    for part_noise, sigma, clean in zip(
-                        self.partition.split(batch_noise), self.sigmas, clean_parts
-                    )
-                ]
-                fresh_noise = fresh.take(start + first, start + last) if fresh is not None else None
+                fresh_noise = batch_choices = None
+                if fresh is not None:
+                    fresh_noise = fresh.take(start + first, start + last, out=fresh_buffer)
+                if choice_buffer is not None:
+                    batch_choices = choice_buffer[: last - first]
+                    batch_choices.copy_(choices[first:last])
+                if step.padded:
+                    batch_noise, fresh_noise = buffer, fresh_buffer
+                    batch_choices = choice_buffer
                 try:
-                    votes = self.voter(noisy_parts, fresh_noise)
+                    batch_counts, misnamed = step(clean_parts, batch_noise, fresh_noise,
+                                                  batch_choices, last - first)
                 # torch.cuda's name of the class: torch.OutOfMemoryError is the same
                 # class, but only from torch 2.5 on (setup.cfg allows 2.1).
                 except torch.cuda.OutOfMemoryError:
                     raise
                 except RuntimeError as error:
+                    if is_compile_error(error):
+                        raise RuntimeError(
+                            f"torch.compile failed on the sampling step ({first_line(error)}); "
+                            "certify without it (compile=False, --no-compile)"
+                        ) from error
                     # A shape or dtype the networks cannot take is bad input, not a bug.
                     raise ValueError(
                         f"images of shape {tuple(x.shape)} do not fit the models: "
                         f"{first_line(error)}"
                     ) from error
-                _check_votes(votes, last - first, self.num_branches)
-                if choices is not None:
-                    votes = votes.gather(1, choices[first:last, None])
-                valid = (votes >= 0) & (votes < self.num_classes)
-                out_of_range += (~valid & (votes != NONFINITE_VOTE)).sum()
-                bins = torch.where(valid, votes + offsets, rows * self.num_classes).flatten()
-                counts.scatter_add_(0, bins, torch.ones_like(bins))
+                counts += batch_counts
+                out_of_range += misnamed
         counts = counts[:-1].view(rows, self.num_classes).cpu().numpy()
         if int(out_of_range):
             raise ValueError(

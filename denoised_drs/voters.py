@@ -160,6 +160,13 @@ class SplitDenoisedBranches(nn.Module):
         self.classifiers = nn.ModuleList(classifiers)
         self.sigmas = tuple(float(s) for s in sigmas)
 
+    def prepare(self, images: torch.Tensor) -> None:
+        """Compute, for images shaped, typed and placed as ``images`` (N, C, H, W), what
+        the fill of every branch depends on (:meth:`Partition.fill_plan`), so that a
+        compiled step finds it and traces no data-dependent branch."""
+        for j, part in enumerate(self.partition.split(images[:1])):
+            self.partition.fill_plan(j, part)
+
     def forward(
         self, noisy_parts: Sequence[torch.Tensor], fresh_noise: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -27,7 +27,7 @@ from typing import Any
 
 from denoised_drs.cli import ArgumentParser, run_script
 from denoised_drs.cpu_memory import keep_freed_memory
-from denoised_drs.modes import Denoise, Mode, choices
+from denoised_drs.modes import COMPILE_MODES, Denoise, Mode, choices
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINTS = REPO / "checkpoints"
@@ -52,6 +52,17 @@ DEFAULT_RUNS: list[tuple[str, str, dict[str, Any]]] = [
       "denoiser": "fmnist_denoiser.pt", "denoise": "split"}),
 ]
 DEFAULT_SETTINGS = {"n0": 50, "n": 500, "alpha": 0.001, "batch": 550, "skip": 10}
+
+
+def batch_size(text: str) -> int | str:
+    """``--batch``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or auto, got {text!r}") from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -123,7 +134,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cert.add_argument("--N", dest="n", type=int,
                       help="estimation samples (default 100000); with --adaptive the maximum")
     cert.add_argument("--alpha", type=float, help="failure probability (default 0.001)")
-    cert.add_argument("--batch", type=int, help="noise samples per forward pass (default 1000)")
+    cert.add_argument("--batch", type=batch_size, metavar="B|auto",
+                      help="noise samples per forward pass (default 1000); auto: on a GPU the "
+                      "largest that fits in free memory (measured, printed, recorded), on a "
+                      "CPU 1000; results do not depend on it")
     cert.add_argument("--seed", type=int)
     cert.add_argument("--adaptive", action="store_true", default=None,
                       help="stop sampling once the outcome is decided (same guarantee; "
@@ -139,11 +153,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--outdir", default="outputs/default",
                      help="where the embedded default writes")
     run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the process's accelerator)")
-    run.add_argument("--autocast", choices=("bf16", "fp16"), help="half-precision denoiser (GPU)")
+    run.add_argument("--autocast", choices=("bf16", "fp16"),
+                     help="run each batch's step (denoiser and classifiers) under torch.autocast "
+                     "in this dtype (fp16: GPU only)")
     run.add_argument("--denoiser-chunk", type=int, help="max images per denoiser call")
     run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                     help="torch.compile the denoiser's network (GPU: about 2x in bf16; CPU: "
-                     "no faster in bf16, and float32 loses the Winograd convolutions)")
+                     help="torch.compile each batch's whole step (noise, denoiser, classifiers, "
+                     "votes) into one graph (default: on for CUDA, off on a CPU, where float32 "
+                     "would lose the Winograd convolutions)")
+    run.add_argument("--compile-mode", choices=COMPILE_MODES,
+                     help="torch.compile mode (default: default; reduce-overhead and "
+                     "max-autotune replay CUDA graphs)")
     # What --config records of the images its run certified (config_settings).
     parser.set_defaults(recorded_content=None)
     return parser.parse_args(argv)
@@ -152,9 +172,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 PIPELINE_KEYS = ("mode", "classifier", "classifier_l", "classifier_r", "branches", "denoiser",
                  "denoiser_checkpoint", "denoiser_config", "denoise", "partition", "sigma",
                  "sigma_r", "n0", "n", "alpha", "batch", "seed", "device", "autocast",
-                 "denoiser_chunk", "compile", "adaptive", "radii", "tolerance", "dataset",
-                 "arch", "num_classes", "classifier_size", "interpolation", "mean", "std",
-                 "image_size")
+                 "denoiser_chunk", "compile", "compile_mode", "adaptive", "radii", "tolerance",
+                 "dataset", "arch", "num_classes", "classifier_size", "interpolation", "mean",
+                 "std", "image_size")
 
 
 def flag_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -369,8 +389,6 @@ def run_default(args, state) -> None:
         for key in ("classifier", "classifier_l", "classifier_r", "denoiser"):
             if key in run_settings:
                 resolved[key] = str(CHECKPOINTS / run_settings[key])
-        if "denoiser" not in run_settings:
-            resolved.pop("compile", None)  # compiles the denoiser; the plain runs have none
         run = prepare_run(args, resolved, outdir / f"{name}.tsv", state)
         check_output_file(run["out"])
         check_config(run["pipe"], run["out"], run["extra_config"], run["dataset"],

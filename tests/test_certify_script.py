@@ -146,7 +146,9 @@ BAD_INPUTS = {
     "skip 0": (["--skip", "0"], "skip must be a positive integer"),
     "unknown device": (["--device", "tpu9"], "device"),
     "output is a directory": (["--outfile", "INPUTS"], "is a directory"),
-    "compile without a denoiser": (["--compile"], "there is no denoiser"),
+    "compile mode with compile off": (["--no-compile", "--compile-mode", "default"],
+                                      "compile is off"),
+    "batch neither a number nor auto": (["--batch", "many"], "positive integer or auto"),
 }
 
 
@@ -356,11 +358,10 @@ def test_bad_labels_and_rgb_images_are_refused_before_any_file(
     assert not (tmp_path / "out").exists()
 
 
-def test_the_embedded_default_compiles_only_its_denoised_runs(certify_main, tmp_path,
-                                                               compile_calls):
+def test_the_embedded_default_compiles_each_runs_step(certify_main, tmp_path, compile_calls):
     args = ["--compile", "--N0", "5", "--N", "10", "--max", "1", "--device", "cpu",
             "--outdir", str(tmp_path)]
     assert certify_main(args) == 0
-    # Denoised RS, DRS joint and DRS split; the plain RS and DRS runs have no denoiser.
-    assert len(compile_calls.modules) == 3
+    # Each of the five runs compiles its step: RS, DRS, denoised RS, DRS joint, DRS split.
+    assert len(compile_calls.modules) == 5
     assert (tmp_path / "table.md").is_file()

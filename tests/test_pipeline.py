@@ -86,8 +86,11 @@ def test_denoised_modes_pick_their_certificates(tiny_checkpoints, sample):
         ({"denoise": "both"}, "denoise"),
         ({"autocast": "fp8"}, "autocast"),
         ({"classifier": []}, "classifier"),
-        ({"compile": True}, "no denoiser"),  # it compiles the denoiser
-        ({"compile": 1}, "compile must be true or false"),
+        ({"compile": 1}, "compile must be true, false or null"),
+        ({"compile_mode": "fast"}, "compile_mode must be one of"),
+        ({"compile": False, "compile_mode": "default"}, "compile is off"),
+        ({"batch": "big"}, "batch must be an integer or 'auto'"),
+        ({"batch": 0}, "batch must be positive or 'auto'"),
     ],
 )
 def test_impossible_settings_are_rejected(tiny_checkpoints, bad, message):
@@ -202,23 +205,54 @@ def test_fp16_autocast_on_a_cpu_is_refused_before_any_model_loads(tiny_checkpoin
                  denoiser=tiny_checkpoints["denoiser"], autocast="fp16", device="cpu")
 
 
-def test_compile_wraps_the_loaded_denoisers_network(tiny_checkpoints, sample, compile_calls):
-    compiled, graphs = compile_calls.modules, compile_calls.graphs
+def test_compile_traces_the_whole_step_into_one_graph(tiny_checkpoints, sample, compile_calls):
+    # One graph for noise -> denoiser -> classifier -> votes: no graph break (a break
+    # would trace several) and no recompilation for the short last batches of N0 = 10
+    # and N = 40 at batch 16 (padded to the full batch).
+    graphs = compile_calls.graphs
     images, labels = sample
     common = {"mode": "rs", "classifier": tiny_checkpoints["full"],
-              "denoiser": tiny_checkpoints["denoiser"], "sigma": 0.5, **FAST}
+              "denoiser": tiny_checkpoints["denoiser"], "sigma": 0.5, **FAST, "batch": 16}
     eager = Pipeline(**common)
     pipe = Pipeline(**common, compile=True)
-    assert compiled == [pipe.denoiser.network._orig_mod] and not hasattr(
-        eager.denoiser.network, "_orig_mod")
-    network = pipe.denoiser.network
-    pipe.check_image_shape((1, 28, 28))  # its one-image probe runs eagerly: no graph
-    assert graphs == [] and pipe.denoiser.network is network
-    with torch.inference_mode():
-        noisy = images[:2].clamp(0, 1)
-        # Compiled, the 3x3 convolutions run direct instead of Winograd (eager float32 on
-        # CPU): about 1e-5 apart, more on some CPUs (1.3e-5 on one with AMX).
-        assert torch.allclose(pipe.denoiser(noisy), eager.denoiser(noisy), atol=1e-4)
-    assert len(graphs) == 1
-    assert pipe.certify_one(images[1], labels[1], 1).n_used == FAST["n"]
+    assert eager.compile_mode is None and pipe.compile_mode == "default"
+    pipe.check_image_shape((1, 28, 28))  # its one-image probe runs the voter eagerly
+    assert graphs == []
+    compiled = pipe.certify_one(images[1], labels[1], 1)
+    assert len(graphs) == 1 and len(compile_calls.modules) == 1
+    assert compiled.n_used == FAST["n"]
+    # The fixture's backend runs the traced operations eagerly: the same numbers.
+    reference = eager.certify_one(images[1], labels[1], 1)
+    assert (compiled.predict, compiled.radius) == (reference.predict, reference.radius)
+    pipe.certify_one(images[2], labels[2], 2)
+    assert len(graphs) == 1  # another image: the same graph
     assert PipelineConfig.from_dict(pipe.config.to_dict()).compile is True
+
+
+def test_compile_defaults_to_on_for_cuda_only(tiny_checkpoints):
+    from denoised_drs.pipeline import _compile_mode
+
+    config = PipelineConfig(mode="rs", classifier=tiny_checkpoints["full"], **FAST)
+    assert _compile_mode(config, torch.device("cpu")) is None
+    assert _compile_mode(config, torch.device("cuda")) == "default"
+    off = PipelineConfig(mode="rs", classifier=tiny_checkpoints["full"], compile=False, **FAST)
+    assert _compile_mode(off, torch.device("cuda")) is None
+    graphs = PipelineConfig(mode="rs", classifier=tiny_checkpoints["full"], **FAST,
+                            compile_mode="reduce-overhead")
+    assert _compile_mode(graphs, torch.device("cuda")) == "reduce-overhead"
+    assert _compile_mode(graphs, torch.device("cpu")) is None
+
+
+def test_auto_batch_on_a_cpu_is_the_cpu_default_capped_by_the_samples(tiny_checkpoints, sample,
+                                                                       capsys):
+    from denoised_drs.pipeline_config import CPU_AUTO_BATCH
+
+    images, labels = sample
+    pipe = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], **{**FAST, "batch": "auto"})
+    assert pipe.batch is None
+    record = pipe.certify_one(images[0], labels[0], 0)
+    assert pipe.batch == min(CPU_AUTO_BATCH, max(FAST["n0"], FAST["n"])) == FAST["n"]
+    assert "batch 40 chosen" in capsys.readouterr().err
+    # Results do not depend on the batch.
+    fixed = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], **FAST)
+    assert fixed.certify_one(images[0], labels[0], 0).radius == record.radius

@@ -212,20 +212,27 @@ def test_each_session_is_logged_with_its_settings_and_rows(tiny_checkpoints, dat
     certify_dataset(rs_pipe(tiny_checkpoints), data, [0, 1], out, progress=False)
     certify_dataset(rs_pipe(tiny_checkpoints, batch=20), data, [0, 1, 2, 3, 4], out,
                     progress=False)
+    certify_dataset(rs_pipe(tiny_checkpoints, batch="auto"), data, [0, 1, 2, 3, 4, 5], out,
+                    progress=False)
     sessions = json.loads(config_path(out).read_text())["sessions"]
-    assert [s["rows"] for s in sessions] == [2, 3]
-    assert [s["settings"]["batch"] for s in sessions] == [25, 20]
+    assert [s["rows"] for s in sessions] == [2, 3, 1]
+    assert [s["settings"]["batch"] for s in sessions] == [25, 20, "auto"]
+    # The batch used, and for "auto" how it was chosen (on a CPU: the CPU default, capped).
+    assert [s["numeric"]["batch"] for s in sessions] == [25, 20, 40]
+    assert [s["numeric"]["batch_choice"] is None for s in sessions] == [True, True, False]
+    assert [s["numeric"]["compile_mode"] for s in sessions] == [None] * 3
     for session in sessions:
         assert session["torch"] == torch.__version__
         assert session["cuda"] == torch.version.cuda
         assert session["device_name"]
         assert session["start"].endswith("+00:00")
-        assert set(session["settings"]) == {"batch", "compile", "denoiser_chunk", "device"}
+        assert set(session["settings"]) == {"batch", "compile", "compile_mode", "denoiser_chunk",
+                                            "device"}
         assert "winograd" in session["numeric"] and "autocast" in session["numeric"]
     # The log never blocks a resume, and a resume with nothing to do still logs itself.
-    certify_dataset(rs_pipe(tiny_checkpoints), data, [0, 1, 2, 3, 4], out, progress=False)
+    certify_dataset(rs_pipe(tiny_checkpoints), data, [0, 1, 2, 3, 4, 5], out, progress=False)
     sessions = json.loads(config_path(out).read_text())["sessions"]
-    assert [s["rows"] for s in sessions] == [2, 3, 0]
+    assert [s["rows"] for s in sessions] == [2, 3, 1, 0]
     assert os.path.isfile(out)
 
 

@@ -141,6 +141,10 @@ class OneShotDenoiser(nn.Module):
         self.timestep_scale = float(timestep_scale)
         self.prediction_type = prediction_type
         self.chunk_size = chunk_size
+        # Python floats, fixed with the timestep: what a compiled forward reads of the
+        # (numpy) schedule.
+        self._input_scale = math.sqrt(self.abar)
+        self._coefficients = self._uniform_coefficients(self.timestep)
         self._weights_dtype: torch.dtype | None = None
         self.autocast_dtype = autocast_dtype
         self.eval()
@@ -233,14 +237,14 @@ class OneShotDenoiser(nn.Module):
         """
         _check_images(x_noisy)
         with torch.inference_mode(not self.training):
-            x_t = math.sqrt(self.abar) * (2 * x_noisy - 1)
-            timesteps = torch.full((x_noisy.shape[0],), self.timestep, dtype=torch.long)
-            x0 = self.predict_xstart(x_t, timesteps)
+            x_t = self._input_scale * (2 * x_noisy - 1)
+            x0 = self._predict_xstart_at(x_t, self._coefficients)
             denoised = (x0 + 1) / 2
         # Inference tensors cannot enter autograd later on (e.g. as a classifier's
         # training input); a clone made outside inference mode is an ordinary tensor.
-        # A caller already in inference mode (the sampling engine) needs no copy.
-        if self.training or torch.is_inference_mode_enabled():
+        # A caller already in inference mode (the sampling engine, compiled or not)
+        # needs no copy.
+        if self.training or torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
             return denoised
         return denoised.clone()
 
@@ -260,27 +264,82 @@ class OneShotDenoiser(nn.Module):
             raise ValueError(f"got {t.numel()} timesteps for {n} images")
         if bool((t < 0).any() or (t >= self.alphas_cumprod.size).any()):
             raise ValueError(f"timesteps must lie in [0, {self.alphas_cumprod.size - 1}]")
-        chunk = self.chunk_size or max(n, 1)
-        parts = [
-            self._predict_xstart_chunk(x_t[i : i + chunk], t[i : i + chunk])
-            for i in range(0, n, chunk)
-        ]
-        return torch.cat(parts) if parts else x_t.new_empty(x_t.shape)
+        if n == 0:
+            return x_t.new_empty(x_t.shape)
+        if bool((t == t[0]).all()):
+            return self._predict_xstart_at(x_t, self._uniform_coefficients(int(t[0])))
+        chunk = self.chunk_size or n
+        return torch.cat([self._predict_xstart_chunk(x_t[i : i + chunk], t[i : i + chunk])
+                          for i in range(0, n, chunk)])
+
+    def _uniform_coefficients(self, timestep: int) -> tuple[float, float | None, float | None]:
+        """(the network's timestep, x_t's coefficient, the prediction's coefficient) for
+        one timestep, as Python floats: float64 from the float64 schedule, then float32,
+        as the OpenAI code computes them (None: the network predicts x0 itself)."""
+        abar = float(self.alphas_cumprod[timestep])
+        if self.prediction_type == "epsilon":
+            scales = (math.sqrt(1 / abar), math.sqrt(1 / abar - 1))
+        elif self.prediction_type == "v_prediction":
+            scales = (math.sqrt(abar), math.sqrt(1 - abar))
+        else:
+            return float(np.float32(timestep * self.timestep_scale)), None, None
+        x_scale, prediction_scale = (float(np.float32(v)) for v in scales)
+        return float(np.float32(timestep * self.timestep_scale)), x_scale, prediction_scale
+
+    def _predict_xstart_at(self, x_t: torch.Tensor,
+                           coefficients: tuple[float, float | None, float | None]) -> torch.Tensor:
+        """:meth:`predict_xstart` for one timestep shared by the batch, given its
+        :meth:`_uniform_coefficients`.
+
+        The certification engine's case, and the one ``torch.compile`` traces into one
+        graph: no tensor is read back or copied from the host (the network's timesteps
+        are filled on the device, the coefficients are Python floats) and no branch
+        depends on tensor values. Bit-identical to the per-sample path.
+        """
+        model_t, x_scale, prediction_scale = coefficients
+        parts = []
+        for x_chunk in self._chunks(x_t):
+            model_ts = torch.full((x_chunk.shape[0],), model_t, device=x_t.device,
+                                  dtype=torch.float32)
+            prediction = self._network_prediction(x_chunk, model_ts)
+            if x_scale is None:
+                parts.append(prediction.clamp(-1, 1))
+            else:
+                parts.append((x_scale * x_chunk.float() - prediction_scale * prediction)
+                             .clamp(-1, 1))
+        if not parts:
+            return x_t.new_empty(x_t.shape)
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def _predict_xstart_chunk(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        channels = x_t.shape[1]
-        check_autocast_device(self.autocast_dtype, x_t.device)
-        # One timestep for the whole chunk (the certification engine's case): the
-        # network's timesteps are filled on the device and the coefficients are Python
-        # floats, so no tensor is copied from the host per chunk (such a copy waits for
-        # the GPU). The values are those of the per-sample path, float64 then float32.
-        uniform = bool((t == t[0]).all()) if t.numel() else False
-        if uniform:
-            model_t = torch.full((t.numel(),), float(np.float32(float(t[0]) * self.timestep_scale)),
-                                 device=x_t.device, dtype=torch.float32)
+        """One chunk with one timestep per sample (``t``: (N,) integers on the host)."""
+        prediction = self._network_prediction(
+            x_t, (t.double() * self.timestep_scale).to(device=x_t.device, dtype=torch.float32))
+        abar = torch.from_numpy(self.alphas_cumprod[t.numpy()])
+
+        def coefficient(values: torch.Tensor) -> torch.Tensor:
+            # float64 from the float64 schedule, then float32 (as OpenAI does).
+            return values.to(device=x_t.device, dtype=torch.float32).view(-1, 1, 1, 1)
+
+        x_t = x_t.float()
+        if self.prediction_type == "epsilon":
+            x0 = (coefficient((1 / abar).sqrt()) * x_t
+                  - coefficient((1 / abar - 1).sqrt()) * prediction)
+        elif self.prediction_type == "v_prediction":
+            x0 = coefficient(abar.sqrt()) * x_t - coefficient((1 - abar).sqrt()) * prediction
         else:
-            model_t = (t.double() * self.timestep_scale).to(device=x_t.device,
-                                                             dtype=torch.float32)
+            x0 = prediction
+        return x0.clamp(-1, 1)
+
+    def _chunks(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``x`` in pieces of at most ``chunk_size`` images (all of it when None)."""
+        chunk = self.chunk_size or max(x.shape[0], 1)
+        return [x[i : i + chunk] for i in range(0, x.shape[0], chunk)]
+
+    def _network_prediction(self, x_t: torch.Tensor, model_t: torch.Tensor) -> torch.Tensor:
+        """The network's prediction (its first C output channels) in float32, under the
+        denoiser's autocast; ValueError for output that does not fit the input."""
+        check_autocast_device(self.autocast_dtype, x_t.device)
         with torch.autocast(
             device_type=x_t.device.type,
             dtype=self.autocast_dtype,
@@ -289,30 +348,12 @@ class OneShotDenoiser(nn.Module):
             output = self.network(x_t, model_t)
         if not isinstance(output, torch.Tensor):
             raise ValueError(f"the network returned a {type(output).__name__}, not a tensor")
+        channels = x_t.shape[1]
         if output.ndim != 4 or output.shape[1] < channels or output.shape[2:] != x_t.shape[2:]:
             raise ValueError(
                 f"network output {tuple(output.shape)} does not fit input {tuple(x_t.shape)}"
             )
-        prediction = output[:, :channels].float()
-        # Coefficients in float64 from the float64 schedule, then float32 (as OpenAI does).
-        abar = torch.from_numpy(self.alphas_cumprod[t[:1].numpy() if uniform else t.numpy()])
-
-        def coefficient(values: torch.Tensor) -> torch.Tensor | float:
-            if uniform:
-                return float(np.float32(float(values[0])))
-            return values.to(device=x_t.device, dtype=torch.float32).view(-1, 1, 1, 1)
-
-        x_t = x_t.float()
-        if self.prediction_type == "epsilon":
-            x0 = (
-                coefficient((1 / abar).sqrt()) * x_t
-                - coefficient((1 / abar - 1).sqrt()) * prediction
-            )
-        elif self.prediction_type == "v_prediction":
-            x0 = coefficient(abar.sqrt()) * x_t - coefficient((1 - abar).sqrt()) * prediction
-        else:
-            x0 = prediction
-        return x0.clamp(-1, 1)
+        return output[:, :channels].float()
 
 
 class ShapeCheckedDenoiser(nn.Module):

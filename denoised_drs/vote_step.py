@@ -1,0 +1,151 @@
+"""One batch of the sampling engine: noise -> noisy sub-images -> voter -> vote counts.
+
+:class:`VoteStep` is everything the engine does per batch after the noise is drawn:
+add the noise to the clean sub-images (``x_j + sigma_j e_j``), run the voter (its
+denoiser pre-processing, network, x0 estimate, split, resize and classifiers), turn
+the votes into counts per (branch, class) with a fixed-size ``scatter_add_``, and
+count the votes outside ``[0, num_classes)``. It reads nothing back to the host.
+
+Eager (the default on CPUs) it computes exactly what the engine always computed:
+the noise is turned into the noisy sub-images in place, one fused pass, and the last
+batch of a call is as short as it is. Compiled (``compile_mode``: the default on
+CUDA) the whole step is one ``torch.compile`` graph per batch shape, and every batch
+has the same shape: a short last batch (of a call, a look or a stage) is padded to
+the full batch with rows whose votes land in a dropped bin, so neither the last batch
+nor an adaptive look triggers a recompilation. ``mode="reduce-overhead"`` replays the
+graph as a CUDA graph (its outputs are consumed before the next replay).
+
+Under ``autocast_dtype`` the whole voter runs in ``torch.autocast``: the denoiser and
+the classifiers alike. A compiled or reduced-precision step is a slightly different
+base classifier (float rounding), for which the certificate is as sound as for any
+other; the counts are exact integers either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from denoised_drs.modes import COMPILE_MODES
+from denoised_drs.partition import Partition
+from denoised_drs.voters import NONFINITE_VOTE
+
+
+def check_votes(votes: object, samples: int, branches: int) -> None:
+    """Refuse voter output that is not integer class indices of shape (samples, branches)."""
+    if not isinstance(votes, torch.Tensor):
+        raise TypeError(
+            f"the voter must return a tensor of class indices, got {type(votes).__name__}"
+        )
+    if votes.dtype.is_floating_point or votes.dtype.is_complex or votes.dtype == torch.bool:
+        raise ValueError(f"the voter must return integer class indices, got dtype {votes.dtype}")
+    if tuple(votes.shape) != (samples, branches):
+        raise ValueError(
+            f"the voter returned votes of shape {tuple(votes.shape)}, expected "
+            f"({samples}, {branches}): one class index per sample and branch"
+        )
+
+
+def is_compile_error(error: BaseException) -> bool:
+    """Whether ``error`` was raised by ``torch.compile``'s tracer or backend (dynamo or
+    inductor), not by the models themselves."""
+    return type(error).__module__.startswith(("torch._dynamo", "torch._inductor"))
+
+
+class VoteStep:
+    """The per-batch work of :class:`~denoised_drs.smoothing.SmoothedClassifier`.
+
+    Args:
+        voter: maps ``(noisy_parts, fresh_noise)`` to ``(N, num_branches)`` class indices.
+        partition: cuts a batch of noise into the parts' noise.
+        sigmas: each part's noise level.
+        num_classes: the number of classes a vote may name.
+        autocast_dtype: None (float32), or the dtype the whole voter runs in under
+            ``torch.autocast``.
+        compile_mode: None runs eagerly; one of :data:`COMPILE_MODES` compiles the step.
+    """
+
+    def __init__(self, voter: nn.Module, partition: Partition, sigmas: Sequence[float],
+                 num_classes: int, autocast_dtype: torch.dtype | None = None,
+                 compile_mode: str | None = None) -> None:
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+        self.voter = voter
+        self.partition = partition
+        self.sigmas = tuple(float(s) for s in sigmas)
+        self.num_classes = int(num_classes)
+        self.autocast_dtype = autocast_dtype
+        self.compile_mode = compile_mode
+        self._compiled: Callable[..., Any] | None = None
+
+    @property
+    def padded(self) -> bool:
+        """Whether every batch has the full batch's shape (compiled steps only)."""
+        return self.compile_mode is not None
+
+    def __call__(self, clean_parts: Sequence[torch.Tensor], noise: torch.Tensor,
+                 fresh_noise: torch.Tensor | None, choices: torch.Tensor | None,
+                 samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Counts of one batch: ``(counts, out_of_range)``.
+
+        ``noise`` holds the batch's standard normal noise (N, C, H, W), of which the
+        first ``samples`` rows are real (the rest pad a compiled step's short batch);
+        ``fresh_noise`` (N, C, H, W) is the voter's fresh noise when it needs some;
+        ``choices`` (N,) the branch each sample's vote is taken from (PREDICT's mixed
+        branches) or None for every branch. ``counts`` has one bin per (row, class), row
+        major, and a last bin for votes counted in no class; ``out_of_range`` counts the
+        real rows' votes outside ``[0, num_classes)`` other than
+        :data:`~denoised_drs.voters.NONFINITE_VOTE`. Eager, ``noise`` is overwritten.
+        """
+        if self.compile_mode is None:
+            return self._count(clean_parts, noise, fresh_noise, choices, samples, in_place=True)
+        if self._compiled is None:
+            self._compiled = torch.compile(self._count, mode=self.compile_mode, dynamic=False)
+        prepare = getattr(self.voter, "prepare", None)
+        if prepare is not None:
+            # What the voter computes once per shape (a split voter's fill plans) is
+            # computed eagerly, outside the graph.
+            prepare(noise)
+        # The number of real rows is a tensor, so a short batch is the same graph.
+        real = torch.full((), samples, dtype=torch.int64, device=noise.device)
+        return self._compiled(clean_parts, noise, fresh_noise, choices, real, in_place=False)
+
+    def _count(self, clean_parts: Sequence[torch.Tensor], noise: torch.Tensor,
+               fresh_noise: torch.Tensor | None, choices: torch.Tensor | None,
+               samples: int | torch.Tensor, in_place: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        size = noise.shape[0]
+        noise_parts = self.partition.split(noise)
+        if in_place:
+            # One fused pass, in place: noise <- clean + sigma * noise.
+            noisy_parts = [torch.add(clean, part, alpha=sigma, out=part)
+                           for part, sigma, clean in zip(noise_parts, self.sigmas, clean_parts)]
+        else:
+            # Functional for the compiler (which fuses it into the first consumer).
+            noisy_parts = [torch.add(clean, part, alpha=sigma)
+                           for part, sigma, clean in zip(noise_parts, self.sigmas, clean_parts)]
+        autocast = (torch.autocast(noise.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else contextlib.nullcontext())
+        with autocast:
+            votes = self.voter(noisy_parts, fresh_noise)
+        check_votes(votes, size, len(self.sigmas))
+        if choices is not None:
+            votes = votes.gather(1, choices[:, None])
+        rows = votes.shape[1]
+        valid = (votes >= 0) & (votes < self.num_classes)
+        misnamed = ~valid & (votes != NONFINITE_VOTE)
+        if not isinstance(samples, int) or samples < size:
+            real = torch.arange(size, device=votes.device)[:, None] < samples
+            valid = valid & real
+            misnamed = misnamed & real
+        offsets = torch.arange(rows, device=votes.device) * self.num_classes
+        dropped = rows * self.num_classes
+        bins = torch.where(valid, votes + offsets, dropped).flatten()
+        counts = torch.zeros(dropped + 1, dtype=torch.int64, device=votes.device)
+        return counts.scatter_add_(0, bins, torch.ones_like(bins)), misnamed.sum()
+
+
+__all__ = ["COMPILE_MODES", "VoteStep", "check_votes", "is_compile_error"]
