@@ -99,7 +99,11 @@ TINY = (
     Preset("cifar10-50M", "improved-small", None, 32, "cifar_resnet20", 32, 10, 4),
     Preset("imagenet-552M", "guided-small", None, 32, "cifar_resnet20", 48, 10, 4),
 )
-PRECISIONS = ("fp32", "bf16", "bf16+compile")
+PRECISIONS = ("fp32", "bf16", "bf16+compile", "bf16+cudagraphs")
+COMPILE_MODE = {"bf16+compile": "default", "bf16+cudagraphs": "reduce-overhead"}
+"""The compiled precisions and their ``torch.compile`` mode (the whole per-batch step is
+compiled: denoised_drs.vote_step)."""
+EAGER_PRECISIONS = ("fp32", "bf16")
 MODES = {"rs": {"mode": "rs"}, "drs_joint": {"mode": "drs", "denoise": "joint"},
          "drs_split": {"mode": "drs", "denoise": "split"}}
 SIGMA = 0.25
@@ -129,8 +133,9 @@ class ReproduceRow:
     note: str = ""
 
 
-# The commands' shared settings: --N0 100 --N 100000 --autocast bf16 (no compile).
-REPRODUCE_N0, REPRODUCE_N, REPRODUCE_PRECISION = 100, 100_000, "bf16"
+# The commands' shared settings: --N0 100 --N 100000 --autocast bf16, compiled (on CUDA
+# the default).
+REPRODUCE_N0, REPRODUCE_N, REPRODUCE_PRECISION = 100, 100_000, "bf16+compile"
 CIFAR10_IMAGES = len(range(0, 10_000, 5))  # --skip 5 over the 10,000 test images
 IMAGENET_IMAGES = len(range(0, 50_000, 100))  # --skip 100 over the 50,000 val images
 CARLINI = "ViT-B/16 / BEiT-L classifier costs more than the measured ResNet: a lower bound"
@@ -194,16 +199,13 @@ def build_network(preset: Preset, manifests: Path | None) -> nn.Module:
     return spec.build_network(random_state_dict(shapes, seed=0))
 
 
-def build_denoiser(preset: Preset, network: nn.Module, precision: str, device: torch.device,
-                   compile_backend: str) -> nn.Module:
+def build_denoiser(preset: Preset, network: nn.Module, precision: str,
+                   device: torch.device) -> nn.Module:
     from denoised_drs.diffusion import OneShotDenoiser
     from denoised_drs.diffusion.presets import get_preset
 
     spec = get_preset(preset.denoiser)
-    if precision == "bf16+compile":
-        network = torch.compile(network, backend=compile_backend)
-    # One chunk size for every mode: split's 2B images run as two B-image calls, so a
-    # compiled network sees a single shape.
+    # One chunk size for every mode: split's 2B images run as two B-image calls.
     return OneShotDenoiser(
         network, spec.alphas_cumprod(), SIGMA, timestep_scale=spec.timestep_scale,
         chunk_size=preset.batch, autocast_dtype=None if precision == "fp32" else torch.bfloat16,
@@ -220,15 +222,28 @@ def build_classifier(preset: Preset) -> nn.Module:
                         input_size=(preset.classifier_size, preset.classifier_size)).eval()
 
 
+def precision_settings(precision: str) -> dict[str, Any]:
+    """The pipeline settings of a :data:`PRECISIONS` entry: autocast for the whole step
+    (denoiser and classifiers), and the compiled step or not (never by default, so
+    that eager rows stay eager on a GPU too)."""
+    compile_mode = COMPILE_MODE.get(precision)
+    return {"autocast": None if precision == "fp32" else "bf16",
+            "compile": compile_mode is not None, "compile_mode": compile_mode}
+
+
 def make_pipeline(preset: Preset, denoiser: nn.Module, classifier: nn.Module, mode: str,
-                  device: torch.device, **settings: Any):
+                  device: torch.device, precision: str = "fp32", backend: str = "inductor",
+                  **settings: Any):
     from denoised_drs.pipeline import Pipeline
 
     models = ({"classifier": classifier} if MODES[mode]["mode"] == "rs"
               else {"classifier_l": classifier, "classifier_r": classifier})
-    return Pipeline(**MODES[mode], **models, denoiser=denoiser, sigma=SIGMA,
+    pipe = Pipeline(**MODES[mode], **models, denoiser=denoiser, sigma=SIGMA,
                     num_classes=preset.num_classes, classifier_size=preset.classifier_size,
-                    interpolation="bicubic", batch=preset.batch, device=str(device), **settings)
+                    interpolation="bicubic", device=str(device),
+                    **{"batch": preset.batch, **precision_settings(precision), **settings})
+    pipe.smoothed.step.compile_backend = backend
+    return pipe
 
 
 def peak_row(device_name: str) -> str | None:
@@ -330,7 +345,7 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
 def smoke_test(preset: Preset, denoiser: nn.Module, classifier: nn.Module,
                device: torch.device) -> dict[str, Any]:
     """Certify two random images (DRS joint): the whole path runs and gives sane records."""
-    pipe = make_pipeline(preset, denoiser, classifier, "drs_joint", device,
+    pipe = make_pipeline(preset, denoiser, classifier, "drs_joint", device, "bf16",
                          n0=preset.batch, n=2 * preset.batch)
     generator = torch.Generator().manual_seed(2)
     images = torch.rand(2, 3, preset.image_size, preset.image_size, generator=generator)
@@ -343,14 +358,24 @@ def smoke_test(preset: Preset, denoiser: nn.Module, classifier: nn.Module,
                                   for r in records]}
 
 
+def reproduce_precision(precisions: dict[str, Any]) -> str:
+    """The precision whose rates the hours use: the commands' own (bf16, compiled: the
+    default on CUDA) where it was measured, else eager bf16."""
+    measured = precisions.get(REPRODUCE_PRECISION, {})
+    return REPRODUCE_PRECISION if "skipped" not in measured and measured else "bf16"
+
+
 def expected_gpu_hours(presets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per docs/reproduce.md row: GPU hours = images x (N0 + N) / R / 3600 per sigma,
-    R the measured bf16 samples/s of the row's preset and mode; ``hours`` sums the sigmas."""
+    R the measured samples/s of the row's preset and mode (:func:`reproduce_precision`);
+    ``hours`` sums the sigmas."""
     rows = {}
     for name, row in REPRODUCE_ROWS.items():
-        rate = presets[row.preset]["precisions"][REPRODUCE_PRECISION][row.mode]["samples_per_s"]
+        precisions = presets[row.preset]["precisions"]
+        precision = reproduce_precision(precisions)
+        rate = precisions[precision][row.mode]["samples_per_s"]
         per_sigma = row.images * (REPRODUCE_N0 + REPRODUCE_N) / rate / 3600
-        rows[name] = {"preset": row.preset, "mode": row.mode, "precision": REPRODUCE_PRECISION,
+        rows[name] = {"preset": row.preset, "mode": row.mode, "precision": precision,
                       "images": row.images, "n0": REPRODUCE_N0, "n": REPRODUCE_N,
                       "sigmas": list(row.sigmas), "samples_per_s": rate,
                       "hours_per_sigma": per_sigma, "hours": per_sigma * len(row.sigmas),
@@ -360,11 +385,12 @@ def expected_gpu_hours(presets: dict[str, dict[str, Any]]) -> dict[str, dict[str
 
 def print_hours(rows: dict[str, dict[str, Any]]) -> None:
     """The table of docs/reproduce.md, filled in."""
-    print("| row | preset, mode | R (samples/s, bf16) | GPU hours per sigma | all sigmas |")
+    print("| row | preset, mode, precision | R (samples/s) | GPU hours per sigma | all sigmas |")
     print("|---|---|---|---|---|")
     for name, row in rows.items():
         sigmas = ", ".join(f"{s:g}" for s in row["sigmas"])
-        print(f"| {name} | {row['preset']}, {row['mode']} | {row['samples_per_s']:.1f} | "
+        print(f"| {name} | {row['preset']}, {row['mode']}, {row['precision']} | "
+              f"{row['samples_per_s']:.1f} | "
               f"{row['hours_per_sigma']:.2f} | {row['hours']:.2f} ({sigmas}) |")
 
 
@@ -389,15 +415,15 @@ def run_precisions(preset: Preset, precisions: tuple[str, ...], out: dict[str, A
     backend = out["compile_backend"]
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     for precision in precisions:
-        denoiser = build_denoiser(preset, network, precision, device, backend)
-        # The FLOPs are counted on the eager network (a compiled one runs the same model).
-        eager = (build_denoiser(preset, network, "bf16", device, backend)
-                 if precision == "bf16+compile" else denoiser)
+        denoiser = build_denoiser(preset, network, precision, device)
+        # The FLOPs are counted on the eager step (a compiled one runs the same model).
+        eager_precision = "fp32" if precision == "fp32" else "bf16"
         results = {}
         for mode in MODES:
-            result = measure(make_pipeline(preset, denoiser, classifier, mode, device), image,
-                             preset.batch, args.seconds, device)
-            flops = count_flops(make_pipeline(preset, eager, classifier, mode, device), image)
+            pipe = make_pipeline(preset, denoiser, classifier, mode, device, precision, backend)
+            result = measure(pipe, image, preset.batch, args.seconds, device)
+            flops = count_flops(make_pipeline(preset, denoiser, classifier, mode, device,
+                                              eager_precision), image)
             results[mode] = add_mfu(result, flops, device_name, precision)
         out["precisions"][precision] = {**results, "ratios": ratios(results)}
         print(f"{preset.name} {precision}: " + ", ".join(
@@ -405,12 +431,55 @@ def run_precisions(preset: Preset, precisions: tuple[str, ...], out: dict[str, A
             + ("" if r["mfu"] is None else f" ({100 * r['mfu']:.1f}% MFU)")
             for mode, r in results.items()), flush=True)
     if smoke:
-        out["smoke"] = smoke_test(preset, build_denoiser(preset, network, "bf16", device, backend),
+        out["smoke"] = smoke_test(preset, build_denoiser(preset, network, "bf16", device),
                                   classifier, device)
     out["seconds"] += time.perf_counter() - start
     del network, classifier
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def over_budget(report: dict[str, Any], preset: Preset, what: str, args: argparse.Namespace,
+                start: float) -> bool:
+    """Whether ``--budget`` is spent; if so ``what`` (a precision or "auto_batch") of
+    ``preset`` is recorded as skipped."""
+    elapsed = time.perf_counter() - start
+    if args.budget is None or elapsed <= args.budget:
+        return False
+    skipped = {"skipped": f"{elapsed:.0f} s spent, over --budget {args.budget:g} s"}
+    entry = report["presets"][preset.name]
+    if what in PRECISIONS:
+        entry["precisions"][what] = skipped
+    else:
+        entry[what] = skipped
+    print(f"{preset.name} {what}: skipped (over --budget)", flush=True)
+    return True
+
+
+def measure_auto_batch(preset: Preset, args: argparse.Namespace, device: torch.device,
+                       backend: str) -> dict[str, Any]:
+    """DRS joint, bf16, compiled, at ``batch="auto"`` (the largest batch that fits in free
+    memory on CUDA, of at most N = 100,000 samples; on the CPU the CPU default capped at
+    two preset batches): the batch chosen, how, and its rate."""
+    network = build_network(preset, None if args.tiny else Path(args.manifests)).to(device).eval()
+    classifier = build_classifier(preset)
+    denoiser = build_denoiser(preset, network, "bf16+compile", device)
+    image = torch.rand(3, preset.image_size, preset.image_size,
+                       generator=torch.Generator().manual_seed(3))
+    n = 2 * preset.batch if args.tiny else REPRODUCE_N
+    pipe = make_pipeline(preset, denoiser, classifier, "drs_joint", device, "bf16+compile",
+                         backend, batch="auto", n0=min(REPRODUCE_N0, n), n=n)
+    pipe.check_image_shape(tuple(image.shape))
+    result = measure(pipe, image, pipe.batch, args.seconds, device)
+    choice = pipe.batch_choice
+    print(f"{preset.name} auto batch: {choice.describe()}; {result['samples_per_s']:.1f}/s",
+          flush=True)
+    del network, classifier, denoiser, pipe
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {**result, "batch": choice.batch, "choice": choice.describe(),
+            "per_sample_bytes": choice.per_sample_bytes, "fixed_bytes": choice.fixed_bytes,
+            "free_bytes": choice.free_bytes}
 
 
 def write_report(report: dict[str, Any], out: Path, start: float) -> None:
@@ -441,25 +510,31 @@ def main(argv: list[str] | None = None) -> int:
     presets = TINY if args.tiny else FULL
     backend = "eager" if args.tiny else "inductor"
     # Eager precisions and the smoke test of every preset first, compilation last: its
-    # compile time is the least predictable part, and the hours need only bf16.
+    # compile time is the least predictable part.
     for preset in presets:
         report["presets"][preset.name] = describe(preset, backend)
-        run_precisions(preset, ("fp32", "bf16"), report["presets"][preset.name], args, device,
+        run_precisions(preset, EAGER_PRECISIONS, report["presets"][preset.name], args, device,
                        smoke=True)
+        write_report(report, out, start)
+    for precision in COMPILE_MODE:
+        for preset in presets:
+            if precision == "bf16+cudagraphs" and device.type != "cuda":
+                report["presets"][preset.name]["precisions"][precision] = {
+                    "skipped": "CUDA graphs need a CUDA device"}
+                continue
+            if over_budget(report, preset, precision, args, start):
+                continue
+            run_precisions(preset, (precision,), report["presets"][preset.name], args,
+                           device, smoke=False)
+            write_report(report, out, start)
+    for preset in presets:
+        if not over_budget(report, preset, "auto_batch", args, start):
+            report["presets"][preset.name]["auto_batch"] = measure_auto_batch(preset, args,
+                                                                              device, backend)
         write_report(report, out, start)
     report["expected_gpu_hours"] = expected_gpu_hours(report["presets"])
     print_hours(report["expected_gpu_hours"])
     write_report(report, out, start)
-    for preset in presets:
-        elapsed = time.perf_counter() - start
-        if args.budget is not None and elapsed > args.budget:
-            report["presets"][preset.name]["precisions"]["bf16+compile"] = {
-                "skipped": f"{elapsed:.0f} s spent, over --budget {args.budget:g} s"}
-            print(f"{preset.name} bf16+compile: skipped (over --budget)", flush=True)
-        else:
-            run_precisions(preset, ("bf16+compile",), report["presets"][preset.name], args,
-                           device, smoke=False)
-        write_report(report, out, start)
     print(f"wrote {out} ({report['total_seconds']:.0f} s)")
     return 0
 

@@ -67,11 +67,13 @@ class VoteStep:
         autocast_dtype: None (float32), or the dtype the whole voter runs in under
             ``torch.autocast``.
         compile_mode: None runs eagerly; one of :data:`COMPILE_MODES` compiles the step.
+        compile_backend: the ``torch.compile`` backend; the mode applies to inductor only
+            (another backend, e.g. "eager" for a quick CPU check, is called without it).
     """
 
     def __init__(self, voter: nn.Module, partition: Partition, sigmas: Sequence[float],
                  num_classes: int, autocast_dtype: torch.dtype | None = None,
-                 compile_mode: str | None = None) -> None:
+                 compile_mode: str | None = None, compile_backend: str = "inductor") -> None:
         if compile_mode is not None and compile_mode not in COMPILE_MODES:
             raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
         self.voter = voter
@@ -80,6 +82,7 @@ class VoteStep:
         self.num_classes = int(num_classes)
         self.autocast_dtype = autocast_dtype
         self.compile_mode = compile_mode
+        self.compile_backend = compile_backend
         self._compiled: Callable[..., Any] | None = None
 
     @property
@@ -104,7 +107,9 @@ class VoteStep:
         if self.compile_mode is None:
             return self._count(clean_parts, noise, fresh_noise, choices, samples, in_place=True)
         if self._compiled is None:
-            self._compiled = torch.compile(self._count, mode=self.compile_mode, dynamic=False)
+            options = ({"mode": self.compile_mode} if self.compile_backend == "inductor"
+                       else {"backend": self.compile_backend})
+            self._compiled = torch.compile(self._count, dynamic=False, **options)
         prepare = getattr(self.voter, "prepare", None)
         if prepare is not None:
             # What the voter computes once per shape (a split voter's fill plans) is

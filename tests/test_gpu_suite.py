@@ -29,20 +29,28 @@ def test_tiny_suite_writes_every_measurement(tiny):
     suite, report = tiny
     assert report["tiny"] and set(report["presets"]) == {"cifar10-50M", "imagenet-552M"}
     for preset in report["presets"].values():
-        assert set(preset["precisions"]) == {"fp32", "bf16", "bf16+compile"}
+        assert set(preset["precisions"]) == set(suite.PRECISIONS)
+        assert preset["precisions"].pop("bf16+cudagraphs") == {
+            "skipped": "CUDA graphs need a CUDA device"}
         for results in preset["precisions"].values():
             for mode in ("rs", "drs_joint", "drs_split"):
                 assert (results[mode]["samples_per_s"] > 0
                         and results[mode]["samples"] >= preset["batch"])
             assert set(results["ratios"]) == {"drs_joint/rs", "drs_split/rs", "drs_split/drs_joint"}
         assert preset["smoke"]["ok"] and len(preset["smoke"]["records"]) == 2
-    # One row per command loop of docs/reproduce.md, from the measured bf16 rates.
+        # batch="auto" on the CPU: the CPU default (1000) capped at N = two preset batches.
+        auto = preset["auto_batch"]
+        assert auto["batch"] == 2 * preset["batch"] and auto["samples_per_s"] > 0
+        assert auto["choice"].startswith(f"batch {auto['batch']} chosen")
+    # One row per command loop of docs/reproduce.md, from the measured compiled bf16 rates.
     hours = report["expected_gpu_hours"]
     assert {"DRS joint, CIFAR-10", "DRS joint, ImageNet", "Carlini CIFAR-10",
             "Carlini ImageNet"} <= set(hours)
     for row in hours.values():
         assert row["samples_per_s"] > 0 and 0 < row["hours_per_sigma"] <= row["hours"]
-        rate = report["presets"][row["preset"]]["precisions"]["bf16"][row["mode"]]["samples_per_s"]
+        assert row["precision"] == "bf16+compile"
+        rate = report["presets"][row["preset"]]["precisions"][row["precision"]][row["mode"]][
+            "samples_per_s"]
         assert row["hours_per_sigma"] == row["images"] * (row["n0"] + row["n"]) / rate / 3600
 
 
@@ -51,6 +59,8 @@ def test_tiny_suite_reports_flops_mfu_and_memory(tiny):
     assert report["peak_flops_table"] == suite.PEAK_FLOPS
     for preset in report["presets"].values():
         for precision, results in preset["precisions"].items():
+            if "skipped" in results:
+                continue
             for mode in MODES:
                 row = results[mode]
                 assert NEW_KEYS <= set(row), (precision, mode)
@@ -77,7 +87,8 @@ def test_tiny_suite_reports_flops_mfu_and_memory(tiny):
         fp32 = preset["precisions"]["fp32"]
         for results in preset["precisions"].values():
             for mode in MODES:
-                assert results[mode]["flops_per_sample"] == fp32[mode]["flops_per_sample"]
+                assert "skipped" in results or (results[mode]["flops_per_sample"]
+                                                == fp32[mode]["flops_per_sample"])
 
 
 def test_rs_classifier_flops_are_one_classifier_call(tiny):
@@ -124,7 +135,7 @@ def test_peak_table_lookup(name, row, bf16, tf32):
     suite = load_module(SCRIPT, "gpu_suite_peaks")
     assert suite.peak_row(name) == row
     assert suite.peak_flops(name, "fp32") == (tf32, f"{row} tf32 dense")
-    for precision in ("bf16", "bf16+compile"):
+    for precision in ("bf16", "bf16+compile", "bf16+cudagraphs"):
         assert suite.peak_flops(name, precision) == (bf16, f"{row} bf16 dense")
 
 
@@ -145,9 +156,12 @@ def test_budget_skips_compilation_and_keeps_the_rest(tmp_path, capsys):
     assert suite.main(["--tiny", "--budget", "0", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     for preset in report["presets"].values():
-        assert "skipped" in preset["precisions"]["bf16+compile"]
+        for precision in ("bf16+compile", "bf16+cudagraphs"):
+            assert "skipped" in preset["precisions"][precision]
+        assert "skipped" in preset["auto_batch"]
         assert preset["precisions"]["bf16"]["rs"]["samples_per_s"] > 0 and preset["smoke"]["ok"]
-    assert report["expected_gpu_hours"]
+    # Without compiled rates the hours fall back to eager bf16.
+    assert {row["precision"] for row in report["expected_gpu_hours"].values()} == {"bf16"}
     assert "skipped (over --budget)" in capsys.readouterr().out
     for bad in ("-1", "nan", "inf"):
         with pytest.raises(ValueError, match="--budget"):
