@@ -24,6 +24,7 @@ other; the counts are exact integers either way.
 from __future__ import annotations
 
 import contextlib
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -109,7 +110,7 @@ class VoteStep:
         if self._compiled is None:
             options = ({"mode": self.compile_mode} if self.compile_backend == "inductor"
                        else {"backend": self.compile_backend})
-            self._compiled = torch.compile(self._count, dynamic=False, **options)
+            self._compiled = torch.compile(self._own_count(), dynamic=False, **options)
         prepare = getattr(self.voter, "prepare", None)
         if prepare is not None:
             # What the voter computes once per shape (a split voter's fill plans) is
@@ -118,6 +119,19 @@ class VoteStep:
         # The number of real rows is a tensor, so a short batch is the same graph.
         real = torch.full((), samples, dtype=torch.int64, device=noise.device)
         return self._compiled(clean_parts, noise, fresh_noise, choices, real, in_place=False)
+
+    def _own_count(self) -> Callable[..., Any]:
+        """:meth:`_count` bound to this step, on a code object of its own.
+
+        Dynamo keeps compiled graphs per code object and compiles one code object at
+        most ``recompile_limit`` (8) times, then runs it eagerly: with one shared code
+        object, a process with many pipelines (the embedded default's five runs, the
+        GPU suite's configurations) would fall back to eager steps without saying so.
+        """
+        function = VoteStep._count
+        own = types.FunctionType(function.__code__.replace(), function.__globals__,
+                                 function.__name__, function.__defaults__, function.__closure__)
+        return types.MethodType(own, self)
 
     def _count(self, clean_parts: Sequence[torch.Tensor], noise: torch.Tensor,
                fresh_noise: torch.Tensor | None, choices: torch.Tensor | None,
