@@ -472,14 +472,16 @@ def measure_auto_batch(preset: Preset, args: argparse.Namespace, device: torch.d
     pipe.check_image_shape(tuple(image.shape))
     result = measure(pipe, image, pipe.batch, args.seconds, device)
     choice = pipe.batch_choice
-    print(f"{preset.name} auto batch: {choice.describe()}; {result['samples_per_s']:.1f}/s",
+    print(f"{preset.name} auto batch: {pipe.batch_note}; {result['samples_per_s']:.1f}/s",
           flush=True)
+    measured = {} if choice is None else {
+        "per_sample_bytes": choice.per_sample_bytes, "fixed_bytes": choice.fixed_bytes,
+        "free_bytes": choice.free_bytes}
+    batch, note = pipe.batch, pipe.batch_note
     del network, classifier, denoiser, pipe
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {**result, "batch": choice.batch, "choice": choice.describe(),
-            "per_sample_bytes": choice.per_sample_bytes, "fixed_bytes": choice.fixed_bytes,
-            "free_bytes": choice.free_bytes}
+    return {**result, "batch": batch, "choice": note, **measured}
 
 
 def write_report(report: dict[str, Any], out: Path, start: float) -> None:

@@ -214,7 +214,9 @@ class Pipeline:
         self.modules = modules
         self.compile_mode = _compile_mode(config, self.device)
         self.batch: int | None = None if config.batch == AUTO_BATCH else config.batch
+        # How batch="auto" was resolved: the measurement on CUDA, a sentence on a CPU.
         self.batch_choice: BatchChoice | None = None
+        self.batch_note: str | None = None
         self.denoiser = self._load_denoiser()
         self.smoothed = self._build_smoothed()
 
@@ -449,22 +451,22 @@ class Pipeline:
                 f"images of shape {tuple(shape)} do not fit the models: {first_line(error)}"
             ) from None
         if self.batch is None:
-            self.batch_choice = self._choose_batch(shape)
-            self.batch = self.batch_choice.batch
-            print(self.batch_choice.describe(), file=sys.stderr)
+            self._choose_batch(shape)
         check_batch_fits(min(self.batch, max(self.config.n0, self.config.n)), per_sample,
                          self.device)
 
-    def _choose_batch(self, shape: Sequence[int]) -> BatchChoice:
-        """``batch="auto"``: on CUDA the largest batch of images of ``shape`` whose step
-        fits in free memory (:func:`~denoised_drs.batch_memory.choose_batch`, measured
-        on the eager step, which needs at least the compiled one's memory); on a CPU
-        :data:`~denoised_drs.pipeline_config.CPU_AUTO_BATCH`. At most ``max(n0, n)``."""
+    def _choose_batch(self, shape: Sequence[int]) -> None:
+        """Resolve ``batch="auto"`` for images of ``shape``: on CUDA the largest batch
+        whose step fits in free memory (:func:`~denoised_drs.batch_memory.choose_batch`,
+        measured on the eager step, which needs at least the compiled one's memory;
+        printed); on a CPU :data:`~denoised_drs.pipeline_config.CPU_AUTO_BATCH`. At most
+        ``max(n0, n)``, the samples of the largest stage."""
         cap = max(self.config.n0, self.config.n)
         if self.device.type != "cuda":
-            batch = min(CPU_AUTO_BATCH, cap)
-            free = available_bytes(self.device) or 0
-            return BatchChoice(batch, 0, 0, free)
+            self.batch = min(CPU_AUTO_BATCH, cap)
+            self.batch_note = (f"batch {self.batch}: the CPU default {CPU_AUTO_BATCH}, at most "
+                               f"max(N0, N) = {cap}")
+            return
         image = torch.full(tuple(shape), 0.5, device=self.device)
         smoothed = self.smoothed
         compiled_step = smoothed.step
@@ -479,9 +481,12 @@ class Pipeline:
             return torch.cuda.max_memory_allocated(self.device) - before
 
         try:
-            return choose_batch(bytes_at, available_bytes(self.device) or 0, cap)
+            choice = choose_batch(bytes_at, available_bytes(self.device) or 0, cap)
         finally:
             smoothed.step = compiled_step
+            torch.cuda.empty_cache()
+        self.batch, self.batch_choice, self.batch_note = choice.batch, choice, choice.describe()
+        print(self.batch_note, file=sys.stderr)
 
     def _label(self, label: object, idx: int) -> int:
         """``label`` of image ``idx`` as a class index: see :meth:`certify_one`."""

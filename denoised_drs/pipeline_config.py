@@ -95,9 +95,10 @@ class PipelineConfig:
     devices, off on CPUs (where eager float32 uses the Winograd convolutions and the
     compile time does not pay). ``compile_mode`` is the ``torch.compile`` mode (None:
     "default"; "reduce-overhead" and "max-autotune" replay CUDA graphs). ``batch`` is a
-    positive number of noise samples per forward pass or "auto": on CUDA the largest
-    that fits in free memory (measured, :func:`~denoised_drs.batch_memory.choose_batch`),
-    on CPUs :data:`CPU_AUTO_BATCH`; never more than ``max(n0, n)``. Like ``device``,
+    positive number of noise samples per forward pass or "auto" (the default): on CUDA
+    the largest that fits in free memory (measured,
+    :func:`~denoised_drs.batch_memory.choose_batch`), on CPUs :data:`CPU_AUTO_BATCH`;
+    never more than ``max(n0, n)``. Like ``device``,
     these change only float rounding, never which rows are valid.
     ``sigma`` (and ``sigma_r``) lie in (0, :data:`~denoised_drs.scheme.MAX_SIGMA`];
     ``n0 <= n`` are at most :data:`~denoised_drs.certificate.MAX_SAMPLES` (10^9, a
@@ -138,7 +139,7 @@ class PipelineConfig:
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
-    batch: int | str = 1000
+    batch: int | str = "auto"
     seed: int = 0
     device: str | None = None
     autocast: str | None = None

@@ -362,7 +362,7 @@ def _numeric_path(pipe: Pipeline) -> dict[str, Any]:
         "autocast": pipe.config.autocast,
         "compile_mode": pipe.compile_mode,
         "batch": pipe.batch,
-        "batch_choice": None if pipe.batch_choice is None else pipe.batch_choice.describe(),
+        "batch_choice": pipe.batch_note,
         "winograd": winograd,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,

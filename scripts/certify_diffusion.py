@@ -135,9 +135,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="estimation samples (default 100000); with --adaptive the maximum")
     cert.add_argument("--alpha", type=float, help="failure probability (default 0.001)")
     cert.add_argument("--batch", type=batch_size, metavar="B|auto",
-                      help="noise samples per forward pass (default 1000); auto: on a GPU the "
-                      "largest that fits in free memory (measured, printed, recorded), on a "
-                      "CPU 1000; results do not depend on it")
+                      help="noise samples per forward pass (default auto: on a GPU the "
+                      "largest that fits in free memory, measured, printed and recorded; on a "
+                      "CPU 1000); results do not depend on it")
     cert.add_argument("--seed", type=int)
     cert.add_argument("--adaptive", action="store_true", default=None,
                       help="stop sampling once the outcome is decided (same guarantee; "

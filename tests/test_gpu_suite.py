@@ -41,7 +41,7 @@ def test_tiny_suite_writes_every_measurement(tiny):
         # batch="auto" on the CPU: the CPU default (1000) capped at N = two preset batches.
         auto = preset["auto_batch"]
         assert auto["batch"] == 2 * preset["batch"] and auto["samples_per_s"] > 0
-        assert auto["choice"].startswith(f"batch {auto['batch']} chosen")
+        assert auto["choice"].startswith(f"batch {auto['batch']}: the CPU default")
     # One row per command loop of docs/reproduce.md, from the measured compiled bf16 rates.
     hours = report["expected_gpu_hours"]
     assert {"DRS joint, CIFAR-10", "DRS joint, ImageNet", "Carlini CIFAR-10",
