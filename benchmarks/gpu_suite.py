@@ -167,7 +167,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds after which the compiled measurements still to run are "
                              "skipped (recorded as such in the JSON; default: none skipped)")
     parser.add_argument("--device", default=None, help="default: cuda (full size), cpu (--tiny)")
+    parser.add_argument("--presets", nargs="+", choices=[p.name for p in FULL], default=None,
+                        help="measure only these presets (default: all)")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=None,
+                        help="measure only these precisions (default: all; the eager ones "
+                             "always run first, and the hours need bf16)")
+    parser.add_argument("--no-auto-batch", dest="auto_batch", action="store_false",
+                        help="skip the DRS joint measurement at --batch auto")
     args = parser.parse_args(argv)
+    args.precisions = tuple(p for p in PRECISIONS if args.precisions is None
+                            or p in args.precisions or p == "bf16")
     if args.seconds is None:
         args.seconds = 0.0 if args.tiny else 5.0
     if not (math.isfinite(args.seconds) and args.seconds >= 0):
@@ -371,6 +380,8 @@ def expected_gpu_hours(presets: dict[str, dict[str, Any]]) -> dict[str, dict[str
     ``hours`` sums the sigmas."""
     rows = {}
     for name, row in REPRODUCE_ROWS.items():
+        if row.preset not in presets:  # --presets left it out
+            continue
         precisions = presets[row.preset]["precisions"]
         precision = reproduce_precision(precisions)
         rate = precisions[precision][row.mode]["samples_per_s"]
@@ -460,14 +471,16 @@ def measure_auto_batch(preset: Preset, args: argparse.Namespace, device: torch.d
                        backend: str) -> dict[str, Any]:
     """DRS joint, bf16, compiled, at ``batch="auto"`` (the largest batch that fits in free
     memory on CUDA, of at most N = 100,000 samples; on the CPU the CPU default capped at
-    two preset batches): the batch chosen, how, and its rate."""
+    two preset batches, eager: there it only checks the code): the batch chosen, how, and
+    its rate."""
+    precision = "bf16+compile" if device.type == "cuda" else "bf16"
     network = build_network(preset, None if args.tiny else Path(args.manifests)).to(device).eval()
     classifier = build_classifier(preset)
-    denoiser = build_denoiser(preset, network, "bf16+compile", device)
+    denoiser = build_denoiser(preset, network, precision, device)
     image = torch.rand(3, preset.image_size, preset.image_size,
                        generator=torch.Generator().manual_seed(3))
     n = 2 * preset.batch if args.tiny else REPRODUCE_N
-    pipe = make_pipeline(preset, denoiser, classifier, "drs_joint", device, "bf16+compile",
+    pipe = make_pipeline(preset, denoiser, classifier, "drs_joint", device, precision,
                          backend, batch="auto", n0=min(REPRODUCE_N0, n), n=n)
     pipe.check_image_shape(tuple(image.shape))
     result = measure(pipe, image, pipe.batch, args.seconds, device)
@@ -509,16 +522,17 @@ def main(argv: list[str] | None = None) -> int:
         "presets": {},
     }
     out = Path(args.out)
-    presets = TINY if args.tiny else FULL
+    presets = [p for p in (TINY if args.tiny else FULL)
+               if args.presets is None or p.name in args.presets]
     backend = "eager" if args.tiny else "inductor"
     # Eager precisions and the smoke test of every preset first, compilation last: its
     # compile time is the least predictable part.
     for preset in presets:
         report["presets"][preset.name] = describe(preset, backend)
-        run_precisions(preset, EAGER_PRECISIONS, report["presets"][preset.name], args, device,
-                       smoke=True)
+        eager = tuple(p for p in EAGER_PRECISIONS if p in args.precisions)
+        run_precisions(preset, eager, report["presets"][preset.name], args, device, smoke=True)
         write_report(report, out, start)
-    for precision in COMPILE_MODE:
+    for precision in (p for p in COMPILE_MODE if p in args.precisions):
         for preset in presets:
             if precision == "bf16+cudagraphs" and device.type != "cuda":
                 report["presets"][preset.name]["precisions"][precision] = {
@@ -529,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             run_precisions(preset, (precision,), report["presets"][preset.name], args,
                            device, smoke=False)
             write_report(report, out, start)
-    for preset in presets:
+    for preset in presets if args.auto_batch else ():
         if not over_budget(report, preset, "auto_batch", args, start):
             report["presets"][preset.name]["auto_batch"] = measure_auto_batch(preset, args,
                                                                               device, backend)

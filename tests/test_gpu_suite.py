@@ -30,9 +30,9 @@ def test_tiny_suite_writes_every_measurement(tiny):
     assert report["tiny"] and set(report["presets"]) == {"cifar10-50M", "imagenet-552M"}
     for preset in report["presets"].values():
         assert set(preset["precisions"]) == set(suite.PRECISIONS)
-        assert preset["precisions"].pop("bf16+cudagraphs") == {
-            "skipped": "CUDA graphs need a CUDA device"}
-        for results in preset["precisions"].values():
+        precisions = dict(preset["precisions"])  # the report is shared by the module's tests
+        assert precisions.pop("bf16+cudagraphs") == {"skipped": "CUDA graphs need a CUDA device"}
+        for results in precisions.values():
             for mode in ("rs", "drs_joint", "drs_split"):
                 assert (results[mode]["samples_per_s"] > 0
                         and results[mode]["samples"] >= preset["batch"])
@@ -166,3 +166,42 @@ def test_budget_skips_compilation_and_keeps_the_rest(tmp_path, capsys):
     for bad in ("-1", "nan", "inf"):
         with pytest.raises(ValueError, match="--budget"):
             suite.parse_args(["--tiny", "--budget", bad, "--out", str(out)])
+
+
+def test_compare_reports_ratios_and_targets(tiny, tmp_path):
+    suite, report = tiny
+    compare = load_module(SCRIPT.with_name("gpu_compare.py"), "gpu_compare")
+    before = json.loads(json.dumps(report))
+    for preset in before["presets"].values():
+        for rows in preset["precisions"].values():
+            for mode in MODES:
+                if mode in rows:
+                    rows[mode]["samples_per_s"] /= 2
+    before_path, after_path = tmp_path / "before.json", tmp_path / "after.json"
+    before_path.write_text(json.dumps(before))
+    after_path.write_text(json.dumps(report))
+    out = tmp_path / "ratios.json"
+    assert compare.main([str(before_path), str(after_path), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["ratios"]["cifar10-50M bf16"] == pytest.approx(
+        {mode: 2.0 for mode in MODES})
+    # CUDA graphs were skipped on the CPU; the CPU has no MFU, so no MFU target is met.
+    assert "cifar10-50M bf16+cudagraphs" in result["missing"]
+    targets = result["targets"]["imagenet-552M"]
+    assert targets["bf16+compile mfu met"] is False and "eager bf16 / fp32" in targets
+    (tmp_path / "bad.json").write_text("[1]")
+    with pytest.raises(ValueError, match="not a GPU suite report"):
+        compare.main([str(tmp_path / "bad.json"), str(after_path)])
+
+
+def test_presets_and_precisions_select_what_runs(tmp_path):
+    suite = load_module(SCRIPT, "gpu_suite_select")
+    out = tmp_path / "suite.json"
+    assert suite.main(["--tiny", "--presets", "cifar10-50M", "--precisions", "fp32",
+                       "--no-auto-batch", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["presets"]) == ["cifar10-50M"]
+    preset = report["presets"]["cifar10-50M"]
+    # bf16 always runs: the hours need it.
+    assert set(preset["precisions"]) == {"fp32", "bf16"} and "auto_batch" not in preset
+    assert {row["preset"] for row in report["expected_gpu_hours"].values()} == {"cifar10-50M"}
