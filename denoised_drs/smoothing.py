@@ -275,9 +275,9 @@ class SmoothedClassifier:
             choices = torch.from_numpy(drawn).to(self.device)
         rows = 1 if choices is not None else self.num_branches
         step = self.step
-        # A compiled step takes every batch at the full batch's shape (short ones padded);
-        # an eager one takes the samples there are. Padding rows are zeros, then noise.
-        size = batch_size if step.padded else min(batch_size, num)
+        # A compiled step pads a short batch to one of a few static shapes; an eager one
+        # takes the samples there are. Padding rows are zeros, or an earlier batch's noise.
+        size = step.padded_size(min(batch_size, num), batch_size)
         buffer = torch.zeros((size, *x.shape), device=self.device)
         fresh_buffer = torch.zeros_like(buffer) if fresh is not None else None
         choice_buffer = (torch.zeros(size, dtype=torch.int64, device=self.device)
@@ -300,9 +300,11 @@ class SmoothedClassifier:
                 if choice_buffer is not None:
                     batch_choices = choice_buffer[: last - first]
                     batch_choices.copy_(choices[first:last])
-                if step.padded:
-                    batch_noise, fresh_noise = buffer, fresh_buffer
-                    batch_choices = choice_buffer
+                padded = step.padded_size(last - first, batch_size)
+                if padded != last - first:
+                    batch_noise = buffer[:padded]
+                    fresh_noise = None if fresh_buffer is None else fresh_buffer[:padded]
+                    batch_choices = None if choice_buffer is None else choice_buffer[:padded]
                 try:
                     batch_counts, misnamed = step(clean_parts, batch_noise, fresh_noise,
                                                   batch_choices, last - first)

@@ -9,11 +9,14 @@ count the votes outside ``[0, num_classes)``. It reads nothing back to the host.
 Eager (the default on CPUs) it computes exactly what the engine always computed:
 the noise is turned into the noisy sub-images in place, one fused pass, and the last
 batch of a call is as short as it is. Compiled (``compile_mode``: the default on
-CUDA) the whole step is one ``torch.compile`` graph per batch shape, and every batch
-has the same shape: a short last batch (of a call, a look or a stage) is padded to
-the full batch with rows whose votes land in a dropped bin, so neither the last batch
-nor an adaptive look triggers a recompilation. ``mode="reduce-overhead"`` replays the
-graph as a CUDA graph (its outputs are consumed before the next replay).
+CUDA) the whole step is one ``torch.compile`` graph per batch shape, with static
+shapes: a short batch (the last of a call, the N0 stage, an adaptive look) is padded
+with rows whose votes land in a dropped bin, to the next power of two (at least
+:data:`MIN_PADDED`, at most the full batch; :meth:`VoteStep.padded_size`). So a run
+meets at most ``log2(batch / 64) + 2`` shapes, each compiled once (each on a code object
+of its own, see :meth:`VoteStep._own_count`), and padding never costs more than the
+samples it pads. ``mode="reduce-overhead"`` replays each graph as a CUDA graph (its
+outputs are consumed before the next replay).
 
 Under ``autocast_dtype`` the whole voter runs in ``torch.autocast``: the denoiser and
 the classifiers alike. A compiled or reduced-precision step is a slightly different
@@ -34,6 +37,9 @@ from torch import nn
 from denoised_drs.modes import COMPILE_MODES
 from denoised_drs.partition import Partition
 from denoised_drs.voters import NONFINITE_VOTE
+
+MIN_PADDED = 64
+"""The smallest batch shape a compiled step pads a short batch to (one noise block)."""
 
 
 def check_votes(votes: object, samples: int, branches: int) -> None:
@@ -84,12 +90,20 @@ class VoteStep:
         self.autocast_dtype = autocast_dtype
         self.compile_mode = compile_mode
         self.compile_backend = compile_backend
-        self._compiled: Callable[..., Any] | None = None
+        self._compiled: dict[int, Callable[..., Any]] = {}
 
     @property
     def padded(self) -> bool:
-        """Whether every batch has the full batch's shape (compiled steps only)."""
+        """Whether short batches are padded to a few static shapes (compiled steps only)."""
         return self.compile_mode is not None
+
+    def padded_size(self, count: int, batch_size: int) -> int:
+        """The batch shape ``count`` samples run at, with full batches of ``batch_size``:
+        ``count`` itself eagerly or for a full batch; compiled, the next power of two at
+        or above ``count``, at least :data:`MIN_PADDED` and at most ``batch_size``."""
+        if not self.padded or count >= batch_size:
+            return count
+        return min(batch_size, max(MIN_PADDED, 1 << (count - 1).bit_length()))
 
     def __call__(self, clean_parts: Sequence[torch.Tensor], noise: torch.Tensor,
                  fresh_noise: torch.Tensor | None, choices: torch.Tensor | None,
@@ -107,10 +121,12 @@ class VoteStep:
         """
         if self.compile_mode is None:
             return self._count(clean_parts, noise, fresh_noise, choices, samples, in_place=True)
-        if self._compiled is None:
+        compiled = self._compiled.get(noise.shape[0])
+        if compiled is None:
             options = ({"mode": self.compile_mode} if self.compile_backend == "inductor"
                        else {"backend": self.compile_backend})
-            self._compiled = torch.compile(self._own_count(), dynamic=False, **options)
+            compiled = torch.compile(self._own_count(), dynamic=False, **options)
+            self._compiled[noise.shape[0]] = compiled
         prepare = getattr(self.voter, "prepare", None)
         if prepare is not None:
             # What the voter computes once per shape (a split voter's fill plans) is
@@ -118,15 +134,17 @@ class VoteStep:
             prepare(noise)
         # The number of real rows is a tensor, so a short batch is the same graph.
         real = torch.full((), samples, dtype=torch.int64, device=noise.device)
-        return self._compiled(clean_parts, noise, fresh_noise, choices, real, in_place=False)
+        return compiled(clean_parts, noise, fresh_noise, choices, real, in_place=False)
 
     def _own_count(self) -> Callable[..., Any]:
-        """:meth:`_count` bound to this step, on a code object of its own.
+        """:meth:`_count` bound to this step, on a code object of its own (one per
+        batch shape).
 
         Dynamo keeps compiled graphs per code object and compiles one code object at
         most ``recompile_limit`` (8) times, then runs it eagerly: with one shared code
         object, a process with many pipelines (the embedded default's five runs, the
-        GPU suite's configurations) would fall back to eager steps without saying so.
+        GPU suite's configurations) or shapes would fall back to eager steps without
+        saying so.
         """
         function = VoteStep._count
         own = types.FunctionType(function.__code__.replace(), function.__globals__,
@@ -167,4 +185,4 @@ class VoteStep:
         return counts.scatter_add_(0, bins, torch.ones_like(bins)), misnamed.sum()
 
 
-__all__ = ["COMPILE_MODES", "VoteStep", "check_votes", "is_compile_error"]
+__all__ = ["MIN_PADDED", "VoteStep", "check_votes", "is_compile_error"]

@@ -148,6 +148,35 @@ def test_a_short_batch_pads_to_the_full_batch_in_a_compiled_engine(traced):
     assert seen == [8, 5]  # eager: the last batch as short as it is
 
 
+def test_short_batches_pad_to_a_few_static_shapes(traced):
+    seen = []
+    engine = SmoothedClassifier(ConstantVoter(4, 1), get_partition("identity"), 10, [SIGMA],
+                                kind="rs", compile_mode="default")
+    step = engine.step
+
+    class Recording:
+        """The step, recording each batch's shape (outside the traced code)."""
+
+        def __getattr__(self, name):
+            return getattr(step, name)
+
+        def __call__(self, clean_parts, noise, *args):
+            seen.append(noise.shape[0])
+            return step(clean_parts, noise, *args)
+
+    engine.step = Recording()
+    # The next power of two, at least 64, at most the batch; full batches as they are.
+    assert [step.padded_size(c, 256) for c in (1, 44, 64, 65, 100, 200, 256)] == [
+        64, 64, 64, 128, 128, 256, 256]
+    assert step.padded_size(3, 8) == 8
+    assert engine.sample_counts(IMAGE, 300, 256)[0, 4] == 300
+    assert engine.sample_counts(IMAGE, 100, 256)[0, 4] == 100  # an N0 stage
+    assert engine.sample_counts(IMAGE, 1000, 256)[0, 4] == 1000  # 3 x 256 + 232 -> 256
+    assert seen == [256, 64, 128, 256, 256, 256, 256]
+    # One graph per shape met: 256, 64 and 128.
+    assert len(traced) == 3
+
+
 def test_autocast_runs_the_classifiers_in_bf16_within_tolerance():
     dtypes = []
     net = classifier(1, 28 * 28)
