@@ -29,11 +29,22 @@ device ``peak_flops`` and ``mfu`` are null and ``peak_source`` says why.
 ``peak_memory_gib`` / ``peak_memory_bytes`` are ``torch.cuda.max_memory_allocated()`` over
 the timed batches, reset before each configuration's (null on the CPU).
 
+Precisions (issue 24): ``fp32`` and ``bf16`` run the engine's step eagerly, bf16 under
+one autocast over the whole step (denoiser and classifiers); ``bf16+compile`` compiles
+the whole step (:mod:`denoised_drs.vote_step`, mode "default", the certify script's
+default on CUDA) and ``bf16+cudagraphs`` with mode "reduce-overhead" (CUDA only). A
+compiled row counts the graphs it compiled (``graphs``) and the CUDA graphs inductor
+skipped (``cudagraph_skips``), and is timed after two warm-up calls (CUDA graph trees
+record on the second). ``auto_batch`` measures DRS joint, bf16, compiled, at
+``batch="auto"``: the batch chosen from free memory and its rate (before the
+CUDA-graph rows, whose memory pools would shrink it). ``--presets`` and
+``--precisions`` select what runs (bf16 always: the hours need it).
+
 Eager fp32 and bf16 and the smoke test run first for every preset, ``torch.compile``
 last: compile time is the least predictable part. The JSON is rewritten after every
 step, so a run cut short keeps what it measured; ``--budget SECONDS`` skips the
 compiled measurements once that much time has passed (recorded as skipped). On one
-H200 the whole suite took 359 s (results/gpu/gpu_suite.json).
+H200 the suite before issue 24 took 359 s (results/gpu/gpu_suite.json).
 
 Weights are random, built from the key manifests of the official checkpoints
 (``--manifests``, default ``tests/data``, which carries them) and loaded through the same
@@ -314,11 +325,26 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def compile_counters() -> dict[str, int]:
+    """Dynamo's and inductor's process-wide counts of graphs compiled and of CUDA graphs
+    skipped (a skipped one runs the compiled kernels without replay)."""
+    from torch._dynamo.utils import counters
+
+    return {"graphs": int(counters["stats"]["unique_graphs"]),
+            "cudagraph_skips": sum(counters["inductor"].get(k, 0)
+                                   for k in counters["inductor"] if "cudagraph_skip" in k)}
+
+
 def measure(pipe, image: torch.Tensor, batch: int, seconds: float,
             device: torch.device) -> dict[str, Any]:
-    """Noisy samples per second of the pipeline's sampling engine, after one warm-up batch."""
+    """Noisy samples per second of the pipeline's sampling engine, after warm-up batches
+    (two for a compiled step: CUDA graph trees warm up on the first call and record on
+    the second); a compiled row also says how many graphs it compiled and CUDA graphs
+    it skipped."""
     smoothed = pipe.smoothed
-    smoothed.sample_counts(image, batch, batch, seed=0)  # warm-up (and compilation)
+    before = compile_counters()
+    for _ in range(2 if pipe.compile_mode is not None else 1):
+        smoothed.sample_counts(image, batch, batch, seed=0)  # warm-up (and compilation)
     synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -331,9 +357,12 @@ def measure(pipe, image: torch.Tensor, batch: int, seconds: float,
         if elapsed >= seconds:
             break
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    after = compile_counters()
+    compiled = ({} if pipe.compile_mode is None else
+                {key: after[key] - before[key] for key in after})
     return {"samples_per_s": samples / elapsed, "samples": samples, "seconds": elapsed,
             "peak_memory_gib": None if peak is None else peak / 2**30,
-            "peak_memory_bytes": peak}
+            "peak_memory_bytes": peak, **compiled}
 
 
 def add_mfu(result: dict[str, Any], flops: dict[str, float], device_name: str | None,
@@ -497,6 +526,19 @@ def measure_auto_batch(preset: Preset, args: argparse.Namespace, device: torch.d
     return {**result, "batch": batch, "choice": note, **measured}
 
 
+def measure_auto_batches(report: dict[str, Any], presets: list[Preset],
+                         args: argparse.Namespace, device: torch.device, backend: str,
+                         out: Path, start: float) -> None:
+    """:func:`measure_auto_batch` for each preset not measured yet (unless
+    ``--no-auto-batch``, or over ``--budget``)."""
+    for preset in presets if args.auto_batch else ():
+        entry = report["presets"][preset.name]
+        if "auto_batch" in entry or over_budget(report, preset, "auto_batch", args, start):
+            continue
+        entry["auto_batch"] = measure_auto_batch(preset, args, device, backend)
+        write_report(report, out, start)
+
+
 def write_report(report: dict[str, Any], out: Path, start: float) -> None:
     """Write what is measured so far: a run cut short still leaves its JSON."""
     report["total_seconds"] = time.perf_counter() - start
@@ -533,6 +575,9 @@ def main(argv: list[str] | None = None) -> int:
         run_precisions(preset, eager, report["presets"][preset.name], args, device, smoke=True)
         write_report(report, out, start)
     for precision in (p for p in COMPILE_MODE if p in args.precisions):
+        if precision == "bf16+cudagraphs":
+            # Before the CUDA-graph rows, whose private memory pools would shrink the batch.
+            measure_auto_batches(report, presets, args, device, backend, out, start)
         for preset in presets:
             if precision == "bf16+cudagraphs" and device.type != "cuda":
                 report["presets"][preset.name]["precisions"][precision] = {
@@ -543,11 +588,7 @@ def main(argv: list[str] | None = None) -> int:
             run_precisions(preset, (precision,), report["presets"][preset.name], args,
                            device, smoke=False)
             write_report(report, out, start)
-    for preset in presets if args.auto_batch else ():
-        if not over_budget(report, preset, "auto_batch", args, start):
-            report["presets"][preset.name]["auto_batch"] = measure_auto_batch(preset, args,
-                                                                              device, backend)
-        write_report(report, out, start)
+    measure_auto_batches(report, presets, args, device, backend, out, start)
     report["expected_gpu_hours"] = expected_gpu_hours(report["presets"])
     print_hours(report["expected_gpu_hours"])
     write_report(report, out, start)

@@ -360,6 +360,9 @@ def _numeric_path(pipe: Pipeline) -> dict[str, Any]:
         winograd = winograd_pays()
     return {
         "autocast": pipe.config.autocast,
+        # Since issue 24 autocast covers the whole step, classifiers included (before:
+        # the denoiser's network only); sessions of an older bf16 run resumed now differ.
+        "autocast_scope": "step",
         "compile_mode": pipe.compile_mode,
         "batch": pipe.batch,
         "batch_choice": pipe.batch_note,

@@ -91,6 +91,7 @@ class VoteStep:
         self.compile_mode = compile_mode
         self.compile_backend = compile_backend
         self._compiled: dict[int, Callable[..., Any]] = {}
+        self._prepared: set[tuple] = set()
 
     @property
     def padded(self) -> bool:
@@ -128,10 +129,12 @@ class VoteStep:
             compiled = torch.compile(self._own_count(), dynamic=False, **options)
             self._compiled[noise.shape[0]] = compiled
         prepare = getattr(self.voter, "prepare", None)
-        if prepare is not None:
-            # What the voter computes once per shape (a split voter's fill plans) is
-            # computed eagerly, outside the graph.
+        image = (tuple(noise.shape[1:]), noise.device, noise.dtype)
+        if prepare is not None and image not in self._prepared:
+            # What the voter computes once per image shape (a split voter's fill plans)
+            # is computed eagerly, outside the graph.
             prepare(noise)
+            self._prepared.add(image)
         # The number of real rows is a tensor, so a short batch is the same graph.
         real = torch.full((), samples, dtype=torch.int64, device=noise.device)
         return compiled(clean_parts, noise, fresh_noise, choices, real, in_place=False)

@@ -172,10 +172,13 @@ class SplitDenoisedBranches(nn.Module):
     ) -> torch.Tensor:
         if fresh_noise is None:
             raise ValueError("split denoising needs fresh noise for the missing pixels")
-        filled = [
-            self.partition.fill_missing(j, part, sigma, fresh_noise)
-            for j, (part, sigma) in enumerate(zip(noisy_parts, self.sigmas))
-        ]
+        # In float32 whatever autocast the step runs under: the fill's noise top-up
+        # matches each missing pixel's variance to sigma**2 exactly only at full precision.
+        with torch.autocast(fresh_noise.device.type, enabled=False):
+            filled = [
+                self.partition.fill_missing(j, part, sigma, fresh_noise)
+                for j, (part, sigma) in enumerate(zip(noisy_parts, self.sigmas))
+            ]
         if all(d is self.denoisers[0] for d in self.denoisers):
             denoised = self.denoisers[0](torch.cat(filled)).chunk(len(filled))
         else:

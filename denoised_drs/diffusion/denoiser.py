@@ -25,6 +25,7 @@ to mapping images to images of the same shape.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import math
@@ -43,6 +44,7 @@ from .loading import PREDICTION_TYPES, load_denoiser_network
 from .presets import DenoiserPreset
 from .schedule import sigma_to_timestep
 from .unet import DiffusersUNet
+from .winograd import is_compiling
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin
@@ -244,7 +246,7 @@ class OneShotDenoiser(nn.Module):
         # training input); a clone made outside inference mode is an ordinary tensor.
         # A caller already in inference mode (the sampling engine, compiled or not)
         # needs no copy.
-        if self.training or torch.compiler.is_compiling() or torch.is_inference_mode_enabled():
+        if self.training or is_compiling() or torch.is_inference_mode_enabled():
             return denoised
         return denoised.clone()
 
@@ -340,11 +342,11 @@ class OneShotDenoiser(nn.Module):
         """The network's prediction (its first C output channels) in float32, under the
         denoiser's autocast; ValueError for output that does not fit the input."""
         check_autocast_device(self.autocast_dtype, x_t.device)
-        with torch.autocast(
-            device_type=x_t.device.type,
-            dtype=self.autocast_dtype,
-            enabled=self.autocast_dtype is not None,
-        ):
+        # Without a dtype of its own the denoiser leaves autocast as the caller set it
+        # (the engine's step may run everything under one): enabled=False would undo it.
+        autocast = (contextlib.nullcontext() if self.autocast_dtype is None
+                    else torch.autocast(device_type=x_t.device.type, dtype=self.autocast_dtype))
+        with autocast:
             output = self.network(x_t, model_t)
         if not isinstance(output, torch.Tensor):
             raise ValueError(f"the network returned a {type(output).__name__}, not a tensor")

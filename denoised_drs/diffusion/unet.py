@@ -34,9 +34,10 @@ For speed (same arithmetic, fewer passes over memory; measured by
   at the 16x16 level); its ``state_dict`` still shows diffusers' ``to_q``, ``to_k``,
   ``to_v`` and loading accepts them, so checkpoints keep the standard layout;
 * group norms accumulate in float32 (as OpenAI's ``GroupNorm32``) and return the
-  input's dtype: float32 inputs run exactly OpenAI's arithmetic; bf16 (and fp16 on
-  CUDA) inputs are read and written in their own dtype by PyTorch's native kernel,
-  outside autocast, with no float32 copy (:class:`Float32GroupNorm`); the SiLU after a
+  input's dtype: float32 inputs run exactly OpenAI's arithmetic; bf16 inputs on CPUs
+  are read and written in their own dtype by PyTorch's native kernel, outside
+  autocast, with no float32 copy (on CUDA, a float32 round trip that a compiled step
+  fuses, :class:`Float32GroupNorm`); the SiLU after a
   residual block's norms then runs in place on that bf16 output, and ``torch.compile``
   fuses norm, casts and SiLU into one kernel;
 * residual blocks run diffusers' ``ResnetBlock2D`` arithmetic with the scale-shift as
@@ -506,11 +507,12 @@ def _resnet_forward(
 
 def _native_reduced_precision(x: torch.Tensor) -> bool:
     """Whether a group norm of ``x`` runs PyTorch's native reduced-precision kernel
-    (:func:`reduced_precision_group_norm`): bf16/fp16 on CUDA, bf16 on CPUs (where it
-    is faster than the float32 round trip over the 50M UNet, see
-    :class:`Float32GroupNorm`); anything else takes the float32 round trip."""
-    if x.device.type == "cuda":
-        return x.dtype in (torch.bfloat16, torch.float16)
+    (:func:`reduced_precision_group_norm`): bf16 on CPUs (where it is faster than the
+    float32 round trip over the 50M UNet and keeps its statistics in float32, see
+    :class:`Float32GroupNorm`). Anything else takes the float32 round trip: on CUDA the
+    native kernel stores the mean and 1/std in the input's dtype before normalising
+    (PyTorch before pytorch/pytorch#183946), which rounds the statistics to bf16; and a
+    compiled step fuses the round trip's casts into the norm (and SiLU) anyway."""
     return x.device.type == "cpu" and x.dtype == torch.bfloat16
 
 
@@ -544,12 +546,15 @@ class Float32GroupNorm(nn.GroupNorm):
     ``GroupNorm32`` does.
 
     * float32 input: plain ``nn.GroupNorm``, OpenAI's arithmetic exactly.
-    * bf16/fp16 on CUDA, bf16 on CPUs (:func:`_native_reduced_precision`):
+    * bf16 on CPUs (:func:`_native_reduced_precision`):
       :func:`reduced_precision_group_norm`, which reads and writes the reduced dtype and
-      accumulates in float32, instead of a float32 copy cast back afterwards (two extra
-      passes over memory: 31 percent of the 50M UNet's eager bf16 traffic outside
-      the matmuls on CUDA, issue 24).
-    * anything else: computed on a float32 copy and cast back.
+      accumulates in float32, instead of a float32 copy cast back afterwards.
+    * anything else, CUDA included: computed on a float32 copy and cast back. On CUDA
+      the engine's step is compiled by default, and inductor fuses the casts, the norm
+      and the SiLU after it into one kernel reading and writing bf16 (the two extra
+      passes of eager bf16 were 31 percent of the 50M UNet's traffic outside the
+      matmuls, issue 24); eagerly, CUDA's native bf16 kernel would round the
+      statistics to bf16 (see :func:`_native_reduced_precision`).
 
     On CPUs the native bf16 kernel used to be kept off as slower than the float32 round
     trip; measured again (PyTorch 2.14, 2 threads, this project's 2-core CPU, the group
