@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,10 +208,14 @@ class Pipeline:
         self.device = _resolve_device(config.device)
         configure_cuda_backends(self.device)
         if config.autocast is not None:
-            from denoised_drs.diffusion import check_autocast_device
+            from denoised_drs.diffusion import check_autocast_device, cpu_has_native_bf16
 
             # Refused up front: fp16 on a CPU runs about 50x slower than float32.
             check_autocast_device(AUTOCAST[config.autocast], self.device)
+            if self.device.type == "cpu" and not cpu_has_native_bf16():
+                warnings.warn(
+                    "this CPU has no native bf16 (AVX-512 BF16 or AMX): autocast bf16 is "
+                    "emulated here and several times slower than float32", stacklevel=2)
         self.modules = modules
         self.compile_mode = _compile_mode(config, self.device)
         self.batch: int | None = None if config.batch == AUTO_BATCH else config.batch

@@ -257,3 +257,18 @@ def test_auto_batch_on_a_cpu_is_the_cpu_default_capped_by_the_samples(tiny_check
     # Results do not depend on the batch.
     fixed = Pipeline(mode="rs", classifier=tiny_checkpoints["full"], **FAST)
     assert fixed.certify_one(images[0], labels[0], 0).radius == record.radius
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(tiny_checkpoints, monkeypatch):
+    import warnings
+
+    from denoised_drs import diffusion
+
+    settings = {"mode": "rs", "classifier": tiny_checkpoints["full"], **FAST, "autocast": "bf16"}
+    monkeypatch.setattr(diffusion, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bf16"):
+        Pipeline(**settings)
+    monkeypatch.setattr(diffusion, "cpu_has_native_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Pipeline(**settings)

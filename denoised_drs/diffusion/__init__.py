@@ -18,7 +18,12 @@ diffusers itself is imported only when a network is built.
 """
 
 from ..state_dicts import StateDictMismatchError
-from .denoiser import OneShotDenoiser, check_autocast_device, checked_denoiser
+from .denoiser import (
+    OneShotDenoiser,
+    check_autocast_device,
+    checked_denoiser,
+    cpu_has_native_bf16,
+)
 from .flags_file import read_denoiser_config
 from .loading import load_denoiser_network
 from .network import DenoiserNetwork
@@ -43,6 +48,7 @@ __all__ = [
     "alphas_cumprod",
     "beta_schedule",
     "check_autocast_device",
+    "cpu_has_native_bf16",
     "checked_denoiser",
     "get_preset",
     "load_denoiser_network",

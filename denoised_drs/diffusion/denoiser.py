@@ -68,6 +68,17 @@ def check_autocast_device(dtype: torch.dtype | None, device: torch.device | str)
         )
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls and convolutions natively (AVX-512 BF16 or
+    AMX, as oneDNN reports it); True when torch cannot tell. Elsewhere bf16 is emulated:
+    on this project's AVX2 CPU a bf16 step ran 6x (bundled UNet) to 12x (bundled
+    classifier) slower than float32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
 def _check_autocast_dtype(dtype: torch.dtype | None) -> None:
     if dtype is not None and dtype not in AUTOCAST_DTYPES:
         raise ValueError(
