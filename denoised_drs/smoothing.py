@@ -325,8 +325,12 @@ class SmoothedClassifier:
                     ) from error
                 counts += batch_counts
                 out_of_range += misnamed
-        counts = counts[:-1].view(rows, self.num_classes).cpu().numpy()
-        if int(out_of_range):
+        # One read back from the device: the counts and, in the dropped bin's place, the
+        # number of out-of-range votes.
+        counts[-1] = out_of_range
+        read = counts.cpu().numpy()
+        counts, out_of_range = read[:-1].reshape(rows, self.num_classes), int(read[-1])
+        if out_of_range:
             raise ValueError(
                 f"the classifiers returned class indices outside [0, {self.num_classes}); "
                 "check num_classes"

@@ -230,6 +230,7 @@ def test_each_session_is_logged_with_its_settings_and_rows(tiny_checkpoints, dat
         assert set(session["settings"]) == {"batch", "compile", "compile_mode", "denoiser_chunk",
                                             "device"}
         assert "winograd" in session["numeric"] and "autocast" in session["numeric"]
+        assert session["numeric"]["autocast_scope"] == "step"
     # The log never blocks a resume, and a resume with nothing to do still logs itself.
     certify_dataset(rs_pipe(tiny_checkpoints), data, [0, 1, 2, 3, 4, 5], out, progress=False)
     sessions = json.loads(config_path(out).read_text())["sessions"]
