@@ -19,12 +19,13 @@ The result for an image depends only on the seed and the image's index.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from denoised_drs.batch_memory import (
 from denoised_drs.checkpoint_file import load_weights_only
 from denoised_drs.errors import first_line
 from denoised_drs.modes import Denoise
+from denoised_drs.noise import BLOCK_SIZE
 from denoised_drs.partition import Partition, get_partition
 from denoised_drs.pipeline_config import AUTO_BATCH, AUTOCAST, CPU_AUTO_BATCH, PipelineConfig
 from denoised_drs.results import CertifyRecord
@@ -493,6 +495,30 @@ class Pipeline:
         self.batch, self.batch_choice, self.batch_note = choice.batch, choice, choice.describe()
         print(self.batch_note, file=sys.stderr)
 
+    def _with_batch_backoff(self, run: Callable[[int], Any]) -> Any:
+        """``run(self.batch)``; with ``batch="auto"``, an out-of-memory error halves the
+        batch (to whole 64-sample noise blocks while it is at least 64) and runs again,
+        printing the new batch and keeping it for the rest of the run. The estimate
+        ``auto`` chose from is measured on the eager step; a compiled one (or its CUDA
+        graphs) may hold more. Results do not depend on the batch: the retry draws the
+        same noise and gives the same certificate. A fixed batch is never changed."""
+        while True:
+            try:
+                return run(self.batch)
+            except torch.cuda.OutOfMemoryError:
+                if self.config.batch != AUTO_BATCH or self.batch <= 1:
+                    raise
+            smaller = self.batch // 2
+            if smaller >= BLOCK_SIZE:
+                smaller -= smaller % BLOCK_SIZE
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.batch_note = (f"{self.batch_note}; out of memory at batch {self.batch}, "
+                               f"batch {smaller} from then on")
+            print(f"out of memory at batch {self.batch}: batch {smaller} from now on "
+                  "(results do not depend on it)", file=sys.stderr)
+            self.batch = max(1, smaller)
+
     def _label(self, label: object, idx: int) -> int:
         """``label`` of image ``idx`` as a class index: see :meth:`certify_one`."""
         label = as_integer(label, "label")
@@ -519,13 +545,13 @@ class Pipeline:
         start = time.perf_counter()
         seed = (config.seed, idx)
         if config.adaptive:
-            cert = self.smoothed.certify_adaptive(
-                image, config.n0, config.n, config.alpha, self.batch, seed, config.radii,
+            cert = self._with_batch_backoff(lambda batch: self.smoothed.certify_adaptive(
+                image, config.n0, config.n, config.alpha, batch, seed, config.radii,
                 config.tolerance,
-            )
+            ))
         else:
-            cert = self.smoothed.certify(image, config.n0, config.n, config.alpha, self.batch,
-                                         seed=seed)
+            cert = self._with_batch_backoff(lambda batch: self.smoothed.certify(
+                image, config.n0, config.n, config.alpha, batch, seed=seed))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return CertifyRecord.from_certificate(idx, label, cert, time.perf_counter() - start)
@@ -567,8 +593,8 @@ class Pipeline:
             if self.batch is None:
                 self.check_image_shape(tuple(x.shape))
             start = time.perf_counter()
-            prediction = self.smoothed.predict(x, config.n, config.alpha, self.batch,
-                                               seed=(config.seed, idx))
+            prediction = self._with_batch_backoff(functools.partial(
+                self.smoothed.predict, x, config.n, config.alpha, seed=(config.seed, idx)))
             records.append(PredictRecord(idx, prediction, time.perf_counter() - start))
         return records
 

@@ -519,7 +519,10 @@ def certify_dataset(
     rows = 0
     if state.is_main_process:
         rows = results.merge(out, header, identity)
-        config[SESSIONS_KEY][-1]["rows"] = rows - already
+        session = config[SESSIONS_KEY][-1]
+        session["rows"] = rows - already
+        # batch="auto" may have been halved after an out-of-memory error.
+        session["numeric"].update(batch=pipe.batch, batch_choice=pipe.batch_note)
         _save_config(pipe, out, config)
     state.wait_for_everyone()
     return rows

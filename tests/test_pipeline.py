@@ -272,3 +272,36 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(tiny_checkpoints, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Pipeline(**settings)
+
+
+def test_auto_batch_halves_after_an_out_of_memory_error_and_certifies_the_same(
+        tiny_checkpoints, sample, capsys):
+    images, labels = sample
+    settings = {"mode": "rs", "classifier": tiny_checkpoints["full"], **FAST,
+                "n0": 100, "n": 400}
+    reference = Pipeline(**settings).certify_one(images[0], labels[0], 0)
+    pipe = Pipeline(**{**settings, "batch": "auto"})
+    pipe.check_image_shape(tuple(images[0].shape))
+    assert pipe.batch == 400
+    sample_counts = pipe.smoothed.sample_counts
+    seen = []
+
+    def out_of_memory_above_150(x, num, batch_size, *args, **kwargs):
+        seen.append(batch_size)
+        if batch_size > 150:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return sample_counts(x, num, batch_size, *args, **kwargs)
+
+    pipe.smoothed.sample_counts = out_of_memory_above_150
+    record = pipe.certify_one(images[0], labels[0], 0)
+    # Halved to whole 64-sample blocks: 400 -> 200 -> 192, then 96 -> 64; the same
+    # certificate.
+    assert seen[:3] == [400, 192, 64] and pipe.batch == 64
+    assert (record.predict, record.radius) == (reference.predict, reference.radius)
+    assert "out of memory at batch 192: batch 64 from now on" in capsys.readouterr().err
+    assert pipe.batch_note.endswith("out of memory at batch 192, batch 64 from then on")
+    # A fixed batch is the user's: the error goes through.
+    fixed = Pipeline(**{**settings, "batch": 400})
+    fixed.smoothed.sample_counts = out_of_memory_above_150
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        fixed.certify_one(images[0], labels[0], 0)
