@@ -465,9 +465,10 @@ class Pipeline:
     def _choose_batch(self, shape: Sequence[int]) -> None:
         """Resolve ``batch="auto"`` for images of ``shape``: on CUDA the largest batch
         whose step fits in free memory (:func:`~denoised_drs.batch_memory.choose_batch`,
-        measured on the eager step, which needs at least the compiled one's memory;
-        printed); on a CPU :data:`~denoised_drs.pipeline_config.CPU_AUTO_BATCH`. At most
-        ``max(n0, n)``, the samples of the largest stage."""
+        measured on the eager step; a compiled one may hold more, see
+        :meth:`_with_batch_backoff`; printed); on a CPU
+        :data:`~denoised_drs.pipeline_config.CPU_AUTO_BATCH`. At most ``max(n0, n)``,
+        the samples of the largest stage."""
         cap = max(self.config.n0, self.config.n)
         if self.device.type != "cuda":
             self.batch = min(CPU_AUTO_BATCH, cap)
@@ -517,7 +518,7 @@ class Pipeline:
                                f"batch {smaller} from then on")
             print(f"out of memory at batch {self.batch}: batch {smaller} from now on "
                   "(results do not depend on it)", file=sys.stderr)
-            self.batch = max(1, smaller)
+            self.batch = smaller
 
     def _label(self, label: object, idx: int) -> int:
         """``label`` of image ``idx`` as a class index: see :meth:`certify_one`."""

@@ -169,9 +169,9 @@ class SmoothedClassifier:
         autocast_dtype: None computes in float32; torch.bfloat16 / torch.float16 run
             the whole voter (denoiser and classifiers) under ``torch.autocast``.
         compile_mode: None runs each batch eagerly; a ``torch.compile`` mode
-            (:data:`~denoised_drs.vote_step.COMPILE_MODES`) compiles the per-batch step
-            into one graph and pads short batches to the full batch's shape
-            (:class:`~denoised_drs.vote_step.VoteStep`).
+            (:data:`~denoised_drs.modes.COMPILE_MODES`) compiles the per-batch step
+            into one graph per batch shape and pads short batches to a few static
+            shapes (:class:`~denoised_drs.vote_step.VoteStep`).
     """
 
     ABSTAIN: ClassVar[int] = ABSTAIN
@@ -268,20 +268,19 @@ class SmoothedClassifier:
         fresh = None
         if getattr(self.voter, "needs_fresh_noise", False):
             fresh = NoiseStream(key, 2 * stage + 1, x.shape, self.device)
-        choices = None
-        if mix_branches and self.num_branches > 1:
-            rng = np.random.default_rng(derive_seed(*key, stage, _BRANCH_CHOICE_PURPOSE))
-            drawn = rng.integers(self.num_branches, size=start + num)[start:]
-            choices = torch.from_numpy(drawn).to(self.device)
-        rows = 1 if choices is not None else self.num_branches
         step = self.step
         # A compiled step pads a short batch to one of a few static shapes; an eager one
         # takes the samples there are. Padding rows are zeros, or an earlier batch's noise.
         size = step.padded_size(min(batch_size, num), batch_size)
+        choices = None
+        if mix_branches and self.num_branches > 1:
+            rng = np.random.default_rng(derive_seed(*key, stage, _BRANCH_CHOICE_PURPOSE))
+            drawn = rng.integers(self.num_branches, size=start + num)[start:]
+            # Branch 0 for the padding rows a compiled step's last batch may have.
+            choices = torch.from_numpy(np.pad(drawn, (0, size))).to(self.device)
+        rows = 1 if choices is not None else self.num_branches
         buffer = torch.zeros((size, *x.shape), device=self.device)
         fresh_buffer = torch.zeros_like(buffer) if fresh is not None else None
-        choice_buffer = (torch.zeros(size, dtype=torch.int64, device=self.device)
-                         if choices is not None else None)
         # One bin per (row, class) and a last bin that is dropped. Votes are counted
         # with a fixed-size scatter_add_, not torch.bincount, which reads the votes'
         # maximum back to the host on CUDA: the loop makes no host-device sync, the
@@ -293,20 +292,15 @@ class SmoothedClassifier:
         with torch.inference_mode(), _eval_mode(self.voter):
             for first in range(0, num, batch_size):
                 last = min(num, first + batch_size)
-                batch_noise = noise.take(start + first, start + last, out=buffer)
-                fresh_noise = batch_choices = None
-                if fresh is not None:
-                    fresh_noise = fresh.take(start + first, start + last, out=fresh_buffer)
-                if choice_buffer is not None:
-                    batch_choices = choice_buffer[: last - first]
-                    batch_choices.copy_(choices[first:last])
                 padded = step.padded_size(last - first, batch_size)
-                if padded != last - first:
-                    batch_noise = buffer[:padded]
-                    fresh_noise = None if fresh_buffer is None else fresh_buffer[:padded]
-                    batch_choices = None if choice_buffer is None else choice_buffer[:padded]
+                noise.take(start + first, start + last, out=buffer)
+                fresh_noise = None
+                if fresh is not None:
+                    fresh.take(start + first, start + last, out=fresh_buffer)
+                    fresh_noise = fresh_buffer[:padded]
+                batch_choices = None if choices is None else choices[first : first + padded]
                 try:
-                    batch_counts, misnamed = step(clean_parts, batch_noise, fresh_noise,
+                    batch_counts, misnamed = step(clean_parts, buffer[:padded], fresh_noise,
                                                   batch_choices, last - first)
                 # torch.cuda's name of the class: torch.OutOfMemoryError is the same
                 # class, but only from torch 2.5 on (setup.cfg allows 2.1).

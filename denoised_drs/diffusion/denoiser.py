@@ -289,15 +289,16 @@ class OneShotDenoiser(nn.Module):
         """(the network's timestep, x_t's coefficient, the prediction's coefficient) for
         one timestep, as Python floats: float64 from the float64 schedule, then float32,
         as the OpenAI code computes them (None: the network predicts x0 itself)."""
+        model_t = float(np.float32(timestep * self.timestep_scale))
         abar = float(self.alphas_cumprod[timestep])
         if self.prediction_type == "epsilon":
             scales = (math.sqrt(1 / abar), math.sqrt(1 / abar - 1))
         elif self.prediction_type == "v_prediction":
             scales = (math.sqrt(abar), math.sqrt(1 - abar))
         else:
-            return float(np.float32(timestep * self.timestep_scale)), None, None
+            return model_t, None, None
         x_scale, prediction_scale = (float(np.float32(v)) for v in scales)
-        return float(np.float32(timestep * self.timestep_scale)), x_scale, prediction_scale
+        return model_t, x_scale, prediction_scale
 
     def _predict_xstart_at(self, x_t: torch.Tensor,
                            coefficients: tuple[float, float | None, float | None]) -> torch.Tensor:

@@ -525,9 +525,11 @@ def reduced_precision_group_norm(
 ) -> torch.Tensor:
     """``F.group_norm`` on a bf16/fp16 ``x`` read and written in its own dtype.
 
-    PyTorch's native group-norm kernels (CPU and CUDA) accumulate reduced-precision
-    inputs in float32 ("opmath") and normalise in float32 before rounding the output
-    once, so no float32 copy of ``x`` is materialised. Autocast is disabled for this one
+    PyTorch's native group-norm kernels accumulate reduced-precision inputs in float32
+    ("opmath"), so no float32 copy of ``x`` is materialised; the CPU kernel also keeps
+    the statistics in float32 and rounds only the output (CUDA's rounds the statistics
+    to the input's dtype, which is why :func:`_native_reduced_precision` keeps CUDA off
+    this path). Autocast is disabled for this one
     call: its CUDA policy would cast the input to float32 (a separate pass each way).
     ``weight`` and ``bias`` are cast to ``x.dtype`` (a few hundred values).
     """
